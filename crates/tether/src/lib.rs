@@ -1,0 +1,6 @@
+//! tether: long-lived conversations between programs and the devices or
+//! services they talk to.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod transport;

@@ -1,0 +1,343 @@
+//! [`ByteStream`]: one type for every transport, dispatched statically.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use super::telnet::{TelnetOptions, TelnetStream};
+use super::{Endpoint, TransportError};
+
+/// Who is at the other end of a [`ByteStream`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerAddr {
+    /// A TCP (or Telnet) peer.
+    Tcp(SocketAddr),
+    /// A Unix-socket peer (usually unnamed).
+    Unix,
+    /// The process at the other end of our stdin/stdout.
+    Stdio,
+    /// A child process we started, by pid.
+    Child(u32),
+    /// The other half of an in-memory pipe.
+    Memory,
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Tcp(addr) => write!(f, "{addr}"),
+            PeerAddr::Unix => f.write_str("unix peer"),
+            PeerAddr::Stdio => f.write_str("stdio"),
+            PeerAddr::Child(pid) => write!(f, "child process {pid}"),
+            PeerAddr::Memory => f.write_str("memory"),
+        }
+    }
+}
+
+/// A bidirectional byte stream over any transport tether supports.
+///
+/// It implements tokio's [`AsyncRead`] and [`AsyncWrite`], so codecs,
+/// `Framed` and every layer above work on it unchanged. Shutting down the
+/// write half (`AsyncWriteExt::shutdown`) sends end-of-stream to the peer.
+pub struct ByteStream {
+    inner: Inner,
+    peer: PeerAddr,
+}
+
+enum Inner {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Telnet(Box<TelnetStream<TcpStream>>),
+    Stdio(tokio::io::Join<tokio::io::Stdin, tokio::io::Stdout>),
+    Child(Box<ChildStream>),
+    Memory(DuplexStream),
+}
+
+/// A child process's stdout (read) and stdin (write).
+///
+/// The child is killed if still running when this is dropped, and tokio
+/// reaps it, so no zombie is left behind.
+struct ChildStream {
+    // Kept for `kill_on_drop`; never polled.
+    _child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: ChildStdout,
+}
+
+impl ByteStream {
+    /// Who is at the other end.
+    pub fn peer(&self) -> PeerAddr {
+        self.peer
+    }
+
+    /// Wraps a connected TCP stream (sets `TCP_NODELAY`).
+    pub fn from_tcp(stream: TcpStream) -> io::Result<Self> {
+        stream.set_nodelay(true)?;
+        let peer = PeerAddr::Tcp(stream.peer_addr()?);
+        Ok(ByteStream {
+            inner: Inner::Tcp(stream),
+            peer,
+        })
+    }
+
+    /// Wraps a connected Unix stream.
+    pub fn from_unix(stream: UnixStream) -> Self {
+        ByteStream {
+            inner: Inner::Unix(stream),
+            peer: PeerAddr::Unix,
+        }
+    }
+
+    /// This process's standard input and output.
+    pub fn stdio() -> Self {
+        ByteStream {
+            inner: Inner::Stdio(tokio::io::join(tokio::io::stdin(), tokio::io::stdout())),
+            peer: PeerAddr::Stdio,
+        }
+    }
+
+    /// Wraps a Telnet stream.
+    pub fn from_telnet(stream: TelnetStream<TcpStream>) -> io::Result<Self> {
+        let peer = PeerAddr::Tcp(stream.get_ref().peer_addr()?);
+        Ok(ByteStream {
+            inner: Inner::Telnet(Box::new(stream)),
+            peer,
+        })
+    }
+
+    /// Starts `program` with piped stdin and stdout (stderr is inherited).
+    pub fn spawn(program: &str, args: &[String]) -> io::Result<Self> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let stdin = child.stdin.take().expect("stdin was piped");
+        let stdout = child.stdout.take().expect("stdout was piped");
+        Ok(ByteStream {
+            inner: Inner::Child(Box::new(ChildStream {
+                _child: child,
+                stdin: Some(stdin),
+                stdout,
+            })),
+            peer: PeerAddr::Child(pid),
+        })
+    }
+
+    /// Wraps one half of a tokio in-memory duplex pipe.
+    pub fn from_memory(stream: DuplexStream) -> Self {
+        ByteStream {
+            inner: Inner::Memory(stream),
+            peer: PeerAddr::Memory,
+        }
+    }
+}
+
+impl fmt::Debug for ByteStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.inner {
+            Inner::Tcp(_) => "tcp",
+            Inner::Unix(_) => "unix",
+            Inner::Telnet(_) => "telnet",
+            Inner::Stdio(_) => "stdio",
+            Inner::Child(_) => "exec",
+            Inner::Memory(_) => "memory",
+        };
+        f.debug_struct("ByteStream")
+            .field("transport", &kind)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+/// Two connected in-memory streams, each buffering up to `capacity` bytes
+/// in each direction: a transport for tests and for in-process links.
+pub fn memory_pair(capacity: usize) -> (ByteStream, ByteStream) {
+    let (a, b) = tokio::io::duplex(capacity);
+    (ByteStream::from_memory(a), ByteStream::from_memory(b))
+}
+
+/// Opens a byte stream to `endpoint`, giving up after `timeout`.
+///
+/// TCP tries every address the host resolves to, in order, within the one
+/// timeout. Errors name the endpoint.
+pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<ByteStream, TransportError> {
+    let named = |source: io::Error| TransportError::Connect {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let attempt = async {
+        match endpoint {
+            Endpoint::Tcp { .. } => {
+                let tcp = connect_tcp(endpoint).await.map_err(named)?;
+                ByteStream::from_tcp(tcp).map_err(named)
+            }
+            Endpoint::Telnet { .. } => {
+                let tcp = connect_tcp(endpoint).await.map_err(named)?;
+                tcp.set_nodelay(true).map_err(named)?;
+                ByteStream::from_telnet(TelnetStream::new(tcp, TelnetOptions::default()))
+                    .map_err(named)
+            }
+            Endpoint::Unix(path) => Ok(ByteStream::from_unix(
+                UnixStream::connect(path).await.map_err(named)?,
+            )),
+            Endpoint::Stdio => Ok(ByteStream::stdio()),
+            Endpoint::Exec { program, args } => ByteStream::spawn(program, args).map_err(named),
+            Endpoint::Tls { .. } => Err(TransportError::Unsupported {
+                endpoint: endpoint.to_string(),
+                reason: "TLS is not available in this build of tether yet",
+            }),
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(TransportError::ConnectTimeout {
+            endpoint: endpoint.to_string(),
+            timeout,
+        }),
+    }
+}
+
+async fn connect_tcp(endpoint: &Endpoint) -> io::Result<TcpStream> {
+    let target = endpoint.host_port().expect("network endpoint");
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(&target).await? {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, "the host name resolved to no address")
+    }))
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.get_mut().inner {
+            Inner::Tcp($s) => $e,
+            Inner::Unix($s) => $e,
+            Inner::Telnet($s) => $e,
+            Inner::Stdio($s) => $e,
+            Inner::Child($s) => $e,
+            Inner::Memory($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for ByteStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for ByteStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        dispatch!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        dispatch!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.inner {
+            Inner::Tcp(s) => s.is_write_vectored(),
+            Inner::Unix(s) => s.is_write_vectored(),
+            _ => false,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+impl AsyncRead for ChildStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stdout).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ChildStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stdin {
+            Some(stdin) => Pin::new(stdin).poll_write(cx, buf),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stdin {
+            Some(stdin) => Pin::new(stdin).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Closing the pipe is how a child learns that its input has ended.
+        let this = self.get_mut();
+        if let Some(stdin) = &mut this.stdin {
+            std::task::ready!(Pin::new(stdin).poll_shutdown(cx))?;
+        }
+        this.stdin = None;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn memory_pair_carries_bytes_both_ways() {
+        let (mut a, mut b) = memory_pair(64);
+        a.write_all(b"ping").await.unwrap();
+        let mut buf = [0; 4];
+        b.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        assert_eq!(b.peer(), PeerAddr::Memory);
+    }
+
+    #[tokio::test]
+    async fn exec_talks_to_a_child_and_sees_its_exit() {
+        let ep: Endpoint = "exec:cat".parse().unwrap();
+        let mut s = connect(&ep, Duration::from_secs(5)).await.unwrap();
+        s.write_all(b"round trip").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, b"round trip");
+    }
+
+    #[tokio::test]
+    async fn exec_of_a_missing_program_names_it() {
+        let ep: Endpoint = "exec:/no/such/program-tether".parse().unwrap();
+        let err = connect(&ep, Duration::from_secs(5)).await.unwrap_err();
+        assert!(err.to_string().contains("/no/such/program-tether"), "{err}");
+    }
+}

@@ -1,0 +1,301 @@
+//! Telnet (RFC 854) as a transport: the application sees only data bytes.
+//!
+//! A Telnet peer mixes commands into the byte stream: `IAC` (0xFF) starts a
+//! command, `IAC IAC` is a literal 0xFF, `IAC DO/DONT/WILL/WONT opt`
+//! negotiates options and `IAC SB … IAC SE` carries sub-negotiations.
+//! [`TelnetStream`] removes all of that from what it reads, answers every
+//! option request (refusing it unless [`TelnetOptions`] enables it), escapes
+//! 0xFF in what it writes, and never drops a data byte — a login banner is
+//! ordinary data for the application to read or skip.
+//!
+//! ```text
+//! peer sends:  ff fd 01  ff fb 03  48 69 ff ff 00 11  ff fa 18 01 ff f0
+//!              DO ECHO   WILL SGA  H  i  IAC-IAC ...  SB TTYPE SEND SE
+//! we read:     48 69 ff 00 11
+//! we answer:   ff fc 01 (WONT ECHO)  ff fe 03 (DONT SGA)
+//! ```
+//!
+//! The protocol logic is the sans-IO [`TelnetParser`]; the stream is a thin
+//! wrapper around it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Interpret As Command.
+pub const IAC: u8 = 0xFF;
+const DONT: u8 = 0xFE;
+const DO: u8 = 0xFD;
+const WONT: u8 = 0xFC;
+const WILL: u8 = 0xFB;
+const SB: u8 = 0xFA;
+const SE: u8 = 0xF0;
+
+/// Which Telnet options tether agrees to. Everything else is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TelnetOptions {
+    /// Options we agree to perform when the peer sends `DO opt` (answered `WILL`).
+    pub local: Vec<u8>,
+    /// Options we let the peer perform when it sends `WILL opt` (answered `DO`).
+    pub remote: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Data,
+    Iac,
+    Negotiate(u8),
+    Sub,
+    SubIac,
+}
+
+/// The sans-IO Telnet receive side: separates data from commands and
+/// produces the replies that option negotiation needs.
+#[derive(Debug, Clone)]
+pub struct TelnetParser {
+    options: TelnetOptions,
+    state: State,
+    // Options currently on, so each request is answered once (no loops, RFC 854 §"Option negotiation").
+    local_on: [bool; 256],
+    remote_on: [bool; 256],
+}
+
+impl TelnetParser {
+    /// A parser that agrees to `options` and refuses everything else.
+    pub fn new(options: TelnetOptions) -> Self {
+        TelnetParser {
+            options,
+            state: State::Data,
+            local_on: [false; 256],
+            remote_on: [false; 256],
+        }
+    }
+
+    /// Decodes `buf` in place: the data bytes are moved to its front and
+    /// their count returned; replies for the peer are appended to `replies`.
+    /// A command split across calls is remembered.
+    pub fn decode_in_place(&mut self, buf: &mut [u8], replies: &mut BytesMut) -> usize {
+        let mut out = 0;
+        for i in 0..buf.len() {
+            let b = buf[i];
+            self.state = match (self.state, b) {
+                (State::Data, IAC) => State::Iac,
+                (State::Data, _) => {
+                    buf[out] = b;
+                    out += 1;
+                    State::Data
+                }
+                (State::Iac, IAC) => {
+                    buf[out] = IAC;
+                    out += 1;
+                    State::Data
+                }
+                (State::Iac, DO | DONT | WILL | WONT) => State::Negotiate(b),
+                (State::Iac, SB) => State::Sub,
+                // NOP, GA, AYT, …: commands with no data meaning.
+                (State::Iac, _) => State::Data,
+                (State::Negotiate(verb), opt) => {
+                    self.negotiate(verb, opt, replies);
+                    State::Data
+                }
+                (State::Sub, IAC) => State::SubIac,
+                (State::Sub, _) => State::Sub,
+                (State::SubIac, SE) => State::Data,
+                (State::SubIac, _) => State::Sub,
+            };
+        }
+        out
+    }
+
+    fn negotiate(&mut self, verb: u8, opt: u8, replies: &mut BytesMut) {
+        let i = opt as usize;
+        let reply = match verb {
+            DO if self.options.local.contains(&opt) => {
+                (!self.local_on[i]).then(|| {
+                    self.local_on[i] = true;
+                    WILL
+                })
+            }
+            DO => Some(WONT),
+            DONT if self.local_on[i] => {
+                self.local_on[i] = false;
+                Some(WONT)
+            }
+            WILL if self.options.remote.contains(&opt) => {
+                (!self.remote_on[i]).then(|| {
+                    self.remote_on[i] = true;
+                    DO
+                })
+            }
+            WILL => Some(DONT),
+            WONT if self.remote_on[i] => {
+                self.remote_on[i] = false;
+                Some(DONT)
+            }
+            _ => None,
+        };
+        if let Some(reply) = reply {
+            replies.extend_from_slice(&[IAC, reply, opt]);
+        }
+    }
+}
+
+/// Appends `data` to `out` with every 0xFF doubled.
+pub fn escape_into(data: &[u8], out: &mut BytesMut) {
+    out.reserve(data.len() + 8);
+    for chunk in data.split_inclusive(|&b| b == IAC) {
+        out.extend_from_slice(chunk);
+        if chunk.last() == Some(&IAC) {
+            out.extend_from_slice(&[IAC]);
+        }
+    }
+}
+
+/// A byte stream speaking Telnet to its peer; reads and writes carry data only.
+#[derive(Debug)]
+pub struct TelnetStream<S> {
+    inner: S,
+    parser: TelnetParser,
+    // Escaped data and negotiation replies not yet written to `inner`.
+    out: BytesMut,
+}
+
+impl<S> TelnetStream<S> {
+    /// Wraps `inner`, agreeing to `options` and refusing every other option.
+    pub fn new(inner: S, options: TelnetOptions) -> Self {
+        TelnetStream {
+            inner,
+            parser: TelnetParser::new(options),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncWrite + Unpin> TelnetStream<S> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TelnetStream<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            let start = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let raw = &mut buf.filled_mut()[start..];
+            if raw.is_empty() {
+                return Poll::Ready(Ok(())); // end of stream
+            }
+            let data = this.parser.decode_in_place(raw, &mut this.out);
+            buf.set_filled(start + data);
+            if !this.out.is_empty() {
+                // Answer negotiation now; if the socket is full, the next write or flush finishes it.
+                let _ = this.poll_drain(cx);
+            }
+            if data > 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // Only commands arrived: read again rather than report a 0-byte read (EOF).
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TelnetStream<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        if !buf.contains(&IAC) {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        // Accept it all; the escaped copy is written before anything else.
+        escape_into(buf, &mut this.out);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(parser: &mut TelnetParser, input: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut buf = input.to_vec();
+        let mut replies = BytesMut::new();
+        let n = parser.decode_in_place(&mut buf, &mut replies);
+        (buf[..n].to_vec(), replies.to_vec())
+    }
+
+    #[test]
+    fn data_is_kept_and_options_refused() {
+        let mut p = TelnetParser::new(TelnetOptions::default());
+        let input = [
+            IAC, DO, 1, IAC, WILL, 3, b'H', b'i', IAC, IAC, 0x00, 0x11, IAC, SB, 24, 1, IAC, IAC,
+            IAC, SE, b'!', IAC, 0xF1,
+        ];
+        let (data, replies) = decode(&mut p, &input);
+        assert_eq!(data, [b'H', b'i', 0xFF, 0x00, 0x11, b'!']);
+        assert_eq!(replies, [IAC, WONT, 1, IAC, DONT, 3]);
+    }
+
+    #[test]
+    fn commands_split_across_reads() {
+        let mut p = TelnetParser::new(TelnetOptions::default());
+        let input = [b'a', IAC, DO, 24, IAC, IAC, b'b', IAC, SB, 1, 2, IAC, SE, b'c'];
+        for split in 0..=input.len() {
+            let mut p2 = p.clone();
+            let (mut data, mut replies) = decode(&mut p2, &input[..split]);
+            let (d2, r2) = decode(&mut p2, &input[split..]);
+            data.extend(d2);
+            replies.extend(r2);
+            assert_eq!(data, [b'a', 0xFF, b'b', b'c'], "split at {split}");
+            assert_eq!(replies, [IAC, WONT, 24], "split at {split}");
+        }
+        let _ = decode(&mut p, &[]);
+    }
+
+    #[test]
+    fn enabled_options_are_accepted_once() {
+        let mut p = TelnetParser::new(TelnetOptions {
+            local: vec![24],
+            remote: vec![1],
+        });
+        let (_, r) = decode(&mut p, &[IAC, DO, 24, IAC, DO, 24, IAC, WILL, 1, IAC, WILL, 1]);
+        assert_eq!(r, [IAC, WILL, 24, IAC, DO, 1]);
+        let (_, r) = decode(&mut p, &[IAC, DONT, 24, IAC, WONT, 1, IAC, DONT, 5]);
+        assert_eq!(r, [IAC, WONT, 24, IAC, DONT, 1]);
+    }
+
+    #[test]
+    fn escape_doubles_iac() {
+        let mut out = BytesMut::new();
+        escape_into(&[1, 0xFF, 2, 0xFF], &mut out);
+        assert_eq!(&out[..], [1, 0xFF, 0xFF, 2, 0xFF, 0xFF]);
+    }
+}
