@@ -103,7 +103,8 @@ impl fmt::Display for Endpoint {
             Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
             Endpoint::Stdio => f.write_str("stdio:"),
             Endpoint::Exec { program, args } => {
-                let words = std::iter::once(program.as_str()).chain(args.iter().map(String::as_str));
+                let words =
+                    std::iter::once(program.as_str()).chain(args.iter().map(String::as_str));
                 let joined = shlex::try_join(words).unwrap_or_else(|_| program.clone());
                 write!(f, "exec:{joined}")
             }
@@ -175,7 +176,10 @@ fn parse_host_port(s: &str) -> Result<(String, u16), (&str, &'static str)> {
             .rsplit_once(':')
             .ok_or((s, "expected `host:port` (no `:port` found)"))?;
         if host.contains(':') {
-            return Err((host, "an IPv6 address must be written in brackets: [::1]:port"));
+            return Err((
+                host,
+                "an IPv6 address must be written in brackets: [::1]:port",
+            ));
         }
         (host, port)
     };
@@ -219,7 +223,10 @@ mod tests {
                 port: 443
             }
         );
-        assert_eq!(parse("unix:///tmp/x.sock"), Endpoint::Unix("/tmp/x.sock".into()));
+        assert_eq!(
+            parse("unix:///tmp/x.sock"),
+            Endpoint::Unix("/tmp/x.sock".into())
+        );
         assert_eq!(parse("stdio:"), Endpoint::Stdio);
         assert_eq!(
             parse("exec:python3 -c 'print(1)'"),

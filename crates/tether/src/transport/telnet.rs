@@ -113,23 +113,19 @@ impl TelnetParser {
     fn negotiate(&mut self, verb: u8, opt: u8, replies: &mut BytesMut) {
         let i = opt as usize;
         let reply = match verb {
-            DO if self.options.local.contains(&opt) => {
-                (!self.local_on[i]).then(|| {
-                    self.local_on[i] = true;
-                    WILL
-                })
-            }
+            DO if self.options.local.contains(&opt) => (!self.local_on[i]).then(|| {
+                self.local_on[i] = true;
+                WILL
+            }),
             DO => Some(WONT),
             DONT if self.local_on[i] => {
                 self.local_on[i] = false;
                 Some(WONT)
             }
-            WILL if self.options.remote.contains(&opt) => {
-                (!self.remote_on[i]).then(|| {
-                    self.remote_on[i] = true;
-                    DO
-                })
-            }
+            WILL if self.options.remote.contains(&opt) => (!self.remote_on[i]).then(|| {
+                self.remote_on[i] = true;
+                DO
+            }),
             WILL => Some(DONT),
             WONT if self.remote_on[i] => {
                 self.remote_on[i] = false;
@@ -193,7 +189,11 @@ impl<S: AsyncWrite + Unpin> TelnetStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TelnetStream<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
             let start = buf.filled().len();
@@ -217,7 +217,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TelnetStream<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for TelnetStream<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
         if !buf.contains(&IAC) {
@@ -267,7 +271,9 @@ mod tests {
     #[test]
     fn commands_split_across_reads() {
         let mut p = TelnetParser::new(TelnetOptions::default());
-        let input = [b'a', IAC, DO, 24, IAC, IAC, b'b', IAC, SB, 1, 2, IAC, SE, b'c'];
+        let input = [
+            b'a', IAC, DO, 24, IAC, IAC, b'b', IAC, SB, 1, 2, IAC, SE, b'c',
+        ];
         for split in 0..=input.len() {
             let mut p2 = p.clone();
             let (mut data, mut replies) = decode(&mut p2, &input[..split]);
@@ -286,7 +292,10 @@ mod tests {
             local: vec![24],
             remote: vec![1],
         });
-        let (_, r) = decode(&mut p, &[IAC, DO, 24, IAC, DO, 24, IAC, WILL, 1, IAC, WILL, 1]);
+        let (_, r) = decode(
+            &mut p,
+            &[IAC, DO, 24, IAC, DO, 24, IAC, WILL, 1, IAC, WILL, 1],
+        );
         assert_eq!(r, [IAC, WILL, 24, IAC, DO, 1]);
         let (_, r) = decode(&mut p, &[IAC, DONT, 24, IAC, WONT, 1, IAC, DONT, 5]);
         assert_eq!(r, [IAC, WONT, 24, IAC, DONT, 1]);

@@ -1,0 +1,169 @@
+use std::io;
+
+use bytes::{BufMut, BytesMut};
+use tokio_util::codec::length_delimited::{LengthDelimitedCodec, LengthDelimitedCodecError};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::{FramingError, DEFAULT_MAX_FRAME_LENGTH};
+
+/// Frames preceded by their length as a big-endian unsigned integer
+/// (4 bytes unless configured), the prefix not counting itself.
+///
+/// ```text
+/// wire:  00 00 00 05 68 65 6c 6c 6f  00 00 00 00
+///        len = 5     h  e  l  l  o   len = 0 (an empty frame)
+/// ```
+///
+/// Decoding is tokio-util's [`LengthDelimitedCodec`]; this type adds
+/// tether's error type, the 8 MiB default maximum and a truncated-frame
+/// error at end of stream. A declared length over the maximum is refused
+/// before anything is allocated for it.
+#[derive(Debug)]
+pub struct LengthCodec {
+    inner: LengthDelimitedCodec,
+    prefix: usize,
+    max_length: usize,
+}
+
+impl LengthCodec {
+    /// A 4-byte big-endian prefix and the default maximum (8 MiB).
+    pub fn new() -> Self {
+        Self::with_prefix(4, DEFAULT_MAX_FRAME_LENGTH)
+    }
+
+    /// A `prefix`-byte big-endian prefix (1 to 8) and frames of at most
+    /// `max_length` bytes.
+    ///
+    /// # Panics
+    /// If `prefix` is not between 1 and 8.
+    pub fn with_prefix(prefix: usize, max_length: usize) -> Self {
+        assert!((1..=8).contains(&prefix), "a length prefix is 1 to 8 bytes");
+        let inner = LengthDelimitedCodec::builder()
+            .length_field_length(prefix)
+            .max_frame_length(max_length)
+            .new_codec();
+        LengthCodec {
+            inner,
+            prefix,
+            max_length,
+        }
+    }
+
+    /// The maximum frame length, prefix excluded.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    fn map_error(&self, e: io::Error) -> FramingError {
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
+        {
+            FramingError::FrameTooLong {
+                max: self.max_length,
+            }
+        } else {
+            FramingError::Io(e)
+        }
+    }
+}
+
+impl Default for LengthCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for LengthCodec {
+    fn clone(&self) -> Self {
+        // A fresh decoder: its state belongs to one stream.
+        Self::with_prefix(self.prefix, self.max_length)
+    }
+}
+
+impl Decoder for LengthCodec {
+    type Item = BytesMut;
+    type Error = FramingError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
+        self.inner.decode(buf).map_err(|e| self.map_error(e))
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() => Ok(None),
+            None => {
+                let buffered = buf.len();
+                buf.clear();
+                Err(FramingError::TruncatedFrame { buffered })
+            }
+        }
+    }
+}
+
+impl<T: AsRef<[u8]>> Encoder<T> for LengthCodec {
+    type Error = FramingError;
+
+    fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), FramingError> {
+        let frame = item.as_ref();
+        let fits_prefix = self.prefix >= 8 || (frame.len() as u64) < 1u64 << (8 * self.prefix);
+        if frame.len() > self.max_length || !fits_prefix {
+            return Err(FramingError::FrameTooLong {
+                max: self.max_length,
+            });
+        }
+        dst.reserve(self.prefix + frame.len());
+        dst.put_uint(frame.len() as u64, self.prefix);
+        dst.put_slice(frame);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_leftover_kept() {
+        let mut codec = LengthCodec::new();
+        let mut buf = BytesMut::new();
+        codec.encode(b"hello", &mut buf).unwrap();
+        codec.encode(b"", &mut buf).unwrap();
+        assert_eq!(&buf[..9], [0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']);
+        buf.extend_from_slice(&[0, 0]);
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "hello");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "");
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert_eq!(&buf[..], [0, 0]);
+    }
+
+    #[test]
+    fn hostile_length_is_refused_without_allocating() {
+        let mut codec = LengthCodec::with_prefix(4, 1024);
+        let mut buf = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff, 1][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FramingError::FrameTooLong { max: 1024 })
+        ));
+        assert!(buf.capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn truncated_frame_at_eof() {
+        let mut codec = LengthCodec::new();
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 9, 1, 2][..]);
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(FramingError::TruncatedFrame { .. })
+        ));
+    }
+
+    #[test]
+    fn one_byte_prefix_limits_the_frame() {
+        let mut codec = LengthCodec::with_prefix(1, 1000);
+        let mut dst = BytesMut::new();
+        assert!(codec.encode(vec![0u8; 256], &mut dst).is_err());
+        codec.encode(vec![7u8; 255], &mut dst).unwrap();
+        assert_eq!(dst[0], 255);
+    }
+}

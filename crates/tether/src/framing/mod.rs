@@ -1,0 +1,87 @@
+//! Codecs: how bytes on a stream become frames, and frames become values.
+//!
+//! Every codec is a sans-IO tokio-util [`Decoder`](tokio_util::codec::Decoder)
+//! / [`Encoder`](tokio_util::codec::Encoder): it never touches a socket, it
+//! only turns a buffer into frames. Bytes that follow a frame stay in the
+//! buffer for the next one — nothing is dropped. Every decoder has a maximum
+//! frame length ([`DEFAULT_MAX_FRAME_LENGTH`], 8 MiB, unless configured);
+//! going over it is [`FramingError::FrameTooLong`], never an allocation of
+//! what the peer asked for. A stream that ends inside a frame is
+//! [`FramingError::TruncatedFrame`], not silence.
+//!
+//! | codec | on the wire |
+//! |---|---|
+//! | [`SentinelCodec`] | `frame bytes` `sentinel` (e.g. `\r\n`) |
+//! | [`FixedLengthCodec`] | exactly `n` bytes per frame |
+//! | [`LengthCodec`] | big-endian length prefix (4 bytes by default), then the frame |
+//! | [`MapCodec`] | any of the above, with typed values instead of bytes |
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use tether::framing::SentinelCodec;
+//! use tokio_util::codec::Decoder;
+//!
+//! let mut codec = SentinelCodec::new("\r\n");
+//! let mut buf = BytesMut::from("a\r\nb\r\nhalf");
+//! assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "a");
+//! assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "b");
+//! assert_eq!(codec.decode(&mut buf).unwrap(), None); // "half" waits for more
+//! assert_eq!(buf, "half");
+//! ```
+
+mod error;
+mod fixed;
+mod length;
+mod map;
+mod sentinel;
+
+pub use error::FramingError;
+pub use fixed::FixedLengthCodec;
+pub use length::LengthCodec;
+pub use map::{text, MapCodec, TextCodec};
+pub use sentinel::SentinelCodec;
+
+/// The maximum frame length every decoder uses unless told otherwise: 8 MiB.
+///
+/// Large enough for any device reply or bulk payload we have met, small
+/// enough that a hostile peer cannot make a connection hold much memory.
+pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
+
+/// Turns escapes such as `\r\n`, `\t`, `\0`, `\\` and `\xHH` into bytes:
+/// how the command line writes sentinels.
+///
+/// ```
+/// assert_eq!(tether::framing::unescape(r"\r\n").unwrap(), b"\r\n");
+/// assert_eq!(tether::framing::unescape(r"END\x00").unwrap(), b"END\0");
+/// assert!(tether::framing::unescape(r"\q").is_err());
+/// ```
+pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut utf8 = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push(b'\r'),
+            Some('n') => out.push(b'\n'),
+            Some('t') => out.push(b'\t'),
+            Some('0') => out.push(0),
+            Some('\\') => out.push(b'\\'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                let byte = u8::from_str_radix(&hex, 16)
+                    .map_err(|_| format!("`\\x{hex}` is not two hex digits"))?;
+                out.push(byte);
+            }
+            Some(other) => return Err(format!("unknown escape `\\{other}`")),
+            None => return Err("a lone `\\` at the end".to_string()),
+        }
+    }
+    if out.is_empty() {
+        return Err("the sentinel is empty".to_string());
+    }
+    Ok(out)
+}

@@ -1,0 +1,290 @@
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::{FramingError, DEFAULT_MAX_FRAME_LENGTH};
+
+/// Frames that end with a sentinel: any non-empty byte sequence such as
+/// `\n`, `\r\n` or `END`.
+///
+/// ```text
+/// wire:   2a 49 44 4e 3f 0d 0a  52 45 56 20 61 62 0d 0a
+///         *  I  D  N  ?  \r \n  R  E  V  ␠  a  b  \r \n
+/// frames: "*IDN?"               "REV ab"
+/// ```
+///
+/// Decoded frames exclude the sentinel; encoding appends it. A sentinel
+/// split across reads is found, several frames in one read come out one by
+/// one, and the bytes after a frame stay in the buffer. The search resumes
+/// where it stopped, so a long frame arriving in many reads is scanned once.
+///
+/// A frame longer than [`max_length`](Self::max_length) is an error for that
+/// frame only: its bytes are discarded up to the next sentinel and decoding
+/// goes on. Encoding refuses a frame that contains the sentinel, since the
+/// peer would read it as two.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelCodec {
+    sentinel: Bytes,
+    max_length: usize,
+    // No sentinel starts before this offset of the buffer.
+    next_index: usize,
+    // Inside an oversize frame: drop bytes until the next sentinel.
+    discarding: bool,
+}
+
+impl SentinelCodec {
+    /// A codec for frames ending in `sentinel`, with the default maximum
+    /// frame length (8 MiB).
+    ///
+    /// # Panics
+    /// If `sentinel` is empty (a programming error, not peer input).
+    pub fn new(sentinel: impl Into<Bytes>) -> Self {
+        Self::with_max_length(sentinel, DEFAULT_MAX_FRAME_LENGTH)
+    }
+
+    /// A codec whose frames (without sentinel) are at most `max_length` bytes.
+    ///
+    /// # Note
+    /// Without a limit a peer that never sends the sentinel makes the buffer
+    /// grow until memory runs out; keep it as small as the protocol allows.
+    pub fn with_max_length(sentinel: impl Into<Bytes>, max_length: usize) -> Self {
+        let sentinel = sentinel.into();
+        assert!(!sentinel.is_empty(), "a sentinel must not be empty");
+        SentinelCodec {
+            sentinel,
+            max_length,
+            next_index: 0,
+            discarding: false,
+        }
+    }
+
+    /// Frames ending in `\n`.
+    pub fn lines() -> Self {
+        Self::new(&b"\n"[..])
+    }
+
+    /// Frames ending in `\r\n`.
+    pub fn crlf() -> Self {
+        Self::new(&b"\r\n"[..])
+    }
+
+    /// The sentinel.
+    pub fn sentinel(&self) -> &[u8] {
+        &self.sentinel
+    }
+
+    /// The maximum frame length, sentinel excluded.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    fn find(&self, buf: &[u8]) -> Option<usize> {
+        find(&self.sentinel, buf, self.next_index)
+    }
+
+    /// Offset before which no sentinel can start, given the buffer so far.
+    fn searched_up_to(&self, len: usize) -> usize {
+        len.saturating_sub(self.sentinel.len() - 1)
+    }
+}
+
+/// Where `sentinel` first starts in `buf` at or after `from`.
+fn find(sentinel: &[u8], buf: &[u8], mut from: usize) -> Option<usize> {
+    let first = sentinel[0];
+    while from + sentinel.len() <= buf.len() {
+        let i = from + buf[from..].iter().position(|&b| b == first)?;
+        if buf[i..].starts_with(sentinel) {
+            return Some(i);
+        }
+        if i + sentinel.len() > buf.len() {
+            return None;
+        }
+        from = i + 1;
+    }
+    None
+}
+
+impl Decoder for SentinelCodec {
+    type Item = BytesMut;
+    type Error = FramingError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
+        loop {
+            match self.find(buf) {
+                Some(end) => {
+                    let frame = buf.split_to(end);
+                    buf.advance(self.sentinel.len());
+                    self.next_index = 0;
+                    if self.discarding {
+                        // The tail of an oversize frame: already reported.
+                        self.discarding = false;
+                        continue;
+                    }
+                    if frame.len() > self.max_length {
+                        return Err(FramingError::FrameTooLong {
+                            max: self.max_length,
+                        });
+                    }
+                    return Ok(Some(frame));
+                }
+                None if self.discarding => {
+                    let drop = self.searched_up_to(buf.len());
+                    buf.advance(drop);
+                    self.next_index = 0;
+                    return Ok(None);
+                }
+                None => {
+                    self.next_index = self.searched_up_to(buf.len());
+                    if self.next_index > self.max_length {
+                        self.discarding = true;
+                        let drop = self.next_index;
+                        buf.advance(drop);
+                        self.next_index = 0;
+                        return Err(FramingError::FrameTooLong {
+                            max: self.max_length,
+                        });
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
+        if let Some(frame) = self.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        let buffered = buf.len();
+        buf.clear();
+        self.next_index = 0;
+        if buffered == 0 || std::mem::take(&mut self.discarding) {
+            Ok(None)
+        } else {
+            Err(FramingError::TruncatedFrame { buffered })
+        }
+    }
+}
+
+impl<T: AsRef<[u8]>> Encoder<T> for SentinelCodec {
+    type Error = FramingError;
+
+    fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), FramingError> {
+        let frame = item.as_ref();
+        if frame.len() > self.max_length {
+            return Err(FramingError::FrameTooLong {
+                max: self.max_length,
+            });
+        }
+        if let Some(position) = find(&self.sentinel, frame, 0) {
+            return Err(FramingError::SentinelInFrame { position });
+        }
+        dst.reserve(frame.len() + self.sentinel.len());
+        dst.put_slice(frame);
+        dst.put_slice(&self.sentinel);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(codec: &mut SentinelCodec, buf: &mut BytesMut) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(frame) = codec.decode(buf).unwrap() {
+            out.push(frame.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn sentinel_split_across_reads() {
+        let mut codec = SentinelCodec::crlf();
+        let mut buf = BytesMut::from("abc\r");
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"\n");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "abc");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn several_frames_in_one_read() {
+        let mut codec = SentinelCodec::crlf();
+        let mut buf = BytesMut::from("a\r\nb\r\n");
+        assert_eq!(frames(&mut codec, &mut buf), [b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn every_split_point_of_a_multi_byte_sentinel() {
+        let wire = b"one<END>two<E<END>three<END>";
+        for split in 0..=wire.len() {
+            let mut codec = SentinelCodec::new(&b"<END>"[..]);
+            let mut buf = BytesMut::from(&wire[..split]);
+            let mut got = frames(&mut codec, &mut buf);
+            buf.extend_from_slice(&wire[split..]);
+            got.extend(frames(&mut codec, &mut buf));
+            assert_eq!(got, [&b"one"[..], b"two<E", b"three"], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn byte_by_byte() {
+        let wire = b"x\r\n\r\ny\r\n";
+        let mut codec = SentinelCodec::crlf();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in wire {
+            buf.put_u8(b);
+            got.extend(frames(&mut codec, &mut buf));
+        }
+        assert_eq!(got, [&b"x"[..], b"", b"y"]);
+    }
+
+    #[test]
+    fn oversize_frame_is_an_error_then_decoding_resumes() {
+        let mut codec = SentinelCodec::with_max_length(&b"\n"[..], 4);
+        let mut buf = BytesMut::from("12345678");
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FramingError::FrameTooLong { max: 4 })
+        ));
+        assert!(buf.len() <= 4, "the oversize frame is not kept");
+        buf.extend_from_slice(b"9\nok\n");
+        assert_eq!(frames(&mut codec, &mut buf), [b"ok".to_vec()]);
+    }
+
+    #[test]
+    fn oversize_frame_found_whole_is_an_error() {
+        let mut codec = SentinelCodec::with_max_length(&b"\n"[..], 2);
+        let mut buf = BytesMut::from("abc\nde\n");
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FramingError::FrameTooLong { .. })
+        ));
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "de");
+    }
+
+    #[test]
+    fn truncated_frame_at_eof() {
+        let mut codec = SentinelCodec::lines();
+        let mut buf = BytesMut::from("done\npartial");
+        assert_eq!(codec.decode_eof(&mut buf).unwrap().unwrap(), "done");
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(FramingError::TruncatedFrame { buffered: 7 })
+        ));
+        assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn encode_appends_and_refuses_embedded_sentinel() {
+        let mut codec = SentinelCodec::crlf();
+        let mut dst = BytesMut::new();
+        codec.encode("hi", &mut dst).unwrap();
+        assert_eq!(dst, "hi\r\n");
+        assert!(matches!(
+            codec.encode("a\r\nb", &mut dst),
+            Err(FramingError::SentinelInFrame { position: 1 })
+        ));
+        assert_eq!(dst, "hi\r\n", "nothing half-written");
+    }
+}
