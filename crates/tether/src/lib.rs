@@ -4,4 +4,6 @@
 #![warn(missing_docs)]
 
 pub mod framing;
+pub mod session;
+pub mod sim;
 pub mod transport;

@@ -1,0 +1,281 @@
+//! The client side: [`Client`] opens [`Session`]s.
+
+use std::time::Duration;
+
+use tokio_util::codec::{Decoder, Encoder};
+use tracing::debug;
+
+use super::io::FrameIo;
+use super::SessionError;
+use crate::framing::FramingError;
+use crate::transport::{self, ByteStream, Endpoint};
+
+/// Timeouts for a [`Client`] and its sessions.
+///
+/// ```
+/// use std::time::Duration;
+/// use tether::session::ClientOptions;
+///
+/// let options = ClientOptions::default()
+///     .connect_timeout(Duration::from_secs(2))
+///     .request_timeout(Some(Duration::from_millis(500)));
+/// assert_eq!(options.request_timeout_value(), Some(Duration::from_millis(500)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    connect_timeout: Duration,
+    request_timeout: Option<Duration>,
+}
+
+impl Default for ClientOptions {
+    /// Connect within 5 s; each reply within 10 s. Devices on a LAN answer in
+    /// milliseconds: these catch a dead peer without failing a slow command.
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// How long connecting may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a whole reply may take (`None`: wait for ever).
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout_value(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The request deadline.
+    pub fn request_timeout_value(&self) -> Option<Duration> {
+        self.request_timeout
+    }
+}
+
+/// Opens sessions to one endpoint, speaking one codec.
+///
+/// A client holds no connection itself: [`connect`](Self::connect) opens a
+/// long-lived [`Session`]; [`request_once`](Self::request_once) is the
+/// sessionless mode, a connection per request.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tether::session::SessionError> {
+/// use tether::framing::{text, SentinelCodec};
+/// use tether::session::{Client, ClientOptions};
+///
+/// let client = Client::new("tcp://127.0.0.1:5025".parse()?, text(SentinelCodec::lines()), ClientOptions::default());
+/// let mut session = client.connect().await?;
+/// let idn: String = session.request("*IDN?".to_string()).await?;
+/// session.send("SET mode fast".to_string()).await?; // no reply expected
+/// session.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client<C> {
+    endpoint: Endpoint,
+    codec: C,
+    options: ClientOptions,
+}
+
+impl<C: Clone> Client<C> {
+    /// A client for `endpoint`; each session gets a clone of `codec`.
+    pub fn new(endpoint: Endpoint, codec: C, options: ClientOptions) -> Self {
+        Client {
+            endpoint,
+            codec,
+            options,
+        }
+    }
+
+    /// The endpoint sessions connect to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The client's options.
+    pub fn options(&self) -> ClientOptions {
+        self.options
+    }
+
+    /// Opens a new session, within the connect timeout.
+    pub async fn connect(&self) -> Result<Session<C>, SessionError> {
+        let stream = transport::connect(&self.endpoint, self.options.connect_timeout).await?;
+        debug!(endpoint = %self.endpoint, peer = %stream.peer(), "session opened");
+        Ok(Session::new(stream, self.codec.clone(), self.options))
+    }
+
+    /// The sessionless mode: connects, sends `request`, reads the reply, closes.
+    pub async fn request_once<Req>(&self, request: Req) -> Result<C::Item, SessionError>
+    where
+        C: Encoder<Req, Error = FramingError> + Decoder<Error = FramingError>,
+    {
+        let mut session = self.connect().await?;
+        let reply = session.request(request).await?;
+        session.close().await?;
+        Ok(reply)
+    }
+}
+
+/// One long-lived connection: requests and their replies, in order.
+///
+/// Dropping a session closes its connection. After a timeout, a broken
+/// stream or a cancelled request the session refuses further use with
+/// [`SessionError::Closed`] saying why, because the next reply could belong
+/// to the earlier request.
+#[derive(Debug)]
+pub struct Session<C> {
+    io: Option<FrameIo<ByteStream, C>>,
+    options: ClientOptions,
+    closed_because: Option<String>,
+    // Set while a request is under way; still set at the next call if the
+    // caller dropped that request's future half-way.
+    busy: bool,
+}
+
+impl<C> Session<C> {
+    /// A session over an already open stream (any transport, e.g. a memory pair).
+    pub fn new(stream: ByteStream, codec: C, options: ClientOptions) -> Self {
+        Session {
+            io: Some(FrameIo::new(stream, codec)),
+            options,
+            closed_because: None,
+            busy: false,
+        }
+    }
+
+    /// Whether the session can still be used.
+    pub fn is_open(&self) -> bool {
+        self.io.is_some()
+    }
+
+    fn close_because(&mut self, reason: impl Into<String>) {
+        self.io = None;
+        self.closed_because.get_or_insert_with(|| reason.into());
+    }
+}
+
+impl<C> Session<C>
+where
+    C: Decoder<Error = FramingError>,
+{
+    fn io(&mut self) -> Result<&mut FrameIo<ByteStream, C>, SessionError> {
+        if self.busy {
+            self.close_because("a request was cancelled before its reply arrived");
+        }
+        match &mut self.io {
+            Some(io) => Ok(io),
+            None => Err(SessionError::Closed {
+                reason: self
+                    .closed_because
+                    .clone()
+                    .unwrap_or_else(|| "closed".into()),
+            }),
+        }
+    }
+
+    /// Sends `request` and returns the decoded reply, all within the request deadline.
+    pub async fn request<Req>(&mut self, request: Req) -> Result<C::Item, SessionError>
+    where
+        C: Encoder<Req, Error = FramingError>,
+    {
+        let deadline = self.options.request_timeout;
+        let io = self.io()?;
+        io.queue(request).map_err(SessionError::from_framing)?;
+        self.busy = true;
+        let io = self.io.as_mut().expect("checked above");
+        let exchange = async {
+            io.flush().await?;
+            io.read_frame().await
+        };
+        let outcome = match deadline {
+            Some(after) => match tokio::time::timeout(after, exchange).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.busy = false;
+                    self.close_because(format!("a reply did not come within {after:?}"));
+                    return Err(SessionError::Timeout { after });
+                }
+            },
+            None => exchange.await,
+        };
+        self.busy = false;
+        self.settle(outcome)
+    }
+
+    /// Waits for one frame the peer sends unasked (a banner, an event),
+    /// within the request deadline. A timeout here leaves the session open,
+    /// since no request is waiting.
+    pub async fn receive(&mut self) -> Result<C::Item, SessionError> {
+        let deadline = self.options.request_timeout;
+        self.io()?;
+        self.busy = true;
+        let io = self.io.as_mut().expect("checked above");
+        let outcome = match deadline {
+            Some(after) => match tokio::time::timeout(after, io.read_frame()).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.busy = false;
+                    return Err(SessionError::Timeout { after });
+                }
+            },
+            None => io.read_frame().await,
+        };
+        self.busy = false;
+        self.settle(outcome)
+    }
+
+    fn settle(
+        &mut self,
+        outcome: Result<Option<C::Item>, FramingError>,
+    ) -> Result<C::Item, SessionError> {
+        match outcome {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                self.close_because("the peer closed the connection");
+                Err(SessionError::Disconnected)
+            }
+            Err(e) => {
+                if e.is_fatal() {
+                    self.close_because(e.to_string());
+                }
+                Err(SessionError::from_framing(e))
+            }
+        }
+    }
+
+    /// Sends `request` with no reply expected.
+    pub async fn send<Req>(&mut self, request: Req) -> Result<(), SessionError>
+    where
+        C: Encoder<Req, Error = FramingError>,
+    {
+        let io = self.io()?;
+        io.queue(request).map_err(SessionError::from_framing)?;
+        let flushed = io.flush().await;
+        if let Err(e) = flushed {
+            self.close_because(e.to_string());
+            return Err(SessionError::Transport(e.into()));
+        }
+        Ok(())
+    }
+
+    /// Ends the session: flushes, tells the peer (end of stream), closes.
+    pub async fn close(mut self) -> Result<(), SessionError> {
+        match self.io.take() {
+            Some(mut io) => io
+                .shutdown()
+                .await
+                .map_err(|e| SessionError::Transport(e.into())),
+            None => Ok(()),
+        }
+    }
+}

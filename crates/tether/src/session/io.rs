@@ -1,0 +1,90 @@
+//! The async frame driver shared by client sessions and server connections:
+//! a stream, a sans-IO codec, and one read and one write buffer.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::framing::FramingError;
+
+/// How much room a read asks for. 4 KiB covers typical device replies in
+/// one syscall; bulk frames grow the buffer as they arrive.
+pub(crate) const READ_CHUNK: usize = 4096;
+
+/// Above this, an empty read buffer is given back to the allocator rather
+/// than kept for an idle connection.
+const KEEP_IDLE_CAPACITY: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub(crate) struct FrameIo<S, C> {
+    pub(crate) stream: S,
+    pub(crate) codec: C,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl<S, C> FrameIo<S, C> {
+    pub(crate) fn new(stream: S, codec: C) -> Self {
+        FrameIo {
+            stream,
+            codec,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+        }
+    }
+}
+
+impl<S, C> FrameIo<S, C>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    C: Decoder<Error = FramingError>,
+{
+    /// A frame already in the read buffer, without touching the stream.
+    pub(crate) fn buffered_frame(&mut self) -> Result<Option<C::Item>, FramingError> {
+        if self.rbuf.is_empty() {
+            return Ok(None);
+        }
+        self.codec.decode(&mut self.rbuf)
+    }
+
+    /// The next frame; `None` at a clean end of stream (between frames).
+    pub(crate) async fn read_frame(&mut self) -> Result<Option<C::Item>, FramingError> {
+        loop {
+            if let Some(frame) = self.buffered_frame()? {
+                return Ok(Some(frame));
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_IDLE_CAPACITY {
+                self.rbuf = BytesMut::new();
+            }
+            self.rbuf.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return self.codec.decode_eof(&mut self.rbuf);
+            }
+        }
+    }
+
+    /// Encodes a frame into the write buffer; [`flush`](Self::flush) sends it.
+    pub(crate) fn queue<T>(&mut self, item: T) -> Result<(), FramingError>
+    where
+        C: Encoder<T, Error = FramingError>,
+    {
+        self.codec.encode(item, &mut self.wbuf)
+    }
+
+    /// Writes everything queued, in one write when the kernel takes it.
+    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all_buf(&mut self.wbuf).await?;
+            if self.wbuf.capacity() > KEEP_IDLE_CAPACITY {
+                self.wbuf = BytesMut::new();
+            }
+        }
+        self.stream.flush().await
+    }
+
+    /// Flushes, then ends the write side so the peer sees end-of-stream.
+    pub(crate) async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.flush().await?;
+        self.stream.shutdown().await
+    }
+}

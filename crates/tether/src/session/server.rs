@@ -1,0 +1,372 @@
+//! The server side: every connection served at once, one handler for all.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::codec::{Decoder, Encoder};
+use tracing::{debug, info, warn, Instrument};
+
+use super::io::FrameIo;
+use super::HandlerError;
+use crate::framing::FramingError;
+use crate::transport::{ByteStream, Endpoint, Listener, PeerAddr, TransportError};
+
+/// A server-assigned number for one connection, unique for the server's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What a handler knows about the connection a request came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The connection's id.
+    pub id: ConnectionId,
+    /// Who is at the other end.
+    pub peer: PeerAddr,
+}
+
+/// Answers requests: `Ok(Some(reply))`, `Ok(None)` for no reply, or an
+/// error, which is logged and closes that connection only.
+///
+/// Any `Fn(Request, &ConnectionInfo) -> impl Future<Output = Result<Option<Reply>, HandlerError>>`
+/// is a handler; implement the trait by hand to keep state in a struct.
+pub trait Handler<Req>: Send + Sync + 'static {
+    /// The reply type.
+    type Response: Send + 'static;
+
+    /// Handles one request.
+    fn handle(
+        &self,
+        request: Req,
+        conn: &ConnectionInfo,
+    ) -> impl Future<Output = Result<Option<Self::Response>, HandlerError>> + Send;
+}
+
+impl<F, Fut, Req, Resp> Handler<Req> for F
+where
+    F: Fn(Req, &ConnectionInfo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<Resp>, HandlerError>> + Send,
+    Resp: Send + 'static,
+{
+    type Response = Resp;
+
+    fn handle(
+        &self,
+        request: Req,
+        conn: &ConnectionInfo,
+    ) -> impl Future<Output = Result<Option<Resp>, HandlerError>> + Send {
+        self(request, conn)
+    }
+}
+
+/// Limits of a [`Server`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerOptions {
+    max_connections: usize,
+}
+
+impl Default for ServerOptions {
+    /// 1,024 connections: well under the usual 20,000-file limit, above any
+    /// device network we know.
+    fn default() -> Self {
+        ServerOptions {
+            max_connections: 1024,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// At most `n` connections at once; the extra ones are closed at once, with a log line.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+}
+
+type BadFrameReply<R> = Arc<dyn Fn(&FramingError) -> Option<R> + Send + Sync>;
+
+/// A request/response server on one endpoint.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use tether::framing::{text, SentinelCodec};
+/// use tether::session::{ConnectionInfo, HandlerError, Server};
+///
+/// let server = Server::bind(
+///     &"tcp://127.0.0.1:0".parse()?,
+///     text(SentinelCodec::lines()),
+///     |request: String, _conn: &ConnectionInfo| async move {
+///         Ok::<_, HandlerError>(Some(request.to_uppercase()))
+///     },
+/// )
+/// .await?;
+/// println!("listening on {}", server.local_endpoint());
+/// let running = server.spawn();
+/// // … later:
+/// running.shutdown(Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
+pub struct Server<C, H: Handler<Req>, Req> {
+    listener: Listener,
+    codec: C,
+    handler: Arc<H>,
+    options: ServerOptions,
+    on_bad_frame: Option<BadFrameReply<H::Response>>,
+}
+
+impl<C, H, Req> Server<C, H, Req>
+where
+    C: Decoder<Item = Req, Error = FramingError>
+        + Encoder<H::Response, Error = FramingError>
+        + Clone
+        + Send
+        + 'static,
+    H: Handler<Req>,
+    Req: Send + 'static,
+{
+    /// Binds to `endpoint`; serving starts with [`spawn`](Self::spawn) or [`run`](Self::run).
+    pub async fn bind(endpoint: &Endpoint, codec: C, handler: H) -> Result<Self, TransportError> {
+        Ok(Server {
+            listener: Listener::bind(endpoint).await?,
+            codec,
+            handler: Arc::new(handler),
+            options: ServerOptions::default(),
+            on_bad_frame: None,
+        })
+    }
+
+    /// Sets the limits.
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// What to send a client whose request could not be decoded (too long,
+    /// malformed) before its connection is closed; `None` sends nothing.
+    pub fn on_bad_frame(
+        mut self,
+        reply: impl Fn(&FramingError) -> Option<H::Response> + Send + Sync + 'static,
+    ) -> Self {
+        self.on_bad_frame = Some(Arc::new(reply));
+        self
+    }
+
+    /// The endpoint clients connect to (the real port after binding port 0).
+    pub fn local_endpoint(&self) -> Endpoint {
+        self.listener.local_endpoint()
+    }
+
+    /// The listener (for its display address).
+    pub fn listener(&self) -> &Listener {
+        &self.listener
+    }
+
+    /// Serves in a background task until [`RunningServer::shutdown`].
+    pub fn spawn(self) -> RunningServer {
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let stats = Arc::new(ServerStats::default());
+        let local = self.local_endpoint();
+        let task = tokio::spawn(self.serve(stop_rx, stats.clone()));
+        RunningServer {
+            local,
+            stop_tx,
+            stats,
+            task,
+        }
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully,
+    /// giving in-flight requests up to `grace` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, grace: Duration) {
+        let running = self.spawn();
+        shutdown.await;
+        running.shutdown(grace).await;
+    }
+
+    async fn serve(mut self, mut stop: watch::Receiver<Option<Duration>>, stats: Arc<ServerStats>) {
+        let slots = Arc::new(Semaphore::new(self.options.max_connections));
+        let mut connections = JoinSet::new();
+        let next_id = AtomicU64::new(1);
+        let grace = loop {
+            tokio::select! {
+                changed = stop.changed() => {
+                    break if changed.is_ok() { stop.borrow().unwrap_or_default() } else { Duration::ZERO };
+                }
+                accepted = self.listener.accept() => {
+                    let stream = match accepted {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            // EMFILE and friends: back off rather than spin.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let info = ConnectionInfo { id: ConnectionId(next_id.fetch_add(1, Ordering::Relaxed)), peer: stream.peer() };
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        warn!(peer = %info.peer, max = self.options.max_connections, "connection refused: too many connections");
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let conn = Connection {
+                        io: FrameIo::new(stream, self.codec.clone()),
+                        handler: self.handler.clone(),
+                        info,
+                        on_bad_frame: self.on_bad_frame.clone(),
+                        stop: stop.clone(),
+                    };
+                    let span = tracing::debug_span!("connection", id = %info.id, peer = %info.peer);
+                    connections.spawn(async move {
+                        conn.serve().await;
+                        drop(slot);
+                    }.instrument(span));
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        };
+        drop(self.listener);
+        info!(connections = connections.len(), ?grace, "shutting down");
+        let drained = tokio::time::timeout(grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                left = connections.len(),
+                "grace period over; closing the remaining connections"
+            );
+            connections.shutdown().await;
+        }
+    }
+}
+
+struct Connection<C, H: Handler<Req>, Req> {
+    io: FrameIo<ByteStream, C>,
+    handler: Arc<H>,
+    info: ConnectionInfo,
+    on_bad_frame: Option<BadFrameReply<H::Response>>,
+    stop: watch::Receiver<Option<Duration>>,
+}
+
+impl<C, H, Req> Connection<C, H, Req>
+where
+    C: Decoder<Item = Req, Error = FramingError> + Encoder<H::Response, Error = FramingError>,
+    H: Handler<Req>,
+{
+    async fn serve(mut self) {
+        debug!("connected");
+        loop {
+            // Requests already buffered are answered before anything is flushed,
+            // so a pipelined burst gets its replies in one write.
+            let next = match self.io.buffered_frame() {
+                Ok(Some(request)) => Ok(Some(request)),
+                Ok(None) => {
+                    if let Err(e) = self.io.flush().await {
+                        debug!(error = %e, "write failed");
+                        return;
+                    }
+                    if self.stop.borrow().is_some() {
+                        break;
+                    }
+                    tokio::select! {
+                        next = self.io.read_frame() => next,
+                        _ = self.stop.changed() => break,
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match next {
+                Ok(Some(request)) => match self.handler.handle(request, &self.info).await {
+                    Ok(Some(reply)) => {
+                        if let Err(e) = self.io.queue(reply) {
+                            warn!(error = %e, "reply could not be encoded; closing the connection");
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(error = %e, "handler failed; closing the connection");
+                        break;
+                    }
+                },
+                Ok(None) => {
+                    debug!("peer closed the connection");
+                    break;
+                }
+                Err(FramingError::Io(e)) => {
+                    debug!(error = %e, "connection lost");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "bad request; closing the connection");
+                    if let Some(reply) = self.on_bad_frame.as_ref().and_then(|f| f(&e)) {
+                        let _ = self.io.queue(reply);
+                    }
+                    break;
+                }
+            }
+        }
+        // Best effort: the replies already queued, then end of stream.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        debug!("closed");
+    }
+}
+
+/// Counters of a running server.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    accepted: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+impl ServerStats {
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused because the server was full.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// A server serving in the background.
+#[derive(Debug)]
+pub struct RunningServer {
+    local: Endpoint,
+    stop_tx: watch::Sender<Option<Duration>>,
+    stats: Arc<ServerStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The endpoint clients connect to.
+    pub fn local_endpoint(&self) -> &Endpoint {
+        &self.local
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Graceful shutdown: stop accepting, let requests in progress finish
+    /// (up to `grace`), close every connection, and wait for all that.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop_tx.send(Some(grace));
+        let _ = self.task.await;
+    }
+}
