@@ -15,6 +15,7 @@
 //! | [`FixedLengthCodec`] | exactly `n` bytes per frame |
 //! | [`LengthCodec`] | big-endian length prefix (4 bytes by default), then the frame |
 //! | [`MapCodec`] | any of the above, with typed values instead of bytes |
+//! | [`DuplexCodec`] | one codec for reading, another for writing |
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -29,12 +30,14 @@
 //! assert_eq!(buf, "half");
 //! ```
 
+mod duplex;
 mod error;
 mod fixed;
 mod length;
 mod map;
 mod sentinel;
 
+pub use duplex::DuplexCodec;
 pub use error::FramingError;
 pub use fixed::FixedLengthCodec;
 pub use length::LengthCodec;

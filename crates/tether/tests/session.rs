@@ -1,0 +1,510 @@
+//! The session layer end to end: real sockets on 127.0.0.1, both ends in
+//! this process, every wait bounded.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tether::framing::{text, DuplexCodec, FixedLengthCodec, FramingError, SentinelCodec};
+use tether::session::{
+    Client, ClientOptions, ConnectionInfo, HandlerError, Server, ServerOptions, SessionError,
+};
+use tether::sim::lines::LinesDevice;
+use tether::transport::Endpoint;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn loopback() -> Endpoint {
+    "tcp://127.0.0.1:0".parse().unwrap()
+}
+
+async fn lines_server(max_line: usize) -> tether::session::RunningServer {
+    LinesDevice::new()
+        .bind(&loopback(), b"\n", max_line)
+        .await
+        .unwrap()
+        .spawn()
+}
+
+fn lines_client(endpoint: &Endpoint) -> Client<tether::framing::TextCodec<SentinelCodec>> {
+    Client::new(
+        endpoint.clone(),
+        text(SentinelCodec::lines()),
+        ClientOptions::default(),
+    )
+}
+
+async fn raw(endpoint: &Endpoint) -> TcpStream {
+    TcpStream::connect(endpoint.host_port().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Reads from a raw socket until `n` bytes or end of stream.
+async fn read_some(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < n {
+        let got = timeout(LIMIT, stream.read(&mut buf))
+            .await
+            .expect("read timed out")
+            .unwrap();
+        if got == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..got]);
+    }
+    out
+}
+
+/// The ska-ser-devices reference test: a server reverses 10,000-byte
+/// fixed-length requests and ends each reply with `\n`; one client object,
+/// two sessions, three requests each.
+#[tokio::test]
+async fn reference_reverse_fixed_length_requests() {
+    const LEN: usize = 10_000;
+    let server = Server::bind(
+        &loopback(),
+        DuplexCodec::new(FixedLengthCodec::new(LEN), SentinelCodec::lines()),
+        |request: BytesMut, _: &ConnectionInfo| async move {
+            Ok::<_, HandlerError>(Some(request.iter().rev().copied().collect::<Vec<u8>>()))
+        },
+    )
+    .await
+    .unwrap()
+    .spawn();
+    let client = Client::new(
+        server.local_endpoint().clone(),
+        DuplexCodec::new(SentinelCodec::lines(), FixedLengthCodec::new(LEN)),
+        ClientOptions::default(),
+    );
+    let mut seed = 7u32;
+    for _session in 0..2 {
+        let mut session = timeout(LIMIT, client.connect()).await.unwrap().unwrap();
+        for _ in 0..3 {
+            let request: Vec<u8> = (0..LEN)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    b'a' + (seed >> 16) as u8 % 26
+                })
+                .collect();
+            let reply = session.request(request.clone()).await.unwrap();
+            let expected: Vec<u8> = request.into_iter().rev().collect();
+            assert_eq!(&reply[..], &expected[..]);
+        }
+        session.close().await.unwrap();
+    }
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_session_carries_many_requests_and_one_shot_works() {
+    let server = lines_server(1 << 20).await;
+    let client = lines_client(server.local_endpoint());
+    let mut session = client.connect().await.unwrap();
+    assert!(session
+        .request("*IDN?".to_string())
+        .await
+        .unwrap()
+        .starts_with("tether,lines,"));
+    assert_eq!(
+        session
+            .request("SET colour blue".to_string())
+            .await
+            .unwrap(),
+        "OK"
+    );
+    assert_eq!(session.request("REV abc".to_string()).await.unwrap(), "cba");
+    session
+        .send("ECHO no reply read".to_string())
+        .await
+        .unwrap();
+    assert_eq!(session.receive().await.unwrap(), "no reply read");
+    session.close().await.unwrap();
+    // Sessionless: a connection per request, and the key store is shared.
+    assert_eq!(
+        client.request_once("GET colour".to_string()).await.unwrap(),
+        "blue"
+    );
+    assert_eq!(server.stats().accepted(), 2);
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_in_one_write_get_replies_in_order() {
+    let server = lines_server(1 << 20).await;
+    let mut stream = raw(server.local_endpoint()).await;
+    stream
+        .write_all(b"ECHO 1\nREV 32\nSLEEP 20\nECHO 4\nECH")
+        .await
+        .unwrap();
+    stream.write_all(b"O 5\n").await.unwrap();
+    let expected = b"1\n23\nOK\n4\n5\n";
+    assert_eq!(read_some(&mut stream, expected.len()).await, expected);
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_second_client_is_served_while_the_first_holds_its_session() {
+    let server = lines_server(1 << 20).await;
+    let client = lines_client(server.local_endpoint());
+    let mut first = client.connect().await.unwrap();
+    assert_eq!(first.request("ECHO one".to_string()).await.unwrap(), "one");
+    // The first session is mid-conversation: its next request sleeps.
+    let slow = tokio::spawn(async move {
+        let reply = first.request("SLEEP 1000".to_string()).await;
+        (first, reply)
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut second = client.connect().await.unwrap();
+    assert_eq!(second.request("ECHO two".to_string()).await.unwrap(), "two");
+    assert!(
+        !slow.is_finished(),
+        "the second client was served while the first waited"
+    );
+    let (mut first, reply) = timeout(LIMIT, slow).await.unwrap().unwrap();
+    assert_eq!(reply.unwrap(), "OK");
+    assert_eq!(
+        first.request("ECHO again".to_string()).await.unwrap(),
+        "again"
+    );
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_timeout_closes_the_session_so_the_late_reply_is_never_misread() {
+    let server = lines_server(1 << 20).await;
+    let client = Client::new(
+        server.local_endpoint().clone(),
+        text(SentinelCodec::lines()),
+        ClientOptions::default().request_timeout(Some(Duration::from_millis(100))),
+    );
+    let mut session = client.connect().await.unwrap();
+    match session.request("SLEEP 400".to_string()).await {
+        Err(SessionError::Timeout { after }) => assert_eq!(after, Duration::from_millis(100)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(!session.is_open());
+    match session.request("ECHO next".to_string()).await {
+        Err(SessionError::Closed { reason }) => {
+            assert!(reason.contains("did not come"), "{reason}")
+        }
+        other => panic!("expected a closed session, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A new session is clean: its first reply is its own.
+    let mut fresh = client.connect().await.unwrap();
+    assert_eq!(
+        fresh.request("ECHO next".to_string()).await.unwrap(),
+        "next"
+    );
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_request_poisons_the_session() {
+    let server = lines_server(1 << 20).await;
+    let mut session = lines_client(server.local_endpoint())
+        .connect()
+        .await
+        .unwrap();
+    let cancelled = timeout(
+        Duration::from_millis(50),
+        session.request("SLEEP 300".to_string()),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the outer timeout dropped the request");
+    match session.request("ECHO x".to_string()).await {
+        Err(SessionError::Closed { reason }) => assert!(reason.contains("cancelled"), "{reason}"),
+        other => panic!("expected a closed session, got {other:?}"),
+    }
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_line_too_long_closes_only_that_connection() {
+    let server = lines_server(64).await;
+    let client = lines_client(server.local_endpoint());
+    let mut bystander = client.connect().await.unwrap();
+    assert_eq!(
+        bystander.request("ECHO before".to_string()).await.unwrap(),
+        "before"
+    );
+
+    let mut offender = raw(server.local_endpoint()).await;
+    offender.write_all(&[b'x'; 200]).await.unwrap();
+    let reply = read_some(&mut offender, usize::MAX).await; // reads to end of stream
+    assert_eq!(reply, b"ERR line too long\n");
+
+    assert_eq!(
+        bystander.request("ECHO after".to_string()).await.unwrap(),
+        "after"
+    );
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_client_vanishing_mid_frame_frees_its_connection() {
+    let server = lines_server(1 << 20).await;
+    for _ in 0..3 {
+        let mut gone = raw(server.local_endpoint()).await;
+        gone.write_all(b"ECHO never fini").await.unwrap();
+        drop(gone);
+    }
+    let mut session = lines_client(server.local_endpoint())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        session
+            .request("ECHO still here".to_string())
+            .await
+            .unwrap(),
+        "still here"
+    );
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn non_utf8_is_lossless_on_the_device_and_named_by_the_text_codec() {
+    let server = lines_server(1 << 20).await;
+    let mut stream = raw(server.local_endpoint()).await;
+    stream.write_all(b"REV \xff\xfeok\n").await.unwrap();
+    assert_eq!(read_some(&mut stream, 5).await, b"ko\xfe\xff\n");
+
+    // A text session reports where the invalid byte is, and stays usable.
+    let mut session = lines_client(server.local_endpoint())
+        .connect()
+        .await
+        .unwrap();
+    let bad = String::from_utf8_lossy(b"ab").to_string() + "\u{fffd}";
+    assert_eq!(session.request(format!("ECHO {bad}")).await.unwrap(), bad);
+    let raw_bytes = Client::new(
+        server.local_endpoint().clone(),
+        SentinelCodec::lines(),
+        ClientOptions::default(),
+    );
+    let mut byte_session = raw_bytes.connect().await.unwrap();
+    let reply = byte_session.request(&b"REV \xffab"[..]).await.unwrap();
+    assert_eq!(&reply[..], b"ba\xff");
+    let mut text_session = lines_client(server.local_endpoint())
+        .connect()
+        .await
+        .unwrap();
+    text_session.send("SET k x".to_string()).await.unwrap();
+    assert_eq!(text_session.receive().await.unwrap(), "OK");
+    byte_session.request(&b"SET k ab\xffcd"[..]).await.unwrap();
+    match text_session.request("GET k".to_string()).await {
+        Err(SessionError::Framing(FramingError::InvalidUtf8 { position: 2 })) => {}
+        other => panic!("expected InvalidUtf8 at 2, got {other:?}"),
+    }
+    assert!(
+        text_session.is_open(),
+        "one bad frame does not end the session"
+    );
+    assert_eq!(
+        text_session.request("ECHO fine".to_string()).await.unwrap(),
+        "fine"
+    );
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_names_the_endpoint() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let endpoint: Endpoint = format!("tcp://127.0.0.1:{port}").parse().unwrap();
+    let client = Client::new(
+        endpoint.clone(),
+        SentinelCodec::lines(),
+        ClientOptions::default().connect_timeout(Duration::from_secs(2)),
+    );
+    let err = timeout(LIMIT, client.connect()).await.unwrap().unwrap_err();
+    assert!(err.to_string().contains(&endpoint.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn a_malformed_endpoint_names_the_wrong_part() {
+    let err = "tcp://127.0.0.1:port".parse::<Endpoint>().unwrap_err();
+    assert!(err.to_string().contains("\"port\""), "{err}");
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_without_disturbing_others() {
+    let server = LinesDevice::new()
+        .bind(&loopback(), b"\n", 1024)
+        .await
+        .unwrap()
+        .options(ServerOptions::default().max_connections(1))
+        .spawn();
+    let client = lines_client(server.local_endpoint());
+    let mut first = client.connect().await.unwrap();
+    assert_eq!(first.request("ECHO 1".to_string()).await.unwrap(), "1");
+    let mut extra = raw(server.local_endpoint()).await;
+    assert_eq!(
+        read_some(&mut extra, usize::MAX).await,
+        b"",
+        "closed at once"
+    );
+    assert_eq!(first.request("ECHO 2".to_string()).await.unwrap(), "2");
+    assert_eq!(server.stats().refused(), 1);
+    first.close().await.unwrap();
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn handler_errors_close_only_their_connection() {
+    let server = Server::bind(
+        &loopback(),
+        text(SentinelCodec::lines()),
+        |req: String, _: &ConnectionInfo| async move {
+            if req == "boom" {
+                Err::<Option<String>, HandlerError>("handler exploded".into())
+            } else if req == "quiet" {
+                Ok(None)
+            } else {
+                Ok(Some(req))
+            }
+        },
+    )
+    .await
+    .unwrap()
+    .spawn();
+    let client = lines_client(server.local_endpoint());
+    let mut good = client.connect().await.unwrap();
+    let mut bad = client.connect().await.unwrap();
+    bad.send("quiet".to_string()).await.unwrap();
+    assert!(matches!(
+        bad.request("boom".to_string()).await,
+        Err(SessionError::Disconnected)
+    ));
+    assert_eq!(good.request("fine".to_string()).await.unwrap(), "fine");
+    server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_requests_in_progress() {
+    let server = lines_server(1024).await;
+    let endpoint = server.local_endpoint().clone();
+    let mut session = lines_client(&endpoint).connect().await.unwrap();
+    let in_flight = tokio::spawn(async move { session.request("SLEEP 200".to_string()).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    timeout(LIMIT, server.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        timeout(LIMIT, in_flight).await.unwrap().unwrap().unwrap(),
+        "OK"
+    );
+    assert!(
+        TcpStream::connect(endpoint.host_port().unwrap())
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_gives_up_after_the_grace_period() {
+    let server = lines_server(1024).await;
+    let mut session = lines_client(server.local_endpoint())
+        .connect()
+        .await
+        .unwrap();
+    let in_flight = tokio::spawn(async move { session.request("SLEEP 30000".to_string()).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    timeout(LIMIT, server.shutdown(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    let outcome = timeout(LIMIT, in_flight).await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, Err(SessionError::Disconnected)),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn unix_socket_sessions() {
+    let path = std::env::temp_dir().join(format!("tether-test-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let endpoint = Endpoint::Unix(path.clone());
+    let server = LinesDevice::new()
+        .bind(&endpoint, b"\r\n", 1024)
+        .await
+        .unwrap()
+        .spawn();
+    let client = Client::new(
+        endpoint,
+        text(SentinelCodec::crlf()),
+        ClientOptions::default(),
+    );
+    let mut session = client.connect().await.unwrap();
+    assert_eq!(
+        session.request("REV unix".to_string()).await.unwrap(),
+        "xinu"
+    );
+    server.shutdown(LIMIT).await;
+    assert!(!path.exists(), "the socket file is removed");
+}
+
+#[tokio::test]
+async fn exec_sessions_talk_to_a_child_process() {
+    let client = Client::new(
+        "exec:cat".parse().unwrap(),
+        text(SentinelCodec::lines()),
+        ClientOptions::default(),
+    );
+    let mut session = client.connect().await.unwrap();
+    assert_eq!(
+        session.request("hello child".to_string()).await.unwrap(),
+        "hello child"
+    );
+    session.close().await.unwrap();
+}
+
+/// A scripted Telnet device: negotiates options, sends a banner, `IAC IAC`,
+/// and data holding 0x00 and 0x11; then answers one line.
+#[tokio::test]
+async fn telnet_loses_no_data_and_refuses_every_option() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let device = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut script = vec![0xFF, 0xFD, 0x01, 0xFF, 0xFB, 0x03, 0xFF, 0xFD, 0x18];
+        script.extend_from_slice(b"Welcome\n");
+        script.extend_from_slice(&[0xFF, 0xFA, 0x18, 0x01, 0xFF, 0xF0]); // SB TTYPE SEND SE
+        script.extend_from_slice(&[b'd', 0x00, 0x11, 0xFF, 0xFF, b'z', b'\n']);
+        s.write_all(&script).await.unwrap();
+        // The three refusals, then the request with its 0xFF doubled.
+        let refusals = [0xFF, 0xFC, 0x01, 0xFF, 0xFE, 0x03, 0xFF, 0xFC, 0x18];
+        let request = [b'R', 0xFF, 0xFF, b'\n'];
+        let got = read_some(&mut s, refusals.len() + request.len()).await;
+        s.write_all(b"done\n").await.unwrap();
+        got.to_vec() == [&refusals[..], &request[..]].concat()
+    });
+    let client = Client::new(
+        format!("telnet://127.0.0.1:{port}").parse().unwrap(),
+        SentinelCodec::lines(),
+        ClientOptions::default(),
+    );
+    let mut session = client.connect().await.unwrap();
+    assert_eq!(session.receive().await.unwrap(), "Welcome");
+    assert_eq!(
+        &session.receive().await.unwrap()[..],
+        [b'd', 0x00, 0x11, 0xFF, b'z']
+    );
+    assert_eq!(
+        session
+            .request(Bytes::from_static(&[b'R', 0xFF]))
+            .await
+            .unwrap(),
+        "done"
+    );
+    assert!(
+        timeout(LIMIT, device).await.unwrap().unwrap(),
+        "the device saw refusals and an escaped request"
+    );
+}
