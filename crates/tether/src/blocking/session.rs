@@ -1,0 +1,378 @@
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::framing::FramingError;
+use crate::session::{ClientOptions, SessionError};
+use crate::transport::{self, ByteStream, Endpoint, TransportError};
+
+const READ_CHUNK: usize = 4096;
+
+/// Opens blocking [`Session`]s to one endpoint: the blocking twin of
+/// [`crate::session::Client`].
+#[derive(Debug, Clone)]
+pub struct Client<C> {
+    endpoint: Endpoint,
+    codec: C,
+    options: ClientOptions,
+}
+
+impl<C: Clone> Client<C> {
+    /// A client for `endpoint`; each session gets a clone of `codec`.
+    pub fn new(endpoint: Endpoint, codec: C, options: ClientOptions) -> Self {
+        Client {
+            endpoint,
+            codec,
+            options,
+        }
+    }
+
+    /// Opens a session, within the connect timeout.
+    pub fn connect(&self) -> Result<Session<C>, SessionError> {
+        let io = Io::connect(&self.endpoint, self.options.connect_timeout_value())?;
+        Ok(Session {
+            io: Some(io),
+            codec: self.codec.clone(),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            options: self.options,
+            closed_because: None,
+        })
+    }
+
+    /// Runs `f` with a new session and closes it afterwards, whatever `f`
+    /// returns: the `with client as session:` of the Python seeds.
+    pub fn with_session<T>(
+        &self,
+        f: impl FnOnce(&mut Session<C>) -> Result<T, SessionError>,
+    ) -> Result<T, SessionError> {
+        let mut session = self.connect()?;
+        let result = f(&mut session);
+        let closed = session.close();
+        let value = result?;
+        closed?;
+        Ok(value)
+    }
+
+    /// The sessionless mode: a connection for this one request.
+    pub fn request_once<Req>(&self, request: Req) -> Result<C::Item, SessionError>
+    where
+        C: Encoder<Req, Error = FramingError> + Decoder<Error = FramingError>,
+    {
+        self.with_session(|session| session.request(request))
+    }
+}
+
+enum Io {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    // Telnet, stdio, exec: the async stream driven by a private runtime.
+    Bridged(tokio::runtime::Runtime, Box<ByteStream>),
+}
+
+impl Io {
+    fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Io, TransportError> {
+        let named = |source: io::Error| TransportError::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        match endpoint {
+            Endpoint::Tcp { .. } => {
+                let stream = connect_tcp(endpoint, timeout)?;
+                stream.set_nodelay(true).map_err(named)?;
+                Ok(Io::Tcp(stream))
+            }
+            Endpoint::Unix(path) => Ok(Io::Unix(UnixStream::connect(path).map_err(named)?)),
+            _ => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(named)?;
+                let stream = rt.block_on(transport::connect(endpoint, timeout))?;
+                Ok(Io::Bridged(rt, Box::new(stream)))
+            }
+        }
+    }
+
+    /// Reads into `buf`, giving up at `deadline` with `TimedOut`.
+    fn read_buf(&mut self, buf: &mut BytesMut, deadline: Option<Instant>) -> io::Result<usize> {
+        let remaining = remaining(deadline)?;
+        buf.reserve(READ_CHUNK);
+        match self {
+            Io::Tcp(s) => {
+                s.set_read_timeout(remaining)?;
+                read_into(s, buf)
+            }
+            Io::Unix(s) => {
+                s.set_read_timeout(remaining)?;
+                read_into(s, buf)
+            }
+            Io::Bridged(rt, s) => rt.block_on(async {
+                match remaining {
+                    Some(left) => tokio::time::timeout(left, s.read_buf(buf))
+                        .await
+                        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+                    None => s.read_buf(buf).await,
+                }
+            }),
+        }
+    }
+
+    fn write_all(&mut self, data: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+        let remaining = remaining(deadline)?;
+        match self {
+            Io::Tcp(s) => {
+                s.set_write_timeout(remaining)?;
+                s.write_all(data)
+            }
+            Io::Unix(s) => {
+                s.set_write_timeout(remaining)?;
+                s.write_all(data)
+            }
+            Io::Bridged(rt, s) => rt.block_on(async {
+                let write = async {
+                    s.write_all(data).await?;
+                    s.flush().await
+                };
+                match remaining {
+                    Some(left) => tokio::time::timeout(left, write)
+                        .await
+                        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+                    None => write.await,
+                }
+            }),
+        }
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Io::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Io::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Io::Bridged(rt, s) => rt.block_on(s.shutdown()),
+        }
+    }
+}
+
+fn connect_tcp(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, TransportError> {
+    use std::net::ToSocketAddrs;
+    let named = |source: io::Error| TransportError::Connect {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let target = endpoint.host_port().expect("tcp endpoint");
+    let start = Instant::now();
+    let mut last = None;
+    for addr in target.to_socket_addrs().map_err(named)? {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) if e.kind() != io::ErrorKind::TimedOut => Err(named(e)),
+        _ if start.elapsed() >= timeout => Err(TransportError::ConnectTimeout {
+            endpoint: endpoint.to_string(),
+            timeout,
+        }),
+        Some(e) => Err(named(e)),
+        None => Err(named(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the host name resolved to no address",
+        ))),
+    }
+}
+
+fn remaining(deadline: Option<Instant>) -> io::Result<Option<Duration>> {
+    match deadline {
+        None => Ok(None),
+        Some(at) => {
+            let left = at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(io::ErrorKind::TimedOut.into())
+            } else {
+                Ok(Some(left))
+            }
+        }
+    }
+}
+
+fn read_into(reader: &mut impl Read, buf: &mut BytesMut) -> io::Result<usize> {
+    let len = buf.len();
+    // Zero-filling the spare room once per read keeps this free of unsafe code;
+    // at 4 KiB it costs far less than the syscall.
+    let spare = buf.capacity() - len;
+    buf.resize(len + spare, 0);
+    let result = reader.read(&mut buf[len..]);
+    let got = *result.as_ref().unwrap_or(&0);
+    buf.truncate(len + got);
+    result
+}
+
+/// A blocking session: the twin of [`crate::session::Session`], with the
+/// same deadline rule (a timeout closes the session, since a late reply
+/// would be read as the next one).
+pub struct Session<C> {
+    io: Option<Io>,
+    codec: C,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    options: ClientOptions,
+    closed_because: Option<String>,
+}
+
+impl<C> std::fmt::Debug for Session<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("open", &self.io.is_some())
+            .field("closed_because", &self.closed_because)
+            .finish()
+    }
+}
+
+impl<C> Session<C> {
+    /// Whether the session can still be used.
+    pub fn is_open(&self) -> bool {
+        self.io.is_some()
+    }
+
+    fn check_open(&self) -> Result<(), SessionError> {
+        match self.io {
+            Some(_) => Ok(()),
+            None => Err(SessionError::Closed {
+                reason: self
+                    .closed_because
+                    .clone()
+                    .unwrap_or_else(|| "closed".into()),
+            }),
+        }
+    }
+
+    fn close_because(&mut self, reason: impl Into<String>) {
+        self.io = None;
+        self.closed_because.get_or_insert_with(|| reason.into());
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.options
+            .request_timeout_value()
+            .map(|t| Instant::now() + t)
+    }
+
+    /// Flushes, tells the peer (end of stream) and closes.
+    pub fn close(mut self) -> Result<(), SessionError> {
+        match self.io.take() {
+            Some(mut io) => io.shutdown().map_err(|e| SessionError::Transport(e.into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<C: Decoder<Error = FramingError>> Session<C> {
+    /// Sends `request` and returns the decoded reply, within the request deadline.
+    pub fn request<Req>(&mut self, request: Req) -> Result<C::Item, SessionError>
+    where
+        C: Encoder<Req, Error = FramingError>,
+    {
+        let deadline = self.deadline();
+        self.write(request, deadline)?;
+        self.read(deadline, true)
+    }
+
+    /// Sends `request` with no reply expected.
+    pub fn send<Req>(&mut self, request: Req) -> Result<(), SessionError>
+    where
+        C: Encoder<Req, Error = FramingError>,
+    {
+        let deadline = self.deadline();
+        self.write(request, deadline)
+    }
+
+    /// Waits for one frame the peer sends unasked; a timeout leaves the session open.
+    pub fn receive(&mut self) -> Result<C::Item, SessionError> {
+        let deadline = self.deadline();
+        self.read(deadline, false)
+    }
+
+    fn write<Req>(&mut self, request: Req, deadline: Option<Instant>) -> Result<(), SessionError>
+    where
+        C: Encoder<Req, Error = FramingError>,
+    {
+        self.check_open()?;
+        self.wbuf.clear();
+        self.codec
+            .encode(request, &mut self.wbuf)
+            .map_err(SessionError::from)?;
+        let io = self.io.as_mut().expect("checked");
+        if let Err(e) = io.write_all(&self.wbuf, deadline) {
+            return Err(self.fail(e, deadline, true));
+        }
+        Ok(())
+    }
+
+    fn read(
+        &mut self,
+        deadline: Option<Instant>,
+        closes_on_timeout: bool,
+    ) -> Result<C::Item, SessionError> {
+        self.check_open()?;
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let io = self.io.as_mut().expect("checked");
+            match io.read_buf(&mut self.rbuf, deadline) {
+                Ok(0) => {
+                    return match self.codec.decode_eof(&mut self.rbuf) {
+                        Ok(Some(frame)) => Ok(frame),
+                        Ok(None) => {
+                            self.close_because("the peer closed the connection");
+                            Err(SessionError::Disconnected)
+                        }
+                        Err(e) => {
+                            self.close_because(e.to_string());
+                            Err(e.into())
+                        }
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.fail(e, deadline, closes_on_timeout)),
+            }
+        }
+    }
+
+    fn fail(
+        &mut self,
+        e: io::Error,
+        deadline: Option<Instant>,
+        closes_on_timeout: bool,
+    ) -> SessionError {
+        let timed_out = matches!(
+            e.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        );
+        match (timed_out, deadline) {
+            (true, Some(_)) => {
+                let after = self.options.request_timeout_value().unwrap_or_default();
+                if closes_on_timeout {
+                    self.close_because(format!("a reply did not come within {after:?}"));
+                }
+                SessionError::Timeout { after }
+            }
+            _ => {
+                self.close_because(e.to_string());
+                SessionError::Transport(e.into())
+            }
+        }
+    }
+}
