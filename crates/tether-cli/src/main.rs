@@ -1,1 +1,85 @@
-fn main() {}
+//! `tether`: demo, serve, call and bench from the command line.
+//!
+//! The command-line contract (forms, first output line of `serve`, exit
+//! statuses) is fixed by DESIGN.md; scripts outside the project rely on it.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod call;
+mod demo;
+mod serve;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "Long-lived conversations with devices and services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start an embedded server on loopback and show every layer at work.
+    Demo,
+    /// Run a service until interrupted (prints `listening on HOST:PORT` first).
+    #[command(subcommand)]
+    Serve(serve::Service),
+    /// Send each line of stdin (or each argument after `--`) as a request and print the replies.
+    Call(call::CallArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo provokes errors on purpose; its own lines say what happened.
+    let default_level = if matches!(cli.command, Command::Demo) {
+        "error"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tether: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Demo => demo::run().await,
+            Command::Serve(service) => serve::run(service).await,
+            Command::Call(args) => call::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What every command returns: a one-line reason on failure.
+pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -82,6 +82,23 @@ where
         self.stream.flush().await
     }
 
+    /// After refusing a peer, reads and drops what it is still sending (up
+    /// to `max_bytes`, until `max_wait`), so that closing does not reset the
+    /// connection and destroy the refusal before the peer reads it.
+    pub(crate) async fn discard_input(&mut self, max_bytes: usize, max_wait: std::time::Duration) {
+        let mut scratch = [0u8; 8192];
+        let mut seen = 0;
+        let _ = tokio::time::timeout(max_wait, async {
+            while seen < max_bytes {
+                match self.stream.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen += n,
+                }
+            }
+        })
+        .await;
+    }
+
     /// Flushes, then ends the write side so the peer sees end-of-stream.
     pub(crate) async fn shutdown(&mut self) -> std::io::Result<()> {
         self.flush().await?;

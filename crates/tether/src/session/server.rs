@@ -93,6 +93,11 @@ impl ServerOptions {
     }
 }
 
+/// After a bad request, how much of the rest the server reads and drops
+/// before closing, so the client gets the error reply rather than a reset.
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
 type BadFrameReply<R> = Arc<dyn Fn(&FramingError) -> Option<R> + Send + Sync>;
 
 /// A request/response server on one endpoint.
@@ -314,7 +319,9 @@ where
                     if let Some(reply) = self.on_bad_frame.as_ref().and_then(|f| f(&e)) {
                         let _ = self.io.queue(reply);
                     }
-                    break;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+                    self.io.discard_input(LINGER_BYTES, LINGER_TIME).await;
+                    return;
                 }
             }
         }

@@ -1,0 +1,142 @@
+//! `tether call ENDPOINT`: one session, one request per input line.
+
+use std::io::Write;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use clap::Args;
+use tether::framing::{unescape, FixedLengthCodec, FramingError, LengthCodec, SentinelCodec};
+use tether::session::{Client, ClientOptions, Session};
+use tether::transport::Endpoint;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::CliResult;
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Where to connect (tcp://host:port, host:port, unix://path, telnet://, stdio:, exec:…).
+    pub endpoint: Endpoint,
+    /// How requests and replies are framed: lines, sentinel:<escaped>, fixed:<n> or length.
+    #[arg(long, default_value = "lines")]
+    pub framing: Framing,
+    /// Seconds to wait for the connection and for each reply.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Requests to send instead of reading standard input.
+    #[arg(last = true)]
+    pub requests: Vec<String>,
+}
+
+/// The framings `tether call` speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framing {
+    /// Frames end with these bytes.
+    Sentinel(Vec<u8>),
+    /// Frames are exactly this long.
+    Fixed(usize),
+    /// Frames carry a 4-byte big-endian length prefix.
+    Length,
+}
+
+impl FromStr for Framing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "lines" => Ok(Framing::Sentinel(b"\n".to_vec())),
+            "length" => Ok(Framing::Length),
+            _ => {
+                if let Some(escaped) = s.strip_prefix("sentinel:") {
+                    return unescape(escaped).map(Framing::Sentinel);
+                }
+                if let Some(n) = s.strip_prefix("fixed:") {
+                    return match n.parse::<usize>() {
+                        Ok(n) if n > 0 => Ok(Framing::Fixed(n)),
+                        _ => Err(format!("fixed:{n}: the length must be a positive integer")),
+                    };
+                }
+                Err(format!("unknown framing {s:?} (expected lines, sentinel:<escaped>, fixed:<n> or length)"))
+            }
+        }
+    }
+}
+
+pub async fn run(args: CallArgs) -> CliResult {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err(format!(
+            "--timeout {}: must be a positive number of seconds",
+            args.timeout
+        )
+        .into());
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let options = ClientOptions::default()
+        .connect_timeout(timeout)
+        .request_timeout(Some(timeout));
+    match args.framing.clone() {
+        Framing::Sentinel(s) => converse(args, SentinelCodec::new(s), options).await,
+        Framing::Fixed(n) => converse(args, FixedLengthCodec::new(n), options).await,
+        Framing::Length => converse(args, LengthCodec::new(), options).await,
+    }
+}
+
+async fn converse<C>(args: CallArgs, codec: C, options: ClientOptions) -> CliResult
+where
+    C: Decoder<Item = BytesMut, Error = FramingError>
+        + Encoder<Bytes, Error = FramingError>
+        + Clone,
+{
+    let client = Client::new(args.endpoint, codec, options);
+    let mut session = client.connect().await?;
+    if !args.requests.is_empty() {
+        for request in args.requests {
+            exchange(&mut session, Bytes::from(request)).await?;
+        }
+    } else {
+        let mut lines = BufReader::new(tokio::io::stdin()).split(b'\n');
+        while let Some(mut line) = lines.next_segment().await? {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            exchange(&mut session, Bytes::from(line)).await?;
+        }
+    }
+    session.close().await?;
+    Ok(())
+}
+
+async fn exchange<C>(session: &mut Session<C>, request: Bytes) -> CliResult
+where
+    C: Decoder<Item = BytesMut, Error = FramingError> + Encoder<Bytes, Error = FramingError>,
+{
+    let reply = session.request(request).await?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&reply)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framings_parse() {
+        assert_eq!("lines".parse(), Ok(Framing::Sentinel(b"\n".to_vec())));
+        assert_eq!(
+            r"sentinel:\r\n".parse(),
+            Ok(Framing::Sentinel(b"\r\n".to_vec()))
+        );
+        assert_eq!("fixed:16".parse(), Ok(Framing::Fixed(16)));
+        assert_eq!("length".parse(), Ok(Framing::Length));
+        assert!("fixed:0".parse::<Framing>().is_err());
+        assert!("sentinel:".parse::<Framing>().is_err());
+        assert!("json"
+            .parse::<Framing>()
+            .unwrap_err()
+            .contains("unknown framing"));
+    }
+}

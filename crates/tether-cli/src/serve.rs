@@ -1,0 +1,62 @@
+//! `tether serve SERVICE`: run a simulator until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Subcommand;
+use tether::framing::unescape;
+use tether::sim::lines::LinesDevice;
+use tether::transport::{Endpoint, Listener};
+
+use crate::CliResult;
+
+/// How long requests in progress may take to finish after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Subcommand)]
+pub enum Service {
+    /// The line-protocol device simulator (*IDN?, ECHO, REV, SET, GET, SLEEP).
+    Lines {
+        /// Where to listen.
+        #[arg(long, default_value = "tcp://127.0.0.1:0")]
+        listen: Endpoint,
+        /// The line terminator; escapes such as \r\n are understood.
+        #[arg(long, default_value = r"\n")]
+        sentinel: String,
+        /// The longest line accepted, in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_line: usize,
+    },
+}
+
+pub async fn run(service: Service) -> CliResult {
+    match service {
+        Service::Lines {
+            listen,
+            sentinel,
+            max_line,
+        } => {
+            let sentinel = unescape(&sentinel).map_err(|e| format!("--sentinel: {e}"))?;
+            let server = LinesDevice::new()
+                .bind(&listen, &sentinel, max_line)
+                .await?;
+            announce(server.listener())?;
+            server.run(crate::interrupted(), SHUTDOWN_GRACE).await;
+            Ok(())
+        }
+    }
+}
+
+/// Prints the contract's first line, `listening on HOST:PORT` (or the socket
+/// path), and flushes it at once. On `stdio:` stdout is the protocol, so the
+/// line goes to stderr.
+pub fn announce(listener: &Listener) -> std::io::Result<()> {
+    let line = format!("listening on {}", listener.display_address());
+    if listener.local_endpoint() == Endpoint::Stdio {
+        eprintln!("{line}");
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}

@@ -1,0 +1,164 @@
+//! The command-line contract of DESIGN.md, driven through the real binary.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Waits for `child` to exit, killing it (and failing) after `LIMIT`.
+fn wait_bounded(child: &mut Child) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            panic!("process did not exit within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `tether serve …` and returns it with the address from its first line.
+fn serve(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(TETHER)
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .trim()
+        .to_string();
+    (child, addr)
+}
+
+fn call(args: &[&str], stdin: &[u8]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(TETHER)
+        .arg("call")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let status = wait_bounded(&mut child);
+    let mut out = String::new();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, out, err)
+}
+
+fn terminate(mut child: Child) -> ExitStatus {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    wait_bounded(&mut child)
+}
+
+#[test]
+fn serve_lines_and_call_over_stdin_and_arguments() {
+    let (server, addr) = serve(&["lines", "--sentinel", r"\r\n"]);
+    let (status, out, _) = call(
+        &[&addr, "--framing", r"sentinel:\r\n"],
+        b"*IDN?\nSET k v\nGET k\nREV abc\n",
+    );
+    assert!(status.success());
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("tether,lines,"), "{out}");
+    assert_eq!(&lines[1..], ["OK", "v", "cba"]);
+
+    let (status, out, _) = call(
+        &[
+            &format!("tcp://{addr}"),
+            "--framing",
+            r"sentinel:\r\n",
+            "--",
+            "ECHO x y",
+            "NOPE",
+        ],
+        b"",
+    );
+    assert!(status.success());
+    assert_eq!(out, "x y\nERR unknown command\n");
+    assert!(terminate(server).success(), "SIGTERM is a graceful exit 0");
+}
+
+#[test]
+fn call_fails_with_one_line_when_a_reply_is_late_or_the_peer_is_away() {
+    let (server, addr) = serve(&["lines"]);
+    let (status, out, err) = call(
+        &[&addr, "--timeout", "0.2", "--", "ECHO a", "SLEEP 2000"],
+        b"",
+    );
+    assert!(!status.success());
+    assert_eq!(out, "a\n");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no reply within"), "{err}");
+    assert!(terminate(server).success());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (status, _, err) = call(&[&format!("127.0.0.1:{port}"), "--", "x"], b"");
+    assert!(!status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+#[test]
+fn call_speaks_fixed_and_length_framing() {
+    // `exec:cat` echoes bytes back, whatever the framing.
+    let (status, out, _) = call(
+        &["exec:cat", "--framing", "fixed:4", "--", "abcd", "wxyz"],
+        b"",
+    );
+    assert!(status.success());
+    assert_eq!(out, "abcd\nwxyz\n");
+    let (status, out, _) = call(&["exec:cat", "--framing", "length"], b"first\n\nthird\n");
+    assert!(status.success());
+    assert_eq!(out, "first\n\nthird\n");
+    let (status, _, err) = call(&["exec:cat", "--framing", "fixed:4", "--", "toolong"], b"");
+    assert!(!status.success());
+    assert!(err.contains("must be 4 bytes"), "{err}");
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let (status, _, err) = call(&["tcp://host:port", "--", "x"], b"");
+    assert!(!status.success());
+    assert!(err.contains("\"port\""), "{err}");
+    let (status, _, err) = call(&["127.0.0.1:1", "--framing", "json"], b"");
+    assert!(!status.success());
+    assert!(err.contains("unknown framing"), "{err}");
+}
+
+#[test]
+fn demo_runs_and_exits_zero() {
+    let mut child = Command::new(TETHER)
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(&mut child);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("demo: all sections passed"), "{out}");
+}
