@@ -162,3 +162,13 @@ fn demo_runs_and_exits_zero() {
     assert!(status.success(), "{out}");
     assert!(out.contains("demo: all sections passed"), "{out}");
 }
+
+#[test]
+fn a_server_on_stdio_is_reachable_as_a_child_process() {
+    let endpoint = format!("exec:{TETHER} serve lines --listen stdio:");
+    let (status, out, err) = call(&[&endpoint, "--", "REV stdio", "*IDN?"], b"");
+    assert!(status.success(), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "oidts");
+    assert!(lines[1].starts_with("tether,lines,"));
+}

@@ -354,6 +354,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dropped_child_is_killed_and_reaped() {
+        let ep: Endpoint = "exec:sleep 30".parse().unwrap();
+        let s = connect(&ep, Duration::from_secs(5)).await.unwrap();
+        let PeerAddr::Child(pid) = s.peer() else {
+            panic!("peer should be a child: {:?}", s.peer())
+        };
+        drop(s);
+        let stat = format!("/proc/{pid}/stat");
+        for _ in 0..250 {
+            // Gone from /proc means killed and reaped; a zombie would linger as state Z.
+            if std::fs::read_to_string(&stat).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("child {pid} still present: {:?}", std::fs::read_to_string(&stat));
+    }
+
+    #[tokio::test]
     async fn exec_of_a_missing_program_names_it() {
         let ep: Endpoint = "exec:/no/such/program-tether".parse().unwrap();
         let err = connect(&ep, Duration::from_secs(5)).await.unwrap_err();
