@@ -1,5 +1,61 @@
 //! tether: long-lived conversations between programs and the devices or
 //! services they talk to.
+//!
+//! # Design
+//!
+//! tether is a stack of small layers; each is usable on its own and knows
+//! only the layer below it.
+//!
+//! ```text
+//!   your program ──► session (Client / Session / Server, blocking twins)
+//!                      │  requests and replies, deadlines, concurrency
+//!                    framing (SentinelCodec, FixedLengthCodec, LengthCodec, MapCodec)
+//!                      │  sans-IO: bytes ⇄ frames, with a maximum length
+//!                    transport (ByteStream, Listener, Endpoint)
+//!                         TCP · Unix · Telnet · stdio · child process · memory
+//! ```
+//!
+//! Principles:
+//!
+//! * **Protocol cores are sans-IO.** Codecs take bytes and return frames;
+//!   they never touch a socket or a clock. The async and the blocking drivers
+//!   are thin loops around the same codecs, so both behave alike.
+//! * **Everything is bounded.** Every decoder has a maximum frame length
+//!   ([`framing::DEFAULT_MAX_FRAME_LENGTH`]); servers cap their connections.
+//! * **Errors are values.** One error enum per layer, saying what a user
+//!   needs (the endpoint, the limit, the byte offset) and whether the
+//!   connection survives. No input from the network can cause a panic.
+//! * **Every wait ends.** Connects and requests have deadlines; a request
+//!   that times out closes its session rather than risk misreading the late
+//!   reply as the next one.
+//!
+//! What tether does not do: it does not interpret your device's commands
+//! (that is your codec's and handler's job), and it does not retry a
+//! request on your behalf — a device command may not be safe to repeat.
+//!
+//! # A session in a few lines
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tether::framing::{text, SentinelCodec};
+//! use tether::session::{Client, ClientOptions};
+//! use tether::sim::lines::LinesDevice;
+//!
+//! // A simulated line-protocol device on loopback.
+//! let device = LinesDevice::new().bind(&"127.0.0.1:0".parse()?, b"\r\n", 4096).await?.spawn();
+//!
+//! let client = Client::new(device.local_endpoint().clone(), text(SentinelCodec::crlf()), ClientOptions::default());
+//! let mut session = client.connect().await?;
+//! assert_eq!(session.request("REV tether".to_string()).await?, "rehtet");
+//! assert_eq!(session.request("SET volts 5".to_string()).await?, "OK");
+//! assert_eq!(session.request("GET volts".to_string()).await?, "5");
+//! session.close().await?;
+//! # device.shutdown(std::time::Duration::from_secs(1)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! Synchronous programs use [`blocking`], which mirrors the async API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -369,7 +369,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("child {pid} still present: {:?}", std::fs::read_to_string(&stat));
+        panic!(
+            "child {pid} still present: {:?}",
+            std::fs::read_to_string(&stat)
+        );
     }
 
     #[tokio::test]
