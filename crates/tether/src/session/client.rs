@@ -134,7 +134,7 @@ impl<C: Clone> Client<C> {
 /// to the earlier request.
 #[derive(Debug)]
 pub struct Session<C> {
-    io: Option<FrameIo<ByteStream, C>>,
+    io: Option<FrameIo<C>>,
     options: ClientOptions,
     closed_because: Option<String>,
     // Set while a request is under way; still set at the next call if the
@@ -168,7 +168,7 @@ impl<C> Session<C>
 where
     C: Decoder<Error = FramingError>,
 {
-    fn io(&mut self) -> Result<&mut FrameIo<ByteStream, C>, SessionError> {
+    fn io(&mut self) -> Result<&mut FrameIo<C>, SessionError> {
         if self.busy {
             self.close_because("a request was cancelled before its reply arrived");
         }

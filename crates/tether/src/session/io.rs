@@ -1,30 +1,31 @@
 //! The async frame driver shared by client sessions and server connections:
 //! a stream, a sans-IO codec, and one read and one write buffer.
+//!
+//! An idle connection holds no buffers: they are allocated when data is
+//! ready and given back once empty, so ten thousand idle sessions cost
+//! little more than their sockets.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::framing::FramingError;
+use crate::transport::ByteStream;
 
 /// How much room a read asks for. 4 KiB covers typical device replies in
 /// one syscall; bulk frames grow the buffer as they arrive.
 pub(crate) const READ_CHUNK: usize = 4096;
 
-/// Above this, an empty read buffer is given back to the allocator rather
-/// than kept for an idle connection.
-const KEEP_IDLE_CAPACITY: usize = 64 * 1024;
-
 #[derive(Debug)]
-pub(crate) struct FrameIo<S, C> {
-    pub(crate) stream: S,
+pub(crate) struct FrameIo<C> {
+    pub(crate) stream: ByteStream,
     pub(crate) codec: C,
     rbuf: BytesMut,
     wbuf: BytesMut,
 }
 
-impl<S, C> FrameIo<S, C> {
-    pub(crate) fn new(stream: S, codec: C) -> Self {
+impl<C> FrameIo<C> {
+    pub(crate) fn new(stream: ByteStream, codec: C) -> Self {
         FrameIo {
             stream,
             codec,
@@ -34,9 +35,8 @@ impl<S, C> FrameIo<S, C> {
     }
 }
 
-impl<S, C> FrameIo<S, C>
+impl<C> FrameIo<C>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
     C: Decoder<Error = FramingError>,
 {
     /// A frame already in the read buffer, without touching the stream.
@@ -44,7 +44,12 @@ where
         if self.rbuf.is_empty() {
             return Ok(None);
         }
-        self.codec.decode(&mut self.rbuf)
+        let frame = self.codec.decode(&mut self.rbuf);
+        if self.rbuf.is_empty() {
+            // The frame keeps what it needs of the allocation; drop our share.
+            self.rbuf = BytesMut::new();
+        }
+        frame
     }
 
     /// The next frame; `None` at a clean end of stream (between frames).
@@ -53,8 +58,8 @@ where
             if let Some(frame) = self.buffered_frame()? {
                 return Ok(Some(frame));
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_IDLE_CAPACITY {
-                self.rbuf = BytesMut::new();
+            if self.rbuf.capacity() == 0 {
+                self.stream.readable().await?;
             }
             self.rbuf.reserve(READ_CHUNK);
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
@@ -75,9 +80,7 @@ where
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.stream.write_all_buf(&mut self.wbuf).await?;
-            if self.wbuf.capacity() > KEEP_IDLE_CAPACITY {
-                self.wbuf = BytesMut::new();
-            }
+            self.wbuf = BytesMut::new();
         }
         self.stream.flush().await
     }

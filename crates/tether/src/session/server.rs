@@ -14,7 +14,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::io::FrameIo;
 use super::HandlerError;
 use crate::framing::FramingError;
-use crate::transport::{ByteStream, Endpoint, Listener, PeerAddr, TransportError};
+use crate::transport::{Endpoint, Listener, PeerAddr, TransportError};
 
 /// A server-assigned number for one connection, unique for the server's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -258,7 +258,7 @@ where
 }
 
 struct Connection<C, H: Handler<Req>, Req> {
-    io: FrameIo<ByteStream, C>,
+    io: FrameIo<C>,
     handler: Arc<H>,
     info: ConnectionInfo,
     on_bad_frame: Option<BadFrameReply<H::Response>>,

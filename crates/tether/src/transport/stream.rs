@@ -79,6 +79,18 @@ impl ByteStream {
         self.peer
     }
 
+    /// Waits until a read would find data (or end of stream), without
+    /// reading. Lets an idle connection hold no read buffer until then.
+    /// Transports that cannot tell return at once.
+    pub async fn readable(&self) -> io::Result<()> {
+        match &self.inner {
+            Inner::Tcp(s) => s.readable().await,
+            Inner::Unix(s) => s.readable().await,
+            Inner::Telnet(s) => s.get_ref().readable().await,
+            _ => Ok(()),
+        }
+    }
+
     /// Wraps a connected TCP stream (sets `TCP_NODELAY`).
     pub fn from_tcp(stream: TcpStream) -> io::Result<Self> {
         stream.set_nodelay(true)?;
