@@ -177,7 +177,8 @@ where
         &self.listener
     }
 
-    /// Serves in a background task until [`RunningServer::shutdown`].
+    /// Serves in a background task until [`RunningServer::shutdown`] (or
+    /// until the returned handle is dropped).
     pub fn spawn(self) -> RunningServer {
         let (stop_tx, stop_rx) = watch::channel(None);
         let stats = Arc::new(ServerStats::default());
@@ -350,8 +351,10 @@ impl ServerStats {
     }
 }
 
-/// A server serving in the background.
+/// A server serving in the background. Dropping it stops the server at
+/// once (no grace period); call [`shutdown`](Self::shutdown) for a graceful stop.
 #[derive(Debug)]
+#[must_use = "dropping a RunningServer stops the server"]
 pub struct RunningServer {
     local: Endpoint,
     stop_tx: watch::Sender<Option<Duration>>,

@@ -23,7 +23,7 @@
 //!
 //! let server = LinesDevice::new().bind(&"tcp://127.0.0.1:0".parse()?, b"\n", 1 << 20).await?;
 //! println!("listening on {}", server.listener().display_address());
-//! server.spawn();
+//! let running = server.spawn(); // serves until `running` is shut down or dropped
 //! # Ok(()) }
 //! ```
 
