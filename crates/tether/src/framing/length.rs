@@ -1,6 +1,6 @@
 use std::io;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::length_delimited::{LengthDelimitedCodec, LengthDelimitedCodecError};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -17,12 +17,16 @@ use super::{FramingError, DEFAULT_MAX_FRAME_LENGTH};
 /// Decoding is tokio-util's [`LengthDelimitedCodec`]; this type adds
 /// tether's error type, the 8 MiB default maximum and a truncated-frame
 /// error at end of stream. A declared length over the maximum is refused
-/// before anything is allocated for it.
+/// before anything is allocated for it; that frame's bytes are then skipped
+/// as they arrive, so the error belongs to one frame and the stream stays in
+/// step.
 #[derive(Debug)]
 pub struct LengthCodec {
     inner: LengthDelimitedCodec,
     prefix: usize,
     max_length: usize,
+    // Bytes of a refused oversize frame still to be dropped.
+    skip: u64,
 }
 
 impl LengthCodec {
@@ -46,7 +50,16 @@ impl LengthCodec {
             inner,
             prefix,
             max_length,
+            skip: 0,
         }
+    }
+
+    /// Drops what is left of a refused frame; true when it is all gone.
+    fn skip_refused(&mut self, buf: &mut BytesMut) -> bool {
+        let drop = self.skip.min(buf.len() as u64);
+        buf.advance(drop as usize);
+        self.skip -= drop;
+        self.skip == 0
     }
 
     /// The maximum frame length, prefix excluded.
@@ -85,13 +98,27 @@ impl Decoder for LengthCodec {
     type Error = FramingError;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
+        if !self.skip_refused(buf) {
+            return Ok(None);
+        }
+        if buf.len() >= self.prefix {
+            let declared = (&buf[..self.prefix]).get_uint(self.prefix);
+            if declared > self.max_length as u64 {
+                buf.advance(self.prefix);
+                self.skip = declared;
+                self.skip_refused(buf);
+                return Err(FramingError::FrameTooLong {
+                    max: self.max_length,
+                });
+            }
+        }
         self.inner.decode(buf).map_err(|e| self.map_error(e))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
         match self.decode(buf)? {
             Some(frame) => Ok(Some(frame)),
-            None if buf.is_empty() => Ok(None),
+            None if buf.is_empty() && self.skip == 0 => Ok(None),
             None => {
                 let buffered = buf.len();
                 buf.clear();
@@ -146,6 +173,19 @@ mod tests {
             Err(FramingError::FrameTooLong { max: 1024 })
         ));
         assert!(buf.capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn after_an_oversize_frame_the_next_one_decodes() {
+        let mut codec = LengthCodec::with_prefix(2, 3);
+        let mut buf = BytesMut::from(&[0u8, 5, b'a', b'b'][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FramingError::FrameTooLong { max: 3 })
+        ));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&[b'c', b'd', b'e', 0, 2, b'o', b'k']);
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "ok");
     }
 
     #[test]
