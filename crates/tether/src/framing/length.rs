@@ -27,6 +27,8 @@ pub struct LengthCodec {
     max_length: usize,
     // Bytes of a refused oversize frame still to be dropped.
     skip: u64,
+    // The inner codec has taken a frame's prefix and waits for its body.
+    in_body: bool,
 }
 
 impl LengthCodec {
@@ -51,6 +53,7 @@ impl LengthCodec {
             prefix,
             max_length,
             skip: 0,
+            in_body: false,
         }
     }
 
@@ -101,7 +104,7 @@ impl Decoder for LengthCodec {
         if !self.skip_refused(buf) {
             return Ok(None);
         }
-        if buf.len() >= self.prefix {
+        if !self.in_body && buf.len() >= self.prefix {
             let declared = (&buf[..self.prefix]).get_uint(self.prefix);
             if declared > self.max_length as u64 {
                 buf.advance(self.prefix);
@@ -112,7 +115,10 @@ impl Decoder for LengthCodec {
                 });
             }
         }
-        self.inner.decode(buf).map_err(|e| self.map_error(e))
+        let before = buf.len();
+        let frame = self.inner.decode(buf).map_err(|e| self.map_error(e))?;
+        self.in_body = frame.is_none() && (self.in_body || buf.len() < before);
+        Ok(frame)
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
