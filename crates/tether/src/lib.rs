@@ -61,6 +61,7 @@
 
 pub mod blocking;
 pub mod framing;
+pub mod pair;
 pub mod session;
 pub mod sim;
 pub mod transport;
