@@ -62,6 +62,8 @@
 pub mod blocking;
 pub mod framing;
 pub mod pair;
+pub mod pair;
 pub mod session;
+pub mod sim;
 pub mod sim;
 pub mod transport;
