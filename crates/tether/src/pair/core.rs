@@ -118,6 +118,20 @@ impl LinkCore {
         actions
     }
 
+    /// The application drops the link (the pair stays usable): both
+    /// sockets are to be closed, and it counts as a loss if the link was up.
+    pub fn disconnect(&mut self, reason: &str) -> Actions {
+        if self.status.connected {
+            self.lose(reason.to_string());
+        }
+        let actions = Actions {
+            close_client: self.status.client.take(),
+            close_server: self.status.server.take().map(|id| (id, reason.to_string())),
+        };
+        self.update();
+        actions
+    }
+
     /// The pair is closed for good: both sockets are to be closed.
     pub fn close(&mut self) -> Actions {
         self.status.closed = true;
@@ -259,6 +273,21 @@ mod tests {
         assert_eq!(core.next_event(), Some(false));
         assert_eq!(core.next_event(), None);
         assert!(!core.begin_drain(), "nothing pending");
+    }
+
+    #[test]
+    fn disconnect_drops_the_link_but_not_the_pair() {
+        let mut core = LinkCore::default();
+        core.client_up(1);
+        core.server_up(2);
+        let actions = core.disconnect("asked to");
+        assert_eq!(actions.close_client, Some(1));
+        assert_eq!(actions.close_server.map(|(id, _)| id), Some(2));
+        assert_eq!(core.status().losses, 1);
+        core.client_up(3);
+        core.server_up(4);
+        assert!(core.status().connected);
+        assert_eq!(drain(&mut core), [true, false, true]);
     }
 
     #[test]

@@ -236,7 +236,11 @@ where
             }
             return Err(self.shared.not_connected());
         }
-        self.shared.server.read().await
+        match self.shared.server.read().await {
+            // Say why the link went down, whichever socket it was.
+            Err(PairError::ConnectionLost { .. }) => Err(self.shared.lost()),
+            other => other,
+        }
     }
 
     /// Writes one frame to the peer: waits until it is written and flushed.
@@ -260,12 +264,12 @@ where
             done,
         };
         if tx.send(request).await.is_err() {
-            return Err(self.shared.not_connected());
+            return Err(self.shared.lost());
         }
         match result.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(PairError::lost(reason)),
-            Err(_) => Err(self.shared.not_connected()),
+            Err(_) => Err(self.shared.lost()),
         }
     }
 
@@ -311,6 +315,25 @@ where
     /// The peer endpoint `connect` uses, if known.
     pub fn peer(&self) -> Option<Endpoint> {
         lock(&self.shared.peer).clone()
+    }
+
+    /// How many peers were refused because one was already connected to
+    /// our server.
+    pub fn refused(&self) -> u64 {
+        self.shared.server.refused()
+    }
+
+    /// Drops the link but keeps the pair: closes both connections (the peer
+    /// notices), waiting readers and writers get
+    /// [`PairError::ConnectionLost`]; [`connect`](Self::connect) restores it.
+    pub fn disconnect(&self) {
+        let actions = {
+            let mut core = lock(&self.shared.core);
+            let actions = core.disconnect("disconnected by this side");
+            self.shared.publish(&core);
+            actions
+        };
+        self.shared.apply(actions);
     }
 
     /// Closes the client connection, then the server's connection and its
@@ -382,6 +405,15 @@ impl<E, D: Decoder> PairShared<E, D> {
         } else {
             PairError::NotConnected
         }
+    }
+
+    /// The error for an operation that saw the link go down under it.
+    fn lost(&self) -> PairError {
+        let core = lock(&self.core);
+        if core.status().closed {
+            return PairError::Closed;
+        }
+        PairError::lost(core.last_loss().unwrap_or("the link went down"))
     }
 
     fn writer(&self) -> Result<mpsc::Sender<WriteRequest>, PairError> {
@@ -556,10 +588,14 @@ where
             if let Some(conn) = client.as_mut().filter(|c| c.id == id) {
                 let weak = Arc::downgrade(self);
                 conn.task = Some(tokio::spawn(async move {
-                    let reason = run_client(stream, rx).await;
+                    let mut rx = rx;
+                    let reason = run_client(stream, &mut rx).await;
+                    // Record the end before queued writers are woken (by
+                    // dropping `rx`), so that they find the link down.
                     if let Some(shared) = weak.upgrade() {
                         shared.client_ended(id, &reason);
                     }
+                    drop(rx);
                 }));
             }
         }
@@ -570,7 +606,7 @@ where
 /// The one writer of a client connection. It writes requests in order and
 /// meanwhile reads the socket, which the peer never writes to, to notice
 /// at once when the peer goes away. Returns why the connection ended.
-async fn run_client(stream: ByteStream, mut requests: mpsc::Receiver<WriteRequest>) -> String {
+async fn run_client(stream: ByteStream, requests: &mut mpsc::Receiver<WriteRequest>) -> String {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut scratch = [0u8; 1024];
     loop {

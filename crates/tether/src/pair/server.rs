@@ -189,7 +189,7 @@ where
 
     /// How many clients were refused because another one was connected.
     pub fn refused(&self) -> u64 {
-        lock(&self.shared.state).refused
+        self.shared.refused()
     }
 
     /// Waits until a client is connected, at most `timeout`.
@@ -251,6 +251,10 @@ impl<D: Decoder> std::fmt::Debug for OneClientServer<D> {
 impl<D: Decoder> ServerShared<D> {
     pub(crate) fn client(&self) -> Option<PeerAddr> {
         lock(&self.state).current.as_ref().map(|c| c.peer)
+    }
+
+    pub(crate) fn refused(&self) -> u64 {
+        lock(&self.state).refused
     }
 
     pub(crate) fn local(&self) -> &Endpoint {
@@ -553,8 +557,10 @@ async fn read_loop<D>(
 {
     let reason = pump(&mut stream, &mut decoder, &tx).await;
     drop(stream);
-    drop(tx);
+    // Record the end before readers can see it (the queue closes below), so
+    // that what they are told matches the state they then find.
     shared.connection_ended(id, reason);
+    drop(tx);
 }
 
 /// Reads and decodes until the stream ends; returns why it ended.
