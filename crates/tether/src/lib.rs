@@ -62,8 +62,6 @@
 pub mod blocking;
 pub mod framing;
 pub mod pair;
-pub mod pair;
 pub mod session;
-pub mod sim;
 pub mod sim;
 pub mod transport;
