@@ -22,6 +22,7 @@ macro_rules! expect {
 pub async fn run() -> CliResult {
     let started = Instant::now();
     lines_section().await?;
+    crate::mount_cmd::demo_section().await?;
     println!("demo: all sections passed in {:.2?}", started.elapsed());
     Ok(())
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod call;
 mod demo;
+mod mount_cmd;
 mod serve;
 
 #[derive(Debug, Parser)]

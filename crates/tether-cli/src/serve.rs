@@ -27,6 +27,8 @@ pub enum Service {
         #[arg(long, default_value_t = 1 << 20)]
         max_line: usize,
     },
+    /// The telescope mount controller simulator, over a pair of one-way sockets.
+    Mount(crate::mount_cmd::MountArgs),
 }
 
 pub async fn run(service: Service) -> CliResult {
@@ -44,6 +46,7 @@ pub async fn run(service: Service) -> CliResult {
             server.run(crate::interrupted(), SHUTDOWN_GRACE).await;
             Ok(())
         }
+        Service::Mount(args) => crate::mount_cmd::serve(args).await,
     }
 }
 
