@@ -510,6 +510,15 @@ where
     D::Error: StdError + Send + Sync + 'static,
 {
     async fn connect(self: &Arc<Self>, peer: &Endpoint) -> Result<(), PairError> {
+        let mut closed = self.status.subscribe();
+        tokio::select! {
+            result = self.connect_until_deadline(peer) => result,
+            // `close` ends a connect in progress at once.
+            _ = closed.wait_for(|s| s.closed) => Err(PairError::Closed),
+        }
+    }
+
+    async fn connect_until_deadline(self: &Arc<Self>, peer: &Endpoint) -> Result<(), PairError> {
         let _one_at_a_time = self.connect_lock.lock().await;
         let timeout = self.config.connect_timeout;
         let deadline = Instant::now() + timeout;
