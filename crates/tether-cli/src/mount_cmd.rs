@@ -78,7 +78,10 @@ impl Client {
     }
 
     /// Sends a command and returns its replies up to the final one (Done or NoAck).
-    async fn run(&self, cmd: &Command) -> Result<Vec<Reply>, Box<dyn std::error::Error + Send + Sync>> {
+    async fn run(
+        &self,
+        cmd: &Command,
+    ) -> Result<Vec<Reply>, Box<dyn std::error::Error + Send + Sync>> {
         self.send(cmd).await?;
         let mut replies = Vec::new();
         loop {
@@ -137,32 +140,48 @@ pub async fn demo_section() -> CliResult {
         Command::enable(c.next_seq(), DEMO_SOURCE, Axis::El),
     ] {
         let replies = c.run(&cmd).await?;
-        expect!(matches!(replies.last(), Some(Reply::Done { .. })), "setup refused: {replies:?}");
+        expect!(
+            matches!(replies.last(), Some(Reply::Done { .. })),
+            "setup refused: {replies:?}"
+        );
         setup.push(shorts(&replies));
     }
     println!("  take control, enable az and el: {}", setup.join(" | "));
 
     let t0 = Instant::now();
-    let replies = c.run(&Command::move_to(c.next_seq(), DEMO_SOURCE, Axis::El, 1.5)).await?;
+    let replies = c
+        .run(&Command::move_to(c.next_seq(), DEMO_SOURCE, Axis::El, 1.5))
+        .await?;
     println!(
         "  MOVE el 1.5° at 10°/s: {} after {:.0?}",
         shorts(&replies),
         t0.elapsed()
     );
-    expect!(matches!(replies.last(), Some(Reply::Done { .. })), "the move should end with Done");
+    expect!(
+        matches!(replies.last(), Some(Reply::Done { .. })),
+        "the move should end with Done"
+    );
 
     let long = Command::move_to(c.next_seq(), DEMO_SOURCE, Axis::Az, 90.0);
     c.send(&long).await?;
     let first = c.reply().await?;
-    let replies = c.run(&Command::stop(c.next_seq(), DEMO_SOURCE, Axis::Az)).await?;
-    println!("  MOVE az 90° → {}; then STOP az → {}", short(&first), shorts(&replies));
+    let replies = c
+        .run(&Command::stop(c.next_seq(), DEMO_SOURCE, Axis::Az))
+        .await?;
+    println!(
+        "  MOVE az 90° → {}; then STOP az → {}",
+        short(&first),
+        shorts(&replies)
+    );
     expect!(
         replies.first() == Some(&Reply::no_ack(long.seq, reason::SUPERSEDED)),
         "STOP should supersede the move: {replies:?}"
     );
 
     let status = c.run(&Command::status(c.next_seq(), DEMO_SOURCE)).await?;
-    let intruder = c.run(&Command::status(c.next_seq(), DEMO_SOURCE + 1)).await?;
+    let intruder = c
+        .run(&Command::status(c.next_seq(), DEMO_SOURCE + 1))
+        .await?;
     let unknown = c.run(&Command::new(c.next_seq(), 99, DEMO_SOURCE)).await?;
     c.pair.write_text("garbage").await?;
     let garbage = c.reply().await?;
@@ -173,7 +192,10 @@ pub async fn demo_section() -> CliResult {
         shorts(&unknown),
         short(&garbage)
     );
-    expect!(garbage == Reply::no_ack(0, reason::MALFORMED), "garbage should be malformed");
+    expect!(
+        garbage == Reply::no_ack(0, reason::MALFORMED),
+        "garbage should be malformed"
+    );
 
     c.pair.disconnect();
     c.pair.connect().await?;
@@ -183,7 +205,10 @@ pub async fn demo_section() -> CliResult {
         "  dropped the link and connected again: STATUS → {} (connect callback saw {seen:?})",
         shorts(&again)
     );
-    expect!(seen == [true, false, true], "the callback should see each change once: {seen:?}");
+    expect!(
+        seen == [true, false, true],
+        "the callback should see each change once: {seen:?}"
+    );
 
     c.pair.close().await;
     sim.close().await;

@@ -39,7 +39,13 @@ fn terminate(mut child: Child, signal: &str) -> ExitStatus {
 /// address of its first line.
 fn serve_mount(peer: &Endpoint) -> (Child, String) {
     let mut child = Command::new(TETHER)
-        .args(["serve", "mount", "--listen", "tcp://127.0.0.1:0", "--connect"])
+        .args([
+            "serve",
+            "mount",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--connect",
+        ])
         .arg(peer.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -59,32 +65,60 @@ fn serve_mount(peer: &Endpoint) -> (Child, String) {
 
 #[tokio::test]
 async fn serve_mount_answers_through_a_pair_and_stops_on_sigterm() {
-    let client = TextPair::text(&"tcp://127.0.0.1:0".parse().unwrap(), PairConfig::default(), "\r\n")
-        .await
-        .unwrap();
+    let client = TextPair::text(
+        &"tcp://127.0.0.1:0".parse().unwrap(),
+        PairConfig::default(),
+        "\r\n",
+    )
+    .await
+    .unwrap();
     let (child, addr) = serve_mount(&client.local_endpoint());
     let mount: Endpoint = addr.parse().unwrap();
-    tokio::time::timeout(LIMIT, client.connect_to(&mount)).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, client.connect_to(&mount))
+        .await
+        .unwrap()
+        .unwrap();
 
     let mut replies = Vec::new();
-    for cmd in [MountCommand::take_control(1, 3), MountCommand::enable(2, 3, Axis::El)] {
+    for cmd in [
+        MountCommand::take_control(1, 3),
+        MountCommand::enable(2, 3, Axis::El),
+    ] {
         client.write_text(&cmd.encode()).await.unwrap();
         for _ in 0..2 {
-            let text = tokio::time::timeout(LIMIT, client.read_text()).await.unwrap().unwrap();
+            let text = tokio::time::timeout(LIMIT, client.read_text())
+                .await
+                .unwrap()
+                .unwrap();
             replies.push(Reply::parse(&text).unwrap());
         }
     }
     assert_eq!(
         replies,
         [
-            Reply::Ack { seq: 1, timeout_ms: 0 },
-            Reply::Done { seq: 1, extra: vec![] },
-            Reply::Ack { seq: 2, timeout_ms: 0 },
-            Reply::Done { seq: 2, extra: vec![] },
+            Reply::Ack {
+                seq: 1,
+                timeout_ms: 0
+            },
+            Reply::Done {
+                seq: 1,
+                extra: vec![]
+            },
+            Reply::Ack {
+                seq: 2,
+                timeout_ms: 0
+            },
+            Reply::Done {
+                seq: 2,
+                extra: vec![]
+            },
         ]
     );
     assert!(terminate(child, "TERM").success());
-    assert!(client.wait_disconnected(LIMIT).await, "the link goes down with the simulator");
+    assert!(
+        client.wait_disconnected(LIMIT).await,
+        "the link goes down with the simulator"
+    );
 }
 
 #[test]

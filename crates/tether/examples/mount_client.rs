@@ -78,7 +78,8 @@ async fn main() -> Result<(), Error> {
         [] => (None, "tcp://127.0.0.1:0".parse()?),
         _ => return Err("usage: mount_client [MOUNT_ENDPOINT OUR_LISTEN_ENDPOINT]".into()),
     };
-    let config = PairConfig::default().on_connect(|up| println!("link {}", if up { "up" } else { "down" }));
+    let config =
+        PairConfig::default().on_connect(|up| println!("link {}", if up { "up" } else { "down" }));
     let pair = TextPair::text(&listen, config, "\r\n").await?;
 
     // Without arguments, a simulated mount that replies to our listening port.
@@ -86,7 +87,8 @@ async fn main() -> Result<(), Error> {
     let mount_at = match mount_at {
         Some(endpoint) => endpoint,
         None => {
-            let sim = MountSimulator::spawn(&"tcp://127.0.0.1:0".parse()?, pair.local_endpoint()).await?;
+            let sim =
+                MountSimulator::spawn(&"tcp://127.0.0.1:0".parse()?, pair.local_endpoint()).await?;
             let endpoint = sim.local_endpoint();
             _sim = Some(sim);
             endpoint
@@ -104,7 +106,9 @@ async fn main() -> Result<(), Error> {
     println!("in control, both axes enabled");
 
     let seq = mount.next_seq();
-    mount.command(Command::move_to(seq, SOURCE, Axis::El, 2.0)).await?;
+    mount
+        .command(Command::move_to(seq, SOURCE, Axis::El, 2.0))
+        .await?;
     println!("el at 2°");
 
     // A long move, replaced by a newer one before it ends.

@@ -46,7 +46,10 @@ async fn link(a: &Arc<TextPair>, b: &Arc<TextPair>) {
     let a2 = Arc::clone(a);
     let b_at = b.local_endpoint();
     let first = tokio::spawn(async move { a2.connect_to(&b_at).await });
-    timeout(T, b.connect_to(&a.local_endpoint())).await.unwrap().unwrap();
+    timeout(T, b.connect_to(&a.local_endpoint()))
+        .await
+        .unwrap()
+        .unwrap();
     timeout(T, first).await.unwrap().unwrap().unwrap();
 }
 
@@ -85,7 +88,9 @@ impl RawPeer {
         let ep = self.endpoint();
         let connecting = tokio::spawn(async move { p.connect_to(&ep).await });
         let (inbound, _) = timeout(T, self.listener.accept()).await.unwrap().unwrap();
-        let outbound = TcpStream::connect(addr(&pair.local_endpoint())).await.unwrap();
+        let outbound = TcpStream::connect(addr(&pair.local_endpoint()))
+            .await
+            .unwrap();
         timeout(T, connecting).await.unwrap().unwrap().unwrap();
         (inbound, outbound)
     }
@@ -102,7 +107,10 @@ async fn two_pairs_link_flags_and_callback_once_per_change() {
         assert!(!p.client_connected() && !p.server_connected() && !p.connected());
     }
     assert!(matches!(a.read().await, Err(PairError::NotConnected)));
-    assert!(matches!(a.write_text("x").await, Err(PairError::NotConnected)));
+    assert!(matches!(
+        a.write_text("x").await,
+        Err(PairError::NotConnected)
+    ));
 
     link(&a, &b).await;
     for p in [&a, &b] {
@@ -125,7 +133,10 @@ async fn two_pairs_link_flags_and_callback_once_per_change() {
     b.close().await;
     eventually("A notices B closing", || !a.connected()).await;
     assert_eq!(calls(&b_calls), [true, false]);
-    eventually("A's callback reports the loss", || calls(&a_calls) == [true, false]).await;
+    eventually("A's callback reports the loss", || {
+        calls(&a_calls) == [true, false]
+    })
+    .await;
     assert!(!a.client_connected());
     b.close().await; // idempotent
     assert_eq!(calls(&b_calls), [true, false]);
@@ -134,39 +145,65 @@ async fn two_pairs_link_flags_and_callback_once_per_change() {
 #[tokio::test]
 async fn connect_retries_until_the_peer_comes_up() {
     // A port that is free now; the peer will listen on it later.
-    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let peer_at = Endpoint::tcp("127.0.0.1", port);
     let a = text_pair(PairConfig::default().retry_interval(Duration::from_millis(20))).await;
     let a2 = Arc::clone(&a);
     let connecting = tokio::spawn(async move { a2.connect_to(&peer_at).await });
     tokio::time::sleep(Duration::from_millis(150)).await;
     let b = Arc::new(
-        Pair::text(&Endpoint::tcp("127.0.0.1", port), PairConfig::default(), "\r\n")
-            .await
-            .unwrap(),
+        Pair::text(
+            &Endpoint::tcp("127.0.0.1", port),
+            PairConfig::default(),
+            "\r\n",
+        )
+        .await
+        .unwrap(),
     );
-    timeout(T, b.connect_to(&a.local_endpoint())).await.unwrap().unwrap();
+    timeout(T, b.connect_to(&a.local_endpoint()))
+        .await
+        .unwrap()
+        .unwrap();
     timeout(T, connecting).await.unwrap().unwrap().unwrap();
     assert!(a.connected() && b.connected());
 }
 
 #[tokio::test]
 async fn connect_deadline_when_the_peer_never_appears() {
-    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let nobody = Endpoint::tcp("127.0.0.1", port);
     let config = PairConfig::default()
         .retry_interval(Duration::from_millis(20))
         .connect_timeout(Duration::from_millis(200));
     let a = text_pair(config.clone()).await;
-    let err = timeout(T, a.connect_to(&nobody)).await.unwrap().unwrap_err();
+    let err = timeout(T, a.connect_to(&nobody))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, PairError::ConnectTimeout { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
     assert!(!a.client_connected());
 
     // A peer that accepts but never connects back.
     let half = RawPeer::new().await;
     let b = text_pair(config).await;
-    let err = timeout(T, b.connect_to(&half.endpoint())).await.unwrap().unwrap_err();
+    let err = timeout(T, b.connect_to(&half.endpoint()))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(err.to_string().contains("did not connect back"), "{err}");
     assert!(b.client_connected() && !b.server_connected() && !b.connected());
 }
@@ -180,14 +217,20 @@ async fn a_second_client_is_refused_without_disturbing_the_first() {
     let mut intruder = TcpStream::connect(addr(&a.local_endpoint())).await.unwrap();
     let mut buf = [0u8; 16];
     // Closed at once: end of stream (or a reset), never data.
-    let n = timeout(T, intruder.read(&mut buf)).await.unwrap().unwrap_or(0);
+    let n = timeout(T, intruder.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     assert_eq!(n, 0);
     eventually("the refusal is counted", || a.refused() == 1).await;
     let _ = intruder.write_all(b"sneaky\r\n").await;
 
     assert!(a.connected());
     b.write_text("still here").await.unwrap();
-    assert_eq!(timeout(T, a.read_text()).await.unwrap().unwrap(), "still here");
+    assert_eq!(
+        timeout(T, a.read_text()).await.unwrap().unwrap(),
+        "still here"
+    );
 }
 
 #[tokio::test]
@@ -197,7 +240,10 @@ async fn drop_of_the_reading_side_is_reported_and_connect_restores_the_link() {
     let peer = RawPeer::new().await;
     let (mut a_writes_to, mut a_reads_from) = peer.link(&a).await;
     assert_eq!(calls(&a_calls), [true]);
-    a_reads_from.write_all(b"before the drop\r\n").await.unwrap();
+    a_reads_from
+        .write_all(b"before the drop\r\n")
+        .await
+        .unwrap();
 
     let waiting = {
         let a = Arc::clone(&a);
@@ -214,12 +260,25 @@ async fn drop_of_the_reading_side_is_reported_and_connect_restores_the_link() {
     assert!(second.is_connection_lost(), "{second}");
     assert!(second.to_string().contains("read connection"), "{second}");
 
-    eventually("the callback reports the loss", || calls(&a_calls) == [true, false]).await;
+    eventually("the callback reports the loss", || {
+        calls(&a_calls) == [true, false]
+    })
+    .await;
     assert!(!a.connected());
     // The pair closed its write connection too, so the peer knows.
     let mut buf = [0u8; 8];
-    assert_eq!(timeout(T, a_writes_to.read(&mut buf)).await.unwrap().unwrap_or(0), 0);
-    assert!(a.write_text("too late").await.unwrap_err().is_connection_lost());
+    assert_eq!(
+        timeout(T, a_writes_to.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0),
+        0
+    );
+    assert!(a
+        .write_text("too late")
+        .await
+        .unwrap_err()
+        .is_connection_lost());
     assert!(a.read_text().await.unwrap_err().is_connection_lost());
 
     let (mut a_writes_to, mut a_reads_from) = peer.link(&a).await;
@@ -228,7 +287,10 @@ async fn drop_of_the_reading_side_is_reported_and_connect_restores_the_link() {
     assert_eq!(timeout(T, a.read_text()).await.unwrap().unwrap(), "after");
     a.write_text("back").await.unwrap();
     let mut got = [0u8; 6];
-    timeout(T, a_writes_to.read_exact(&mut got)).await.unwrap().unwrap();
+    timeout(T, a_writes_to.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&got, b"back\r\n");
     assert_eq!(a.losses(), 1);
 }
@@ -264,7 +326,10 @@ async fn drop_of_the_writing_side_wakes_readers_and_writers() {
     assert!(read.is_connection_lost(), "{read}");
     let write = timeout(T, writer).await.unwrap().unwrap();
     assert!(write.is_connection_lost(), "{write}");
-    eventually("the callback reports the loss", || calls(&a_calls) == [true, false]).await;
+    eventually("the callback reports the loss", || {
+        calls(&a_calls) == [true, false]
+    })
+    .await;
     assert!(!a.client_connected() && !a.server_connected());
     drop(a_reads_from);
 
@@ -287,7 +352,10 @@ async fn disconnect_then_connect_on_the_same_pairs() {
     link(&a, &b).await;
     assert_eq!(calls(&a_calls), [true, false, true]);
     a.write_text("once more").await.unwrap();
-    assert_eq!(timeout(T, b.read_text()).await.unwrap().unwrap(), "once more");
+    assert_eq!(
+        timeout(T, b.read_text()).await.unwrap().unwrap(),
+        "once more"
+    );
 }
 
 #[tokio::test]
@@ -303,7 +371,9 @@ async fn concurrent_writers_never_interleave() {
         tasks.push(tokio::spawn(async move {
             for i in 0..EACH {
                 // Sizes from a few bytes to ~100 KB, so writes are split.
-                let body = char::from(b'a' + w as u8).to_string().repeat((i * 2500) % 100_000 + 1);
+                let body = char::from(b'a' + w as u8)
+                    .to_string()
+                    .repeat((i * 2500) % 100_000 + 1);
                 a.write_text(&format!("{w} {i} {body}")).await.unwrap();
             }
         }));
@@ -318,7 +388,10 @@ async fn concurrent_writers_never_interleave() {
         assert_eq!(i, next[w], "writer {w}'s frames in order");
         next[w] += 1;
         let c = char::from(b'a' + w as u8);
-        assert!(body.chars().all(|x| x == c), "frame of writer {w} mixed with another");
+        assert!(
+            body.chars().all(|x| x == c),
+            "frame of writer {w} mixed with another"
+        );
         assert_eq!(body.len(), (i * 2500) % 100_000 + 1);
     }
     for t in tasks {
@@ -334,8 +407,17 @@ async fn close_is_ordered_and_idempotent() {
     let listen = addr(&a.local_endpoint());
     timeout(T, a.close()).await.unwrap();
     let mut buf = [0u8; 4];
-    assert_eq!(timeout(T, a_writes_to.read(&mut buf)).await.unwrap().unwrap_or(0), 0);
-    assert!(TcpStream::connect(&listen).await.is_err(), "the listener is closed");
+    assert_eq!(
+        timeout(T, a_writes_to.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0),
+        0
+    );
+    assert!(
+        TcpStream::connect(&listen).await.is_err(),
+        "the listener is closed"
+    );
     timeout(T, a.close()).await.unwrap();
     assert!(matches!(a.read().await, Err(PairError::Closed)));
     assert!(matches!(a.write_text("x").await, Err(PairError::Closed)));
@@ -366,11 +448,17 @@ async fn bad_input_gives_clear_errors_and_the_link_survives() {
 
     let oversize = timeout(T, a.read_text()).await.unwrap().unwrap_err();
     assert!(
-        matches!(oversize, PairError::Framing(FramingError::FrameTooLong { max: 64 })),
+        matches!(
+            oversize,
+            PairError::Framing(FramingError::FrameTooLong { max: 64 })
+        ),
         "{oversize}"
     );
     assert!(oversize.connection_survives());
-    match timeout(T, a.read_json::<serde_json::Value>()).await.unwrap() {
+    match timeout(T, a.read_json::<serde_json::Value>())
+        .await
+        .unwrap()
+    {
         Err(PairError::Json { raw, .. }) => assert_eq!(&raw[..], b"{\"ok\": tru"),
         other => panic!("{other:?}"),
     }
@@ -381,7 +469,10 @@ async fn bad_input_gives_clear_errors_and_the_link_survives() {
         other => panic!("{other:?}"),
     }
     let trailing = timeout(T, a.read_json::<Vec<u32>>()).await.unwrap();
-    assert!(matches!(trailing, Err(PairError::Json { .. })), "{trailing:?}");
+    assert!(
+        matches!(trailing, Err(PairError::Json { .. })),
+        "{trailing:?}"
+    );
     #[derive(serde::Deserialize)]
     struct N {
         n: u32,
@@ -405,10 +496,19 @@ async fn bad_input_gives_clear_errors_and_the_link_survives() {
 
 #[tokio::test]
 async fn json_lines_round_trip() {
-    let a = Arc::new(Pair::json_lines(&any_port(), PairConfig::default()).await.unwrap());
-    let b = Arc::new(Pair::json_lines(&any_port(), PairConfig::default()).await.unwrap());
+    let a = Arc::new(
+        Pair::json_lines(&any_port(), PairConfig::default())
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        Pair::json_lines(&any_port(), PairConfig::default())
+            .await
+            .unwrap(),
+    );
     link(&a, &b).await;
-    let value = serde_json::json!({"cmd": "move", "axis": "el", "deg": 45.5, "note": "line\nbreak"});
+    let value =
+        serde_json::json!({"cmd": "move", "axis": "el", "deg": 45.5, "note": "line\nbreak"});
     a.write_json(&value).await.unwrap();
     let got: serde_json::Value = timeout(T, b.read_json()).await.unwrap().unwrap();
     assert_eq!(got, value);
@@ -419,8 +519,13 @@ async fn json_lines_round_trip() {
 /// A client pair linked with a fresh simulator.
 async fn mount() -> (Arc<TextPair>, MountSimulator) {
     let client = text_pair(PairConfig::default()).await;
-    let sim = MountSimulator::spawn(&any_port(), client.local_endpoint()).await.unwrap();
-    timeout(T, client.connect_to(&sim.local_endpoint())).await.unwrap().unwrap();
+    let sim = MountSimulator::spawn(&any_port(), client.local_endpoint())
+        .await
+        .unwrap();
+    timeout(T, client.connect_to(&sim.local_endpoint()))
+        .await
+        .unwrap()
+        .unwrap();
     (client, sim)
 }
 
@@ -530,7 +635,11 @@ async fn mount_refuses_unsupported_and_malformed_commands() {
         ("7\n20\n2\nt\naz\nnorth", 7),
     ] {
         c.write_text(frame).await.unwrap();
-        assert_eq!(reply(&c).await, Reply::no_ack(seq, reason::MALFORMED), "{frame:?}");
+        assert_eq!(
+            reply(&c).await,
+            Reply::no_ack(seq, reason::MALFORMED),
+            "{frame:?}"
+        );
     }
     c.write(&b"\xff\xfe\n40\n2\nt"[..]).await.unwrap();
     assert_eq!(reply(&c).await, Reply::no_ack(0, reason::MALFORMED));
@@ -570,7 +679,10 @@ fn blocking_pair_talks_to_an_async_one_elsewhere() {
     });
     a.connect_to(&b_at).unwrap();
     a.write_text("shout").unwrap();
-    let got = a.read_timeout(T).unwrap().map(|f| String::from_utf8(f.to_vec()).unwrap());
+    let got = a
+        .read_timeout(T)
+        .unwrap()
+        .map(|f| String::from_utf8(f.to_vec()).unwrap());
     assert_eq!(got.as_deref(), Some("SHOUT"));
     let b = t.join().unwrap();
     b.close();

@@ -63,7 +63,12 @@ where
     D::Error: StdError + Send + Sync + 'static,
 {
     /// See [`super::Pair::bind`].
-    pub fn bind(listen: &Endpoint, config: PairConfig, encoder: E, decoder: D) -> Result<Self, PairError> {
+    pub fn bind(
+        listen: &Endpoint,
+        config: PairConfig,
+        encoder: E,
+        decoder: D,
+    ) -> Result<Self, PairError> {
         let rt = runtime()?;
         let inner = rt.block_on(super::Pair::bind(listen, config, encoder, decoder))?;
         Ok(Pair { inner, rt })
@@ -134,7 +139,11 @@ where
 
 impl Pair<SentinelCodec, SentinelCodec> {
     /// See [`super::Pair::text`].
-    pub fn text(listen: &Endpoint, config: PairConfig, terminator: impl Into<Bytes>) -> Result<Self, PairError> {
+    pub fn text(
+        listen: &Endpoint,
+        config: PairConfig,
+        terminator: impl Into<Bytes>,
+    ) -> Result<Self, PairError> {
         let codec = SentinelCodec::new(terminator);
         Self::bind(listen, config, codec.clone(), codec)
     }

@@ -137,7 +137,11 @@ impl LinkCore {
         self.status.closed = true;
         let actions = Actions {
             close_client: self.status.client.take(),
-            close_server: self.status.server.take().map(|id| (id, "the pair is closed".into())),
+            close_server: self
+                .status
+                .server
+                .take()
+                .map(|id| (id, "the pair is closed".into())),
         };
         self.update();
         actions
@@ -221,7 +225,10 @@ mod tests {
         let actions = core.server_down(2, "EOF");
         assert_eq!(actions.close_client, Some(1));
         assert_eq!(core.status().losses, 1);
-        assert!(core.last_loss().unwrap().contains("read connection ended: EOF"));
+        assert!(core
+            .last_loss()
+            .unwrap()
+            .contains("read connection ended: EOF"));
         // The client's own end, reported later, is stale: no second loss.
         assert_eq!(core.client_down(1, "aborted"), Actions::default());
         assert_eq!(core.status().losses, 1);
@@ -265,7 +272,10 @@ mod tests {
         core.client_up(1);
         core.server_up(2);
         assert!(core.begin_drain());
-        assert!(!core.begin_drain(), "a second drainer must leave it to the first");
+        assert!(
+            !core.begin_drain(),
+            "a second drainer must leave it to the first"
+        );
         assert_eq!(core.next_event(), Some(true));
         // An event queued while the first callback runs is delivered by the same drainer.
         core.close();

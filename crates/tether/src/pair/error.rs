@@ -150,7 +150,10 @@ mod tests {
     #[test]
     fn framing_errors_stay_typed_through_from_codec() {
         let e = PairError::from_codec(FramingError::FrameTooLong { max: 4 });
-        assert!(matches!(e, PairError::Framing(FramingError::FrameTooLong { max: 4 })));
+        assert!(matches!(
+            e,
+            PairError::Framing(FramingError::FrameTooLong { max: 4 })
+        ));
         assert!(e.connection_survives());
         let io = std::io::Error::other("boom");
         assert!(matches!(PairError::from_codec(io), PairError::Codec(_)));
@@ -162,7 +165,10 @@ mod tests {
             raw: Bytes::from_static(b"ab\xff\r\n"),
             position: 2,
         };
-        assert_eq!(e.to_string(), r#"invalid UTF-8 at byte 2 of frame "ab\xff\r\n""#);
+        assert_eq!(
+            e.to_string(),
+            r#"invalid UTF-8 at byte 2 of frame "ab\xff\r\n""#
+        );
         let long = PairError::InvalidUtf8 {
             raw: Bytes::from(vec![b'x'; 100]),
             position: 0,

@@ -165,7 +165,12 @@ where
     /// returns at once; [`connect`](Self::connect) opens the link. `encoder`
     /// frames what is written, a clone of `decoder` decodes each connection
     /// the peer makes.
-    pub async fn bind(listen: &Endpoint, config: PairConfig, encoder: E, decoder: D) -> Result<Self, PairError> {
+    pub async fn bind(
+        listen: &Endpoint,
+        config: PairConfig,
+        encoder: E,
+        decoder: D,
+    ) -> Result<Self, PairError> {
         let listener = Listener::bind(listen).await?;
         let ids = Arc::new(AtomicU64::new(0));
         let shared = Arc::new_cyclic(|weak: &Weak<PairShared<E, D>>| {
@@ -179,7 +184,13 @@ where
                 read_queue: config.read_queue,
             };
             PairShared {
-                server: ServerShared::new(&listener, decoder, server_config, Some(hook), Arc::clone(&ids)),
+                server: ServerShared::new(
+                    &listener,
+                    decoder,
+                    server_config,
+                    Some(hook),
+                    Arc::clone(&ids),
+                ),
                 core: Mutex::new(LinkCore::default()),
                 status: watch::Sender::new(LinkStatus::default()),
                 client: Mutex::new(None),
@@ -349,7 +360,9 @@ where
             actions
         };
         // Ordered: the client socket first, and wait until it is gone.
-        let task = actions.close_client.and_then(|id| self.shared.take_client(id));
+        let task = actions
+            .close_client
+            .and_then(|id| self.shared.take_client(id));
         if let Some(mut task) = task {
             task.abort();
             let _ = (&mut task).await;
@@ -494,7 +507,8 @@ impl<E, D: Decoder> PairShared<E, D> {
             info!(local = %self.server.display(), connected, "link state changed");
             if let Some(callback) = &self.config.on_connect {
                 let f = &callback.0;
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(connected))).is_err() {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(connected))).is_err()
+                {
                     error!("the pair's connect callback panicked");
                 }
             }
@@ -539,7 +553,10 @@ where
                 self.dial(peer, deadline).await?;
                 continue;
             }
-            if tokio::time::timeout_at(deadline, status.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, status.changed())
+                .await
+                .is_err()
+            {
                 return Err(PairError::ConnectTimeout {
                     endpoint: peer.to_string(),
                     timeout,

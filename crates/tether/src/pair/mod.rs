@@ -75,7 +75,8 @@ mod text;
 
 pub use error::PairError;
 pub use link::{
-    ConnectCallback, Pair, PairConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RETRY_INTERVAL, DEFAULT_WRITE_QUEUE,
+    ConnectCallback, Pair, PairConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RETRY_INTERVAL,
+    DEFAULT_WRITE_QUEUE,
 };
 pub use server::{OneClientServer, ServerConfig, DEFAULT_READ_QUEUE};
 pub use text::{TextPair, DEFAULT_TERMINATOR};

@@ -160,9 +160,19 @@ where
 {
     /// Binds to `endpoint` and starts accepting; each client's bytes are
     /// decoded with a fresh clone of `decoder`.
-    pub async fn bind(endpoint: &Endpoint, decoder: D, config: ServerConfig) -> Result<Self, PairError> {
+    pub async fn bind(
+        endpoint: &Endpoint,
+        decoder: D,
+        config: ServerConfig,
+    ) -> Result<Self, PairError> {
         let listener = Listener::bind(endpoint).await?;
-        let shared = ServerShared::new(&listener, decoder, config, None, Arc::new(AtomicU64::new(0)));
+        let shared = ServerShared::new(
+            &listener,
+            decoder,
+            config,
+            None,
+            Arc::new(AtomicU64::new(0)),
+        );
         shared.start(listener);
         Ok(OneClientServer { shared })
     }
@@ -342,7 +352,9 @@ impl<D: Decoder> ServerShared<D> {
 
     pub(crate) async fn wait_connected(&self, timeout: Duration) -> Result<PeerAddr, PairError> {
         let mut status = self.status.subscribe();
-        let waited = tokio::time::timeout(timeout, status.wait_for(|s| s.client.is_some() || s.closed)).await;
+        let waited =
+            tokio::time::timeout(timeout, status.wait_for(|s| s.client.is_some() || s.closed))
+                .await;
         match waited {
             Ok(Ok(s)) if !s.closed => Ok(s.client.expect("waited for it")),
             Ok(_) => Err(PairError::Closed),
@@ -353,7 +365,10 @@ impl<D: Decoder> ServerShared<D> {
     pub(crate) async fn read(&self) -> Result<D::Item, PairError> {
         let entry = lock(&self.state).disconnects;
         let mut slot = self.reader.lock().await;
-        if slot.as_ref().is_some_and(|(id, _)| *id < self.min_id.load(Ordering::SeqCst)) {
+        if slot
+            .as_ref()
+            .is_some_and(|(id, _)| *id < self.min_id.load(Ordering::SeqCst))
+        {
             debug!(listen = %self.display, "dropping the unread frames of an earlier link");
             *slot = None;
         }
@@ -505,7 +520,11 @@ where
                 return;
             }
             let id = self.ids.fetch_add(1, Ordering::SeqCst) + 1;
-            st.current = Some(Current { id, peer, task: None });
+            st.current = Some(Current {
+                id,
+                peer,
+                task: None,
+            });
             st.unread.push_back((id, rx));
             while st.unread.len() > MAX_UNREAD_CONNECTIONS {
                 st.unread.pop_front();
@@ -564,7 +583,11 @@ async fn read_loop<D>(
 }
 
 /// Reads and decodes until the stream ends; returns why it ended.
-async fn pump<D>(stream: &mut ByteStream, decoder: &mut D, tx: &mpsc::Sender<Frame<D::Item>>) -> String
+async fn pump<D>(
+    stream: &mut ByteStream,
+    decoder: &mut D,
+    tx: &mpsc::Sender<Frame<D::Item>>,
+) -> String
 where
     D: Decoder,
     D::Error: StdError + Send + Sync + 'static,
@@ -666,16 +689,37 @@ mod tests {
         server.wait_connected(T).await.unwrap();
         c.write_all(b"one\ntwo\n").await.unwrap();
         drop(c);
-        assert_eq!(tokio::time::timeout(T, server.read()).await.unwrap().unwrap(), "one");
-        assert_eq!(tokio::time::timeout(T, server.read()).await.unwrap().unwrap(), "two");
+        assert_eq!(
+            tokio::time::timeout(T, server.read())
+                .await
+                .unwrap()
+                .unwrap(),
+            "one"
+        );
+        assert_eq!(
+            tokio::time::timeout(T, server.read())
+                .await
+                .unwrap()
+                .unwrap(),
+            "two"
+        );
         let end = tokio::time::timeout(T, server.read()).await.unwrap();
-        assert!(end.as_ref().is_err_and(|e| e.is_connection_lost()), "{end:?}");
+        assert!(
+            end.as_ref().is_err_and(|e| e.is_connection_lost()),
+            "{end:?}"
+        );
         assert!(server.wait_disconnected(T).await);
 
         let mut c = dial(&server).await;
         server.wait_connected(T).await.unwrap();
         c.write_all(b"three\n").await.unwrap();
-        assert_eq!(tokio::time::timeout(T, server.read()).await.unwrap().unwrap(), "three");
+        assert_eq!(
+            tokio::time::timeout(T, server.read())
+                .await
+                .unwrap()
+                .unwrap(),
+            "three"
+        );
     }
 
     #[tokio::test]

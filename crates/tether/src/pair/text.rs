@@ -41,7 +41,11 @@ impl TextPair {
     ///
     /// # Panics
     /// If `terminator` is empty.
-    pub async fn text(listen: &Endpoint, config: PairConfig, terminator: impl Into<Bytes>) -> Result<Self, PairError> {
+    pub async fn text(
+        listen: &Endpoint,
+        config: PairConfig,
+        terminator: impl Into<Bytes>,
+    ) -> Result<Self, PairError> {
         let codec = SentinelCodec::new(terminator);
         Pair::bind(listen, config, codec.clone(), codec).await
     }
@@ -89,7 +93,11 @@ where
 
 impl OneClientServer<SentinelCodec> {
     /// A server whose client sends text messages ending in `terminator`.
-    pub async fn text(listen: &Endpoint, config: ServerConfig, terminator: impl Into<Bytes>) -> Result<Self, PairError> {
+    pub async fn text(
+        listen: &Endpoint,
+        config: ServerConfig,
+        terminator: impl Into<Bytes>,
+    ) -> Result<Self, PairError> {
         OneClientServer::bind(listen, SentinelCodec::new(terminator), config).await
     }
 }

@@ -106,7 +106,10 @@ fn parse(frame: &[u8]) -> Result<Header<'_>, u64> {
     let code = text(fields[1], seq)?.parse::<u32>().map_err(|_| seq)?;
     let source = text(fields[2], seq)?.parse::<i64>().map_err(|_| seq)?;
     text(fields[3], seq)?; // the timestamp: any text
-    let params = fields[4..].iter().map(|f| text(f, seq)).collect::<Result<Vec<_>, _>>()?;
+    let params = fields[4..]
+        .iter()
+        .map(|f| text(f, seq))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Header {
         seq,
         code,
@@ -175,7 +178,8 @@ impl MountCore {
                 ack_done(Vec::new())
             }
             Action::Stop(axis) => {
-                let mut replies: Vec<Reply> = self.axes[axis.index()].halt(now).into_iter().collect();
+                let mut replies: Vec<Reply> =
+                    self.axes[axis.index()].halt(now).into_iter().collect();
                 replies.extend(ack_done(Vec::new()));
                 replies
             }
@@ -274,7 +278,10 @@ impl MountCore {
 
     /// When the next move ends, if one is in progress.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.axes.iter().filter_map(|a| a.motion.as_ref().map(|m| m.end)).min()
+        self.axes
+            .iter()
+            .filter_map(|a| a.motion.as_ref().map(|m| m.end))
+            .min()
     }
 
     /// The peer is gone: moves in progress go on, but their replies are
@@ -309,13 +316,34 @@ mod tests {
     fn moves_at_ten_degrees_per_second_and_reports_positions() {
         let t0 = Instant::now();
         let mut m = ready(t0);
-        let r = m.handle(Command::move_to(4, 7, Axis::El, 2.0).encode().as_bytes(), t0);
-        assert_eq!(r, [Reply::Ack { seq: 4, timeout_ms: 200 }]);
+        let r = m.handle(
+            Command::move_to(4, 7, Axis::El, 2.0).encode().as_bytes(),
+            t0,
+        );
+        assert_eq!(
+            r,
+            [Reply::Ack {
+                seq: 4,
+                timeout_ms: 200
+            }]
+        );
         assert!(m.poll(t0 + ms(199)).is_empty());
         assert!((m.position(Axis::El, t0 + ms(100)) - 1.0).abs() < 1e-9);
         let r = m.handle(Command::status(5, 7).encode().as_bytes(), t0 + ms(100));
-        assert_eq!(r[1], Reply::Done { seq: 5, extra: vec!["0.000".into(), "1.000".into()] });
-        assert_eq!(m.poll(t0 + ms(200)), [Reply::Done { seq: 4, extra: vec![] }]);
+        assert_eq!(
+            r[1],
+            Reply::Done {
+                seq: 5,
+                extra: vec!["0.000".into(), "1.000".into()]
+            }
+        );
+        assert_eq!(
+            m.poll(t0 + ms(200)),
+            [Reply::Done {
+                seq: 4,
+                extra: vec![]
+            }]
+        );
         assert_eq!(m.next_deadline(), None);
         assert_eq!(m.position(Axis::El, t0 + ms(500)), 2.0);
     }
@@ -324,17 +352,47 @@ mod tests {
     fn a_new_move_or_a_stop_supersedes_the_move_in_progress() {
         let t0 = Instant::now();
         let mut m = ready(t0);
-        m.handle(Command::move_to(4, 7, Axis::Az, 10.0).encode().as_bytes(), t0);
-        let r = m.handle(Command::move_to(5, 7, Axis::Az, 0.0).encode().as_bytes(), t0 + ms(500));
+        m.handle(
+            Command::move_to(4, 7, Axis::Az, 10.0).encode().as_bytes(),
+            t0,
+        );
+        let r = m.handle(
+            Command::move_to(5, 7, Axis::Az, 0.0).encode().as_bytes(),
+            t0 + ms(500),
+        );
         assert_eq!(
             r,
-            [Reply::no_ack(4, reason::SUPERSEDED), Reply::Ack { seq: 5, timeout_ms: 500 }]
+            [
+                Reply::no_ack(4, reason::SUPERSEDED),
+                Reply::Ack {
+                    seq: 5,
+                    timeout_ms: 500
+                }
+            ]
         );
-        let r = m.handle(Command::stop(6, 7, Axis::Az).encode().as_bytes(), t0 + ms(750));
+        let r = m.handle(
+            Command::stop(6, 7, Axis::Az).encode().as_bytes(),
+            t0 + ms(750),
+        );
         assert_eq!(r[0], Reply::no_ack(5, reason::SUPERSEDED));
-        assert_eq!(&r[1..], [Reply::Ack { seq: 6, timeout_ms: 0 }, Reply::Done { seq: 6, extra: vec![] }]);
+        assert_eq!(
+            &r[1..],
+            [
+                Reply::Ack {
+                    seq: 6,
+                    timeout_ms: 0
+                },
+                Reply::Done {
+                    seq: 6,
+                    extra: vec![]
+                }
+            ]
+        );
         assert!((m.position(Axis::Az, t0 + ms(2000)) - 2.5).abs() < 1e-9);
-        assert!(m.poll(t0 + ms(5000)).is_empty(), "superseded moves get no Done");
+        assert!(
+            m.poll(t0 + ms(5000)).is_empty(),
+            "superseded moves get no Done"
+        );
     }
 
     #[test]
@@ -344,7 +402,10 @@ mod tests {
         let r = m.handle(Command::enable(1, 7, Axis::Az).encode().as_bytes(), t0);
         assert_eq!(r, [Reply::no_ack(1, reason::NOT_IN_CONTROL)]);
         m.handle(Command::take_control(2, 7).encode().as_bytes(), t0);
-        let r = m.handle(Command::move_to(3, 7, Axis::Az, 1.0).encode().as_bytes(), t0);
+        let r = m.handle(
+            Command::move_to(3, 7, Axis::Az, 1.0).encode().as_bytes(),
+            t0,
+        );
         assert_eq!(r, [Reply::no_ack(3, reason::AXIS_DISABLED)]);
         let r = m.handle(Command::status(4, 8).encode().as_bytes(), t0);
         assert_eq!(r, [Reply::no_ack(4, reason::NOT_IN_CONTROL)]);
@@ -379,7 +440,12 @@ mod tests {
         ];
         for (frame, seq) in cases {
             let r = m.handle(frame, t0);
-            assert_eq!(r, [Reply::no_ack(*seq, reason::MALFORMED)], "{:?}", String::from_utf8_lossy(frame));
+            assert_eq!(
+                r,
+                [Reply::no_ack(*seq, reason::MALFORMED)],
+                "{:?}",
+                String::from_utf8_lossy(frame)
+            );
         }
     }
 
@@ -387,7 +453,10 @@ mod tests {
     fn replies_of_a_lost_peer_are_not_sent_to_the_next() {
         let t0 = Instant::now();
         let mut m = ready(t0);
-        m.handle(Command::move_to(4, 7, Axis::Az, 1.0).encode().as_bytes(), t0);
+        m.handle(
+            Command::move_to(4, 7, Axis::Az, 1.0).encode().as_bytes(),
+            t0,
+        );
         m.peer_lost();
         assert!(m.poll(t0 + ms(100)).is_empty());
         assert_eq!(m.position(Axis::Az, t0 + ms(100)), 1.0);

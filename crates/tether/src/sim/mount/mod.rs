@@ -76,7 +76,8 @@ impl MountSimulator {
     /// connects to `peer` (retrying until it answers) and waits for it to
     /// connect back, then answers commands; after a drop, does it again.
     pub async fn spawn(listen: &Endpoint, peer: Endpoint) -> Result<Self, PairError> {
-        let pair = Arc::new(TextPair::text(listen, PairConfig::default().peer(peer), "\r\n").await?);
+        let pair =
+            Arc::new(TextPair::text(listen, PairConfig::default().peer(peer), "\r\n").await?);
         Ok(Self::serve(pair))
     }
 

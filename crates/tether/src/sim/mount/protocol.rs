@@ -141,7 +141,9 @@ impl Command {
 
     /// `MOVE axis position_deg`.
     pub fn move_to(seq: u64, source: i64, axis: Axis, position_deg: f64) -> Self {
-        Self::new(seq, code::MOVE, source).param(axis).param(position_deg)
+        Self::new(seq, code::MOVE, source)
+            .param(axis)
+            .param(position_deg)
     }
 
     /// `STOP axis`.
@@ -263,7 +265,9 @@ impl Reply {
         match (fields[0], fields.len()) {
             ("0", 3) => Ok(Reply::Ack {
                 seq,
-                timeout_ms: fields[2].parse().map_err(|_| bad("timeout_ms is not an integer"))?,
+                timeout_ms: fields[2]
+                    .parse()
+                    .map_err(|_| bad("timeout_ms is not an integer"))?,
             }),
             ("1", 3) => Ok(Reply::no_ack(seq, fields[2])),
             ("2", _) => Ok(Reply::Done {
