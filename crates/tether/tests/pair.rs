@@ -495,6 +495,30 @@ async fn bad_input_gives_clear_errors_and_the_link_survives() {
 }
 
 #[tokio::test]
+async fn frames_split_across_writes_or_sharing_one_come_out_whole() {
+    let a = text_pair(PairConfig::default()).await;
+    let peer = RawPeer::new().await;
+    let (_a_writes_to, mut a_reads_from) = peer.link(&a).await;
+    let wire = b"split\r\nacross\r\n\r\nmany writes\r\n";
+    for byte in wire {
+        a_reads_from.write_all(&[*byte]).await.unwrap();
+        a_reads_from.flush().await.unwrap();
+    }
+    a_reads_from
+        .write_all(b"one\r\ntwo\r\nthree\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..7 {
+        got.push(timeout(T, a.read_text()).await.unwrap().unwrap());
+    }
+    assert_eq!(
+        got,
+        ["split", "across", "", "many writes", "one", "two", "three"]
+    );
+}
+
+#[tokio::test]
 async fn json_lines_round_trip() {
     let a = Arc::new(
         Pair::json_lines(&any_port(), PairConfig::default())

@@ -155,9 +155,7 @@ impl LinkCore {
     fn update(&mut self) {
         let connected =
             self.status.client.is_some() && self.status.server.is_some() && !self.status.closed;
-        if connected != self.status.connected {
-            self.status.connected = connected;
-        }
+        self.status.connected = connected;
         // The callback rule: queue every change, never the same state twice.
         if connected != self.last_queued {
             self.last_queued = connected;

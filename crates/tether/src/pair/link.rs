@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, Instrument};
 
 use super::core::{Actions, ConnId, LinkCore, LinkStatus};
 use super::server::{Hook, ServerConfig, ServerEvent, ServerShared, DEFAULT_READ_QUEUE};
@@ -236,6 +236,10 @@ where
     /// [`PairError::NotConnected`]. A decoding error takes the place of its
     /// frame and the link stays up. Cancel-safe: dropping the future loses
     /// no frame.
+    ///
+    /// Frames of a lost link that nobody read before `connect` restored the
+    /// link are dropped: what `read` returns after a successful `connect`
+    /// comes from the new link.
     pub async fn read(&self) -> Result<D::Item, PairError> {
         let status = self.shared.status();
         if status.closed {
@@ -384,6 +388,8 @@ impl<E, D: Decoder> Drop for Pair<E, D> {
             }
         }
         self.shared.server.shutdown_now();
+        // The callback hears that the link is down, as after `close`.
+        self.shared.run_callbacks();
     }
 }
 
@@ -613,16 +619,20 @@ where
             let mut client = lock(&self.client);
             if let Some(conn) = client.as_mut().filter(|c| c.id == id) {
                 let weak = Arc::downgrade(self);
-                conn.task = Some(tokio::spawn(async move {
-                    let mut rx = rx;
-                    let reason = run_client(stream, &mut rx).await;
-                    // Record the end before queued writers are woken (by
-                    // dropping `rx`), so that they find the link down.
-                    if let Some(shared) = weak.upgrade() {
-                        shared.client_ended(id, &reason);
-                    }
-                    drop(rx);
-                }));
+                let span = tracing::info_span!("pair_write", local = %self.server.display(), %peer, conn = id);
+                conn.task = Some(tokio::spawn(Instrument::instrument(
+                    async move {
+                        let mut rx = rx;
+                        let reason = run_client(stream, &mut rx).await;
+                        // Record the end before queued writers are woken (by
+                        // dropping `rx`), so that they find the link down.
+                        if let Some(shared) = weak.upgrade() {
+                            shared.client_ended(id, &reason);
+                        }
+                        drop(rx);
+                    },
+                    span,
+                )));
             }
         }
         self.apply(actions);

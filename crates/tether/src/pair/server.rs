@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::codec::Decoder;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::core::ConnId;
 use super::PairError;
@@ -540,7 +540,10 @@ where
         let decoder = lock(&self.decoder).clone();
         let mut st = lock(&self.state);
         if let Some(cur) = st.current.as_mut().filter(|c| c.id == id) {
-            let task = tokio::spawn(read_loop(Arc::clone(self), id, stream, decoder, tx));
+            let span =
+                tracing::info_span!("one_client_read", listen = %self.display, %peer, conn = id);
+            let task =
+                tokio::spawn(read_loop(Arc::clone(self), id, stream, decoder, tx).instrument(span));
             cur.task = Some(task.abort_handle());
         }
     }

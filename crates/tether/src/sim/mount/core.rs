@@ -450,6 +450,46 @@ mod tests {
     }
 
     #[test]
+    fn any_bytes_get_an_answer_and_never_a_panic() {
+        // Frames built from the bytes that matter to the parser, by a
+        // deterministic xorshift generator: every one gets a reply for its
+        // own seq (or 0), and the last reply closes it unless it is a move.
+        const ALPHABET: &[u8] = b"0123456789\n\n\n-.e+azel\xff \r";
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let t0 = Instant::now();
+        let mut m = ready(t0);
+        for i in 0..20_000u64 {
+            let len = (next() % 24) as usize;
+            let mut frame: Vec<u8> = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            if i % 3 == 0 {
+                // A valid header, so that the commands themselves are exercised.
+                let code = [1u64, 10, 20, 30, 40, 99][(next() % 6) as usize];
+                let mut header = format!("{}\n{code}\n7\nt\n", i + 1).into_bytes();
+                header.append(&mut frame);
+                frame = header;
+            }
+            let now = t0 + ms(i);
+            let replies = m.handle(&frame, now);
+            let last = replies.last().expect("every command gets a reply");
+            assert!(
+                matches!(last, Reply::NoAck { .. } | Reply::Done { .. })
+                    || (matches!(last, Reply::Ack { .. }) && m.next_deadline().is_some()),
+                "{:?} → {replies:?}",
+                String::from_utf8_lossy(&frame)
+            );
+            m.poll(now);
+        }
+    }
+
+    #[test]
     fn replies_of_a_lost_peer_are_not_sent_to_the_next() {
         let t0 = Instant::now();
         let mut m = ready(t0);
