@@ -29,9 +29,14 @@ pub struct MountArgs {
 pub async fn serve(args: MountArgs) -> CliResult {
     let config = PairConfig::default().peer(args.connect);
     let pair = Arc::new(TextPair::text(&args.listen, config, "\r\n").await?);
-    {
+    // The contract's first line, flushed at once (on stderr when stdin and
+    // stdout are the protocol, as `serve lines` does).
+    let line = format!("listening on {}", pair.display_address());
+    if pair.local_endpoint() == Endpoint::Stdio {
+        eprintln!("{line}");
+    } else {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {}", pair.display_address())?;
+        writeln!(out, "{line}")?;
         out.flush()?;
     }
     let sim = MountSimulator::serve(pair);

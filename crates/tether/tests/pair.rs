@@ -519,6 +519,34 @@ async fn frames_split_across_writes_or_sharing_one_come_out_whole() {
 }
 
 #[tokio::test]
+async fn pairs_over_unix_sockets() {
+    let dir = std::env::temp_dir().join(format!("tether-pair-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let at = |name: &str| Endpoint::Unix(dir.join(name));
+    let _ = std::fs::remove_file(dir.join("a.sock"));
+    let _ = std::fs::remove_file(dir.join("b.sock"));
+    let a = Arc::new(
+        Pair::text(&at("a.sock"), PairConfig::default(), "\r\n")
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        Pair::text(&at("b.sock"), PairConfig::default(), "\r\n")
+            .await
+            .unwrap(),
+    );
+    link(&a, &b).await;
+    a.write_text("over a unix socket").await.unwrap();
+    assert_eq!(
+        timeout(T, b.read_text()).await.unwrap().unwrap(),
+        "over a unix socket"
+    );
+    a.close().await;
+    b.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn json_lines_round_trip() {
     let a = Arc::new(
         Pair::json_lines(&any_port(), PairConfig::default())

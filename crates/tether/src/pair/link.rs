@@ -24,6 +24,9 @@ use crate::transport::{self, ByteStream, Endpoint, Listener};
 /// comes up is reached at once, long enough not to flood it with SYNs.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The shortest retry interval used, whatever the configuration says.
+const MIN_RETRY_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Default deadline of [`Pair::connect`]: 10 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,7 +65,8 @@ pub struct PairConfig {
     /// given later with [`Pair::connect_to`].
     pub peer: Option<Endpoint>,
     /// Pause between attempts to open the client connection
-    /// ([`DEFAULT_RETRY_INTERVAL`]).
+    /// ([`DEFAULT_RETRY_INTERVAL`]; at least 1 ms, so that a peer that
+    /// refuses is not hammered).
     pub retry_interval: Duration,
     /// How long [`Pair::connect`] tries ([`DEFAULT_CONNECT_TIMEOUT`]).
     pub connect_timeout: Duration,
@@ -201,6 +205,7 @@ where
                 ids,
                 config: PairConfig {
                     write_queue: config.write_queue.max(1),
+                    retry_interval: config.retry_interval.max(MIN_RETRY_INTERVAL),
                     ..config
                 },
             }
