@@ -296,6 +296,19 @@ async fn drop_of_the_reading_side_is_reported_and_connect_restores_the_link() {
 }
 
 #[tokio::test]
+async fn after_reconnect_reads_come_from_the_new_link_only() {
+    let a = text_pair(PairConfig::default()).await;
+    let peer = RawPeer::new().await;
+    let (_w, mut r) = peer.link(&a).await;
+    r.write_all(b"old, never read\r\n").await.unwrap();
+    drop(r);
+    assert!(a.wait_disconnected(T).await);
+    let (_w, mut r) = peer.link(&a).await;
+    r.write_all(b"new\r\n").await.unwrap();
+    assert_eq!(timeout(T, a.read_text()).await.unwrap().unwrap(), "new");
+}
+
+#[tokio::test]
 async fn drop_of_the_writing_side_wakes_readers_and_writers() {
     let (a_calls, config) = recorder();
     let a = text_pair(config).await;

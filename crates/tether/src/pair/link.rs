@@ -416,7 +416,12 @@ impl<E, D: Decoder> PairShared<E, D> {
     /// Publishes the status; called with the core locked so that snapshots
     /// are published in the order the changes happened.
     fn publish(&self, core: &LinkCore) {
-        self.status.send_replace(core.status().clone());
+        let status = core.status();
+        if let (true, Some(server)) = (status.connected, status.server) {
+            // Frames of an earlier link nobody read are not this link's.
+            self.server.set_min_id(server);
+        }
+        self.status.send_replace(status.clone());
     }
 
     /// The error for an operation that finds the link down.
@@ -554,10 +559,6 @@ where
                 return Err(PairError::Closed);
             }
             if now.connected {
-                // Frames of an earlier link nobody read are not this link's.
-                if let Some(server) = now.server {
-                    self.server.set_min_id(server);
-                }
                 return Ok(());
             }
             if now.client.is_none() {
