@@ -753,3 +753,38 @@ fn blocking_pair_talks_to_an_async_one_elsewhere() {
     b.close();
     assert!(a.read().unwrap_err().is_connection_lost());
 }
+
+#[test]
+fn blocking_one_client_server_refuses_a_second_client() {
+    use std::io::{Read, Write};
+    use tether::pair::{blocking, ServerConfig};
+    let server = blocking::OneClientServer::bind(
+        &any_port(),
+        SentinelCodec::crlf(),
+        ServerConfig::default(),
+    )
+    .unwrap();
+    let at = addr(&server.local_endpoint());
+    let mut first = std::net::TcpStream::connect(&at).unwrap();
+    server.wait_connected(T).unwrap();
+    let mut second = std::net::TcpStream::connect(&at).unwrap();
+    second.set_read_timeout(Some(T)).unwrap();
+    let mut buf = [0u8; 4];
+    assert_eq!(
+        second.read(&mut buf).unwrap_or(0),
+        0,
+        "the second client is closed at once"
+    );
+    first.write_all(b"first still served\r\n").unwrap();
+    assert_eq!(server.read_text().unwrap(), "first still served");
+    assert_eq!(server.refused(), 1);
+    drop(first);
+    assert!(server.wait_disconnected(T));
+    assert!(server.read_timeout(T).unwrap_err().is_connection_lost());
+    // The next client is accepted.
+    let mut third = std::net::TcpStream::connect(&at).unwrap();
+    server.wait_connected(T).unwrap();
+    third.write_all(b"third\r\n").unwrap();
+    assert_eq!(server.read_text().unwrap(), "third");
+    server.close();
+}

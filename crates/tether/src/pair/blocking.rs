@@ -126,6 +126,38 @@ where
         self.inner.local_endpoint()
     }
 
+    /// See [`super::Pair::display_address`].
+    pub fn display_address(&self) -> &str {
+        self.inner.display_address()
+    }
+
+    /// See [`super::Pair::peer`].
+    pub fn peer(&self) -> Option<Endpoint> {
+        self.inner.peer()
+    }
+
+    /// See [`super::Pair::wait_disconnected`].
+    pub fn wait_disconnected(&self, timeout: Duration) -> bool {
+        self.rt.block_on(self.inner.wait_disconnected(timeout))
+    }
+
+    /// See [`super::Pair::losses`].
+    pub fn losses(&self) -> u64 {
+        self.inner.losses()
+    }
+
+    /// See [`super::Pair::refused`].
+    pub fn refused(&self) -> u64 {
+        self.inner.refused()
+    }
+
+    /// See [`super::Pair::disconnect`].
+    pub fn disconnect(&self) {
+        // Runs the pair's bookkeeping (and the connect callback) on its runtime.
+        let _guard = self.rt.enter();
+        self.inner.disconnect()
+    }
+
     /// See [`super::Pair::close`].
     pub fn close(&self) {
         self.rt.block_on(self.inner.close())
@@ -206,9 +238,35 @@ where
         self.inner.local_endpoint()
     }
 
+    /// See [`super::OneClientServer::display_address`].
+    pub fn display_address(&self) -> &str {
+        self.inner.display_address()
+    }
+
     /// See [`super::OneClientServer::connected`].
     pub fn connected(&self) -> bool {
         self.inner.connected()
+    }
+
+    /// See [`super::OneClientServer::client`].
+    pub fn client(&self) -> Option<PeerAddr> {
+        self.inner.client()
+    }
+
+    /// See [`super::OneClientServer::refused`].
+    pub fn refused(&self) -> u64 {
+        self.inner.refused()
+    }
+
+    /// See [`super::OneClientServer::wait_disconnected`].
+    pub fn wait_disconnected(&self, timeout: Duration) -> bool {
+        self.rt.block_on(self.inner.wait_disconnected(timeout))
+    }
+
+    /// See [`super::OneClientServer::disconnect`].
+    pub fn disconnect(&self) {
+        let _guard = self.rt.enter();
+        self.inner.disconnect()
     }
 
     /// See [`super::OneClientServer::wait_connected`].
@@ -221,8 +279,32 @@ where
         self.rt.block_on(self.inner.read())
     }
 
+    /// [`read`](Self::read), giving up after `timeout` (`Ok(None)`; no
+    /// frame is lost).
+    pub fn read_timeout(&self, timeout: Duration) -> Result<Option<D::Item>, PairError> {
+        self.rt
+            .block_on(async { tokio::time::timeout(timeout, self.inner.read()).await })
+            .map_or(Ok(None), |r| r.map(Some))
+    }
+
     /// See [`super::OneClientServer::close`].
     pub fn close(&self) {
         self.rt.block_on(self.inner.close())
+    }
+}
+
+impl<D> OneClientServer<D>
+where
+    D: Decoder<Item = BytesMut> + Clone + Send + 'static,
+    D::Error: StdError + Send + Sync + 'static,
+{
+    /// See [`super::OneClientServer::read_text`].
+    pub fn read_text(&self) -> Result<String, PairError> {
+        self.rt.block_on(self.inner.read_text())
+    }
+
+    /// See [`super::OneClientServer::read_json`].
+    pub fn read_json<T: DeserializeOwned>(&self) -> Result<T, PairError> {
+        self.rt.block_on(self.inner.read_json())
     }
 }

@@ -259,6 +259,8 @@ where
         match self.shared.server.read().await {
             // Say why the link went down, whichever socket it was.
             Err(PairError::ConnectionLost { .. }) => Err(self.shared.lost()),
+            // The link went down between the check above and the read.
+            Err(PairError::NotConnected) => Err(self.shared.not_connected()),
             other => other,
         }
     }
@@ -267,7 +269,10 @@ where
     ///
     /// [`PairError::NotConnected`] if the link is down; an encoder error
     /// concerns this frame only (nothing is sent); if the link goes down
-    /// while waiting, [`PairError::ConnectionLost`].
+    /// while waiting, [`PairError::ConnectionLost`]. Frames are queued for
+    /// one writer task (up to [`write_queue`](PairConfig::write_queue),
+    /// then writers wait); a frame whose `write` future is dropped after it
+    /// was queued is still written whole, never half.
     pub async fn write<I>(&self, item: I) -> Result<(), PairError>
     where
         E: Encoder<I>,
