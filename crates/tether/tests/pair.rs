@@ -234,6 +234,27 @@ async fn a_second_client_is_refused_without_disturbing_the_first() {
 }
 
 #[tokio::test]
+async fn a_peer_that_refuses_us_is_retried_at_the_retry_interval() {
+    // B already serves another client, so it refuses A at once, every time.
+    let b = text_pair(PairConfig::default()).await;
+    let _other = TcpStream::connect(addr(&b.local_endpoint())).await.unwrap();
+    eventually("B serves the other client", || b.server_connected()).await;
+    let config = PairConfig::default()
+        .retry_interval(Duration::from_millis(50))
+        .connect_timeout(Duration::from_millis(300));
+    let a = text_pair(config).await;
+    let err = timeout(T, a.connect_to(&b.local_endpoint()))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, PairError::ConnectTimeout { .. }), "{err}");
+    // At most one attempt per interval within the deadline (300 / 50 + 1),
+    // not a tight loop of connections.
+    assert!(b.refused() <= 7, "{} attempts", b.refused());
+    assert!(b.refused() >= 1);
+}
+
+#[tokio::test]
 async fn drop_of_the_reading_side_is_reported_and_connect_restores_the_link() {
     let (a_calls, config) = recorder();
     let a = text_pair(config).await;

@@ -558,6 +558,7 @@ where
         let timeout = self.config.connect_timeout;
         let deadline = Instant::now() + timeout;
         let mut status = self.status.subscribe();
+        let mut dialed = false;
         loop {
             let now = status.borrow_and_update().clone();
             if now.closed {
@@ -567,7 +568,17 @@ where
                 return Ok(());
             }
             if now.client.is_none() {
-                self.dial(peer, deadline).await?;
+                let mut previous = None;
+                if dialed {
+                    // Our connection was closed before the link came up (a
+                    // peer serving another client refuses us at once): pause
+                    // as after a failed attempt, rather than spin.
+                    previous = Some("the peer closed our connection at once".to_string());
+                    let pause = Instant::now() + self.config.retry_interval;
+                    tokio::time::sleep_until(pause.min(deadline)).await;
+                }
+                self.dial(peer, deadline, previous).await?;
+                dialed = true;
                 continue;
             }
             if tokio::time::timeout_at(deadline, status.changed())
@@ -586,8 +597,14 @@ where
         }
     }
 
-    /// Opens the client connection, retrying until `deadline`.
-    async fn dial(self: &Arc<Self>, peer: &Endpoint, deadline: Instant) -> Result<(), PairError> {
+    /// Opens the client connection, retrying until `deadline`; `previous`
+    /// says what went wrong before, should no attempt fit before it.
+    async fn dial(
+        self: &Arc<Self>,
+        peer: &Endpoint,
+        deadline: Instant,
+        mut previous: Option<String>,
+    ) -> Result<(), PairError> {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt = if remaining.is_zero() {
@@ -601,13 +618,15 @@ where
                     return Ok(());
                 }
                 Some(Err(e)) => e.to_string(),
-                None => "no time left".to_string(),
+                None => previous
+                    .take()
+                    .unwrap_or_else(|| "no time left".to_string()),
             };
             if Instant::now() + self.config.retry_interval >= deadline {
                 return Err(PairError::ConnectTimeout {
                     endpoint: peer.to_string(),
                     timeout: self.config.connect_timeout,
-                    stage: format!("the peer accepted no connection (last error: {last_error})"),
+                    stage: format!("no connection to the peer lasted (last error: {last_error})"),
                 });
             }
             debug!(%peer, error = %last_error, "connect attempt failed; retrying");
