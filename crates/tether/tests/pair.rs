@@ -317,6 +317,21 @@ async fn drop_of_the_reading_side_is_reported_and_connect_restores_the_link() {
 }
 
 #[tokio::test]
+async fn frames_that_arrived_before_a_drop_are_read_after_it() {
+    let a = text_pair(PairConfig::default()).await;
+    let peer = RawPeer::new().await;
+    let (_w, mut r) = peer.link(&a).await;
+    r.write_all(b"one\r\ntwo\r\n").await.unwrap();
+    drop(r);
+    // Nobody read while the link was up.
+    assert!(a.wait_disconnected(T).await);
+    assert_eq!(timeout(T, a.read_text()).await.unwrap().unwrap(), "one");
+    assert_eq!(timeout(T, a.read_text()).await.unwrap().unwrap(), "two");
+    let end = timeout(T, a.read_text()).await.unwrap().unwrap_err();
+    assert!(end.is_connection_lost(), "{end}");
+}
+
+#[tokio::test]
 async fn after_reconnect_reads_come_from_the_new_link_only() {
     let a = text_pair(PairConfig::default()).await;
     let peer = RawPeer::new().await;

@@ -300,7 +300,7 @@ impl<D: Decoder> ServerShared<D> {
                         task.abort();
                     }
                     st.disconnects += 1;
-                    st.last_disconnect = Some(format!("client {} {reason}", cur.peer));
+                    st.last_disconnect = Some(format!("client {}: {reason}", cur.peer));
                     self.publish(&st);
                     Some(cur.peer)
                 }
@@ -402,11 +402,17 @@ impl<D: Decoder> ServerShared<D> {
     /// when there is none left (or another reader is busy).
     pub(crate) fn try_read_leftover(&self) -> Option<Result<D::Item, PairError>> {
         let mut slot = self.reader.try_lock().ok()?;
-        let (id, rx) = slot.as_mut()?;
-        if *id < self.min_id.load(Ordering::SeqCst) {
+        let min = self.min_id.load(Ordering::SeqCst);
+        if slot.as_ref().is_some_and(|(id, _)| *id < min) {
             *slot = None;
-            return None;
         }
+        if slot.is_none() {
+            // The lost connection may not have been read from at all.
+            let mut st = lock(&self.state);
+            st.unread.retain(|(id, _)| *id >= min);
+            *slot = st.unread.pop_front();
+        }
+        let (_, rx) = slot.as_mut()?;
         match rx.try_recv() {
             Ok(frame) => Some(frame),
             Err(mpsc::error::TryRecvError::Empty) => None,
