@@ -27,8 +27,7 @@ pub struct MountArgs {
 
 /// Serves peers one after the other until SIGINT/SIGTERM.
 pub async fn serve(args: MountArgs) -> CliResult {
-    let config = PairConfig::default().peer(args.connect);
-    let pair = Arc::new(TextPair::text(&args.listen, config, "\r\n").await?);
+    let pair = Arc::new(MountSimulator::bind(&args.listen, args.connect).await?);
     // The contract's first line, flushed at once (on stderr when stdin and
     // stdout are the protocol, as `serve lines` does).
     let line = format!("listening on {}", pair.display_address());

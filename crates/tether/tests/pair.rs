@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tether::framing::{FramingError, SentinelCodec};
 use tether::pair::{Pair, PairConfig, PairError, TextPair};
-use tether::sim::mount::{reason, Axis, Command, MountSimulator, Reply};
+use tether::sim::mount::{reason, Axis, Command, MountSimulator, Reply, MAX_COMMAND_LENGTH};
 use tether::transport::Endpoint;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -743,6 +743,9 @@ async fn mount_refuses_unsupported_and_malformed_commands() {
         );
     }
     c.write(&b"\xff\xfe\n40\n2\nt"[..]).await.unwrap();
+    assert_eq!(reply(&c).await, Reply::no_ack(0, reason::MALFORMED));
+    let oversize = format!("9\n40\n2\n{}", "t".repeat(MAX_COMMAND_LENGTH));
+    c.write_text(&oversize).await.unwrap();
     assert_eq!(reply(&c).await, Reply::no_ack(0, reason::MALFORMED));
     send(&c, &Command::take_control(8, ME)).await;
     assert_eq!(reply(&c).await, ack(8, 0));

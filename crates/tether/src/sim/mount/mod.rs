@@ -56,8 +56,14 @@ use tracing::{debug, info, warn};
 pub use self::core::MountCore;
 pub use protocol::{code, reason, Axis, Command, Reply, ReplyError, SPEED_DEG_PER_S};
 
+use crate::framing::SentinelCodec;
 use crate::pair::{PairConfig, PairError, TextPair};
 use crate::transport::Endpoint;
+
+/// The longest command the simulator reads: 64 KiB. Real commands are a
+/// few dozen bytes; anything longer gets NoAck `malformed` (seq 0) without
+/// being held in memory.
+pub const MAX_COMMAND_LENGTH: usize = 64 * 1024;
 
 /// Pause before trying again after `connect` failed for another reason
 /// than its deadline (which already paces the retries).
@@ -76,9 +82,20 @@ impl MountSimulator {
     /// connects to `peer` (retrying until it answers) and waits for it to
     /// connect back, then answers commands; after a drop, does it again.
     pub async fn spawn(listen: &Endpoint, peer: Endpoint) -> Result<Self, PairError> {
-        let pair =
-            Arc::new(TextPair::text(listen, PairConfig::default().peer(peer), "\r\n").await?);
-        Ok(Self::serve(pair))
+        Ok(Self::serve(Arc::new(Self::bind(listen, peer).await?)))
+    }
+
+    /// The simulator's pair, not yet serving: `\r\n`-terminated messages,
+    /// commands at most [`MAX_COMMAND_LENGTH`] bytes.
+    pub async fn bind(listen: &Endpoint, peer: Endpoint) -> Result<TextPair, PairError> {
+        let codec = SentinelCodec::with_max_length(&b"\r\n"[..], MAX_COMMAND_LENGTH);
+        TextPair::bind(
+            listen,
+            PairConfig::default().peer(peer),
+            codec.clone(),
+            codec,
+        )
+        .await
     }
 
     /// Starts serving on a pair made by the caller (whose peer is set);
