@@ -7,13 +7,17 @@
 //! only the layer below it.
 //!
 //! ```text
-//!   your program ──► session (Client / Session / Server, blocking twins)
-//!                      │  requests and replies, deadlines, concurrency
+//!   your program ──► session (Client / Session / Server)  │ pair (Pair, OneClientServer):
+//!                      │  requests and replies,           │ two one-way sockets as one
+//!                      │  deadlines, concurrency          │ link, retrying connect
 //!                    framing (SentinelCodec, FixedLengthCodec, LengthCodec, MapCodec)
 //!                      │  sans-IO: bytes ⇄ frames, with a maximum length
 //!                    transport (ByteStream, Listener, Endpoint)
 //!                         TCP · Unix · Telnet · stdio · child process · memory
 //! ```
+//!
+//! [`sim`] holds device simulators (a line-protocol device, a telescope
+//! mount controller) used by the `tether` command, the demo and the tests.
 //!
 //! Principles:
 //!

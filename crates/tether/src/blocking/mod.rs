@@ -1,6 +1,7 @@
 //! The same clients and servers for synchronous programs.
 //!
-//! Names mirror the async API: [`Client`], [`Session`], [`Server`]. A plain
+//! Names mirror the async API: [`Client`], [`Session`], [`Server`],
+//! [`Pair`], [`OneClientServer`]. A plain
 //! `fn main` talks to a device in three lines:
 //!
 //! ```no_run
@@ -22,5 +23,6 @@
 mod server;
 mod session;
 
+pub use crate::pair::blocking::{OneClientServer, Pair};
 pub use server::{RunningServer, Server};
 pub use session::{Client, Session};
