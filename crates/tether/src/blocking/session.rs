@@ -34,13 +34,13 @@ impl<C: Clone> Client<C> {
 
     /// Opens a session, within the connect timeout.
     pub fn connect(&self) -> Result<Session<C>, SessionError> {
-        let io = Io::connect(&self.endpoint, self.options.connect_timeout_value())?;
+        let io = Io::connect(&self.endpoint, &self.options)?;
         Ok(Session {
             io: Some(io),
             codec: self.codec.clone(),
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
-            options: self.options,
+            options: self.options.clone(),
             closed_because: None,
         })
     }
@@ -71,12 +71,13 @@ impl<C: Clone> Client<C> {
 enum Io {
     Tcp(TcpStream),
     Unix(UnixStream),
-    // Telnet, stdio, exec: the async stream driven by a private runtime.
+    // Telnet, TLS, stdio, exec: the async stream driven by a private runtime.
     Bridged(tokio::runtime::Runtime, Box<ByteStream>),
 }
 
 impl Io {
-    fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Io, TransportError> {
+    fn connect(endpoint: &Endpoint, options: &ClientOptions) -> Result<Io, TransportError> {
+        let timeout = options.connect_timeout_value();
         let named = |source: io::Error| TransportError::Connect {
             endpoint: endpoint.to_string(),
             source,
@@ -93,7 +94,8 @@ impl Io {
                     .enable_all()
                     .build()
                     .map_err(named)?;
-                let stream = rt.block_on(transport::connect(endpoint, timeout))?;
+                let stream =
+                    rt.block_on(transport::connect_with(endpoint, &options.connect_options()))?;
                 Ok(Io::Bridged(rt, Box::new(stream)))
             }
         }

@@ -8,9 +8,10 @@ use tracing::debug;
 use super::io::FrameIo;
 use super::SessionError;
 use crate::framing::FramingError;
-use crate::transport::{self, ByteStream, Endpoint};
+use crate::transport::{self, ByteStream, ConnectOptions, Endpoint, TlsClientConfig};
 
-/// Timeouts for a [`Client`] and its sessions.
+/// Timeouts for a [`Client`] and its sessions, and for `tls://` which
+/// servers to trust.
 ///
 /// ```
 /// use std::time::Duration;
@@ -21,10 +22,11 @@ use crate::transport::{self, ByteStream, Endpoint};
 ///     .request_timeout(Some(Duration::from_millis(500)));
 /// assert_eq!(options.request_timeout_value(), Some(Duration::from_millis(500)));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOptions {
     connect_timeout: Duration,
     request_timeout: Option<Duration>,
+    tls: Option<TlsClientConfig>,
 }
 
 impl Default for ClientOptions {
@@ -34,6 +36,7 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(10)),
+            tls: None,
         }
     }
 }
@@ -49,6 +52,27 @@ impl ClientOptions {
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.request_timeout = timeout;
         self
+    }
+
+    /// Which servers a `tls://` endpoint trusts. Without it, the CA file
+    /// named by `TETHER_TLS_CA` is used.
+    pub fn tls(mut self, config: TlsClientConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The TLS client configuration, if one was given.
+    pub fn tls_config(&self) -> Option<&TlsClientConfig> {
+        self.tls.as_ref()
+    }
+
+    /// The transport's connect options (timeout and TLS).
+    pub fn connect_options(&self) -> ConnectOptions {
+        let options = ConnectOptions::new(self.connect_timeout);
+        match &self.tls {
+            Some(config) => options.tls(config.clone()),
+            None => options,
+        }
     }
 
     /// The connect timeout.
@@ -104,14 +128,15 @@ impl<C: Clone> Client<C> {
 
     /// The client's options.
     pub fn options(&self) -> ClientOptions {
-        self.options
+        self.options.clone()
     }
 
     /// Opens a new session, within the connect timeout.
     pub async fn connect(&self) -> Result<Session<C>, SessionError> {
-        let stream = transport::connect(&self.endpoint, self.options.connect_timeout).await?;
+        let stream =
+            transport::connect_with(&self.endpoint, &self.options.connect_options()).await?;
         debug!(endpoint = %self.endpoint, peer = %stream.peer(), "session opened");
-        Ok(Session::new(stream, self.codec.clone(), self.options))
+        Ok(Session::new(stream, self.codec.clone(), self.options.clone()))
     }
 
     /// The sessionless mode: connects, sends `request`, reads the reply, closes.

@@ -142,13 +142,23 @@ where
 {
     /// Binds to `endpoint`; serving starts with [`spawn`](Self::spawn) or [`run`](Self::run).
     pub async fn bind(endpoint: &Endpoint, codec: C, handler: H) -> Result<Self, TransportError> {
-        Ok(Server {
-            listener: Listener::bind(endpoint).await?,
+        Ok(Self::with_listener(
+            Listener::bind(endpoint).await?,
+            codec,
+            handler,
+        ))
+    }
+
+    /// Serves on a listener bound beforehand, e.g. a TLS one from
+    /// [`Listener::bind_tls`] (whose handshakes run outside the accept loop).
+    pub fn with_listener(listener: Listener, codec: C, handler: H) -> Self {
+        Server {
+            listener,
             codec,
             handler: Arc::new(handler),
             options: ServerOptions::default(),
             on_bad_frame: None,
-        })
+        }
     }
 
     /// Sets the limits.

@@ -35,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::framing::{FramingError, SentinelCodec};
 use crate::session::{ConnectionInfo, Handler, HandlerError, Server};
-use crate::transport::{Endpoint, TransportError};
+use crate::transport::{Endpoint, Listener, TransportError};
 
 /// Longest `SLEEP` honoured, so a typo cannot park a connection for days.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -69,14 +69,24 @@ impl LinesDevice {
         sentinel: &[u8],
         max_line: usize,
     ) -> Result<Server<SentinelCodec, LinesDevice, BytesMut>, TransportError> {
+        let listener = Listener::bind(endpoint).await?;
+        Ok(self.serve_on(listener, sentinel, max_line))
+    }
+
+    /// A server for this device on a listener bound beforehand (e.g. a TLS
+    /// one from [`Listener::bind_tls`]).
+    pub fn serve_on(
+        mut self,
+        listener: Listener,
+        sentinel: &[u8],
+        max_line: usize,
+    ) -> Server<SentinelCodec, LinesDevice, BytesMut> {
         self.sentinel = Bytes::copy_from_slice(sentinel);
         let codec = SentinelCodec::with_max_length(self.sentinel.clone(), max_line);
-        Ok(Server::bind(endpoint, codec, self)
-            .await?
-            .on_bad_frame(|e| match e {
-                FramingError::FrameTooLong { .. } => Some(Bytes::from_static(b"ERR line too long")),
-                _ => None,
-            }))
+        Server::with_listener(listener, codec, self).on_bad_frame(|e| match e {
+            FramingError::FrameTooLong { .. } => Some(Bytes::from_static(b"ERR line too long")),
+            _ => None,
+        })
     }
 
     /// The reply to one request line.

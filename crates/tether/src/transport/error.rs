@@ -49,6 +49,28 @@ pub enum TransportError {
         /// What is not supported.
         reason: &'static str,
     },
+    /// The TLS handshake failed: the server's certificate was refused (bad
+    /// certificate, unknown certificate authority, name mismatch), the peer
+    /// refused ours, or it does not speak TLS 1.3. No connection is left open.
+    #[error("TLS handshake with {endpoint} failed: {reason}")]
+    TlsHandshake {
+        /// The endpoint as written.
+        endpoint: String,
+        /// Why, in words.
+        reason: String,
+        /// The underlying error (a [`rustls::Error`] inside an I/O error, when TLS itself failed).
+        #[source]
+        source: io::Error,
+    },
+    /// TLS cannot be used for this endpoint as configured (no certificate
+    /// authority to trust, an unreadable CA file, a host name no certificate can carry).
+    #[error("cannot connect to {endpoint} over TLS: {reason}")]
+    TlsConfig {
+        /// The endpoint as written.
+        endpoint: String,
+        /// What is missing or wrong, and how to supply it.
+        reason: String,
+    },
     /// An I/O error on an open stream.
     #[error(transparent)]
     Io(#[from] io::Error),

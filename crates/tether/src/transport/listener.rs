@@ -1,10 +1,11 @@
-//! [`Listener`]: accepts byte streams on TCP, a Unix socket or stdio.
+//! [`Listener`]: accepts byte streams on TCP, TLS, a Unix socket or stdio.
 
 use std::io;
 use std::path::PathBuf;
 
 use tokio::net::{TcpListener, UnixListener};
 
+use super::tls::{TlsAccept, TlsServerConfig};
 use super::{ByteStream, Endpoint, TransportError};
 
 /// A bound listener that hands out one [`ByteStream`] per accepted peer.
@@ -14,6 +15,12 @@ use super::{ByteStream, Endpoint, TransportError};
 /// socket file when dropped. A `stdio:` listener yields a single stream
 /// (this process's stdin/stdout) and then waits forever, so a server can be
 /// run as another program's `exec:` child.
+///
+/// A TLS listener ([`Listener::bind_tls`]) runs each handshake in its own
+/// task, within the handshake timeout of its [`TlsServerConfig`];
+/// [`accept`](Self::accept) yields only peers whose handshake succeeded, so a
+/// slow, silent or non-TLS peer never holds up the others. Failed handshakes
+/// are logged (with `tracing`) and dropped.
 #[derive(Debug)]
 pub struct Listener {
     kind: Kind,
@@ -23,12 +30,14 @@ pub struct Listener {
 #[derive(Debug)]
 enum Kind {
     Tcp(TcpListener),
+    Tls(Box<TlsAccept>),
     Unix(UnixListener, PathBuf),
     Stdio { taken: bool },
 }
 
 impl Listener {
-    /// Binds to `endpoint`.
+    /// Binds to `endpoint` (`tcp://`, `unix://` or `stdio:`; `tls://` needs
+    /// [`bind_tls`](Self::bind_tls)).
     pub async fn bind(endpoint: &Endpoint) -> Result<Self, TransportError> {
         let named = |source: io::Error| TransportError::Bind {
             endpoint: endpoint.to_string(),
@@ -56,11 +65,45 @@ impl Listener {
                 kind: Kind::Stdio { taken: false },
                 local: Endpoint::Stdio,
             }),
+            Endpoint::Tls { .. } => Err(TransportError::Unsupported {
+                endpoint: endpoint.to_string(),
+                reason: "listening on tls:// needs a certificate: use Listener::bind_tls",
+            }),
             _ => Err(TransportError::Unsupported {
                 endpoint: endpoint.to_string(),
-                reason: "can only listen on tcp://, unix:// and stdio:",
+                reason: "can only listen on tcp://, tls://, unix:// and stdio:",
             }),
         }
+    }
+
+    /// Binds a TLS listener to `endpoint` (`tls://host:port`; port 0 picks
+    /// a free one) presenting the certificate of `config`.
+    pub async fn bind_tls(
+        endpoint: &Endpoint,
+        config: TlsServerConfig,
+    ) -> Result<Self, TransportError> {
+        let Endpoint::Tls { host, port } = endpoint else {
+            return Err(TransportError::Unsupported {
+                endpoint: endpoint.to_string(),
+                reason: "bind_tls needs a tls://host:port endpoint",
+            });
+        };
+        let named = |source: io::Error| TransportError::Bind {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let target = Endpoint::tcp(host.clone(), *port);
+        let listener = TcpListener::bind(target.host_port().expect("tcp"))
+            .await
+            .map_err(named)?;
+        let addr = listener.local_addr().map_err(named)?;
+        Ok(Listener {
+            kind: Kind::Tls(Box::new(TlsAccept::new(listener, config))),
+            local: Endpoint::Tls {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            },
+        })
     }
 
     /// The endpoint peers connect to (with the real port after binding port 0).
@@ -76,13 +119,15 @@ impl Listener {
         }
     }
 
-    /// Waits for the next peer.
+    /// Waits for the next peer. Cancel-safe: a peer (or a TLS handshake in
+    /// progress) is not lost when this future is dropped.
     pub async fn accept(&mut self) -> io::Result<ByteStream> {
         match &mut self.kind {
             Kind::Tcp(listener) => {
                 let (stream, _) = listener.accept().await?;
                 ByteStream::from_tcp(stream)
             }
+            Kind::Tls(tls) => tls.accept().await,
             Kind::Unix(listener, _) => {
                 let (stream, _) = listener.accept().await?;
                 Ok(ByteStream::from_unix(stream))

@@ -1,8 +1,8 @@
 //! Byte streams: the bottom layer.
 //!
 //! Everything above this layer reads and writes a [`ByteStream`], whatever
-//! carries it: TCP, a Unix socket, Telnet, this process's stdio, a child
-//! process or an in-memory pipe. An [`Endpoint`] names one as a URL, so a
+//! carries it: TCP, TLS over TCP ([`tls`]), a Unix socket, Telnet, this
+//! process's stdio, a child process or an in-memory pipe. An [`Endpoint`] names one as a URL, so a
 //! single command-line flag reaches every transport.
 //!
 //! ```no_run
@@ -29,9 +29,11 @@ mod error;
 mod listener;
 mod stream;
 pub mod telnet;
+pub mod tls;
 
 pub use endpoint::Endpoint;
 pub use error::TransportError;
 pub use listener::Listener;
-pub use stream::{connect, memory_pair, ByteStream, PeerAddr};
+pub use stream::{connect, connect_with, memory_pair, ByteStream, ConnectOptions, PeerAddr};
 pub use telnet::{TelnetOptions, TelnetStream};
+pub use tls::{TlsClientConfig, TlsServerConfig};

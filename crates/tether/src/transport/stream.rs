@@ -13,6 +13,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::telnet::{TelnetOptions, TelnetStream};
+use super::tls::{self, TlsClientConfig};
 use super::{Endpoint, TransportError};
 
 /// Who is at the other end of a [`ByteStream`].
@@ -57,6 +58,7 @@ enum Inner {
     Tcp(TcpStream),
     Unix(UnixStream),
     Telnet(Box<TelnetStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
     Stdio(tokio::io::Join<tokio::io::Stdin, tokio::io::Stdout>),
     Child(Box<ChildStream>),
     Memory(DuplexStream),
@@ -87,6 +89,16 @@ impl ByteStream {
             Inner::Tcp(s) => s.readable().await,
             Inner::Unix(s) => s.readable().await,
             Inner::Telnet(s) => s.get_ref().readable().await,
+            Inner::Tls(s) => {
+                let (tcp, tls) = s.get_ref();
+                // Plaintext already decrypted (a record bigger than the last
+                // read) would never make the socket readable again.
+                if tls.wants_read() {
+                    tcp.readable().await
+                } else {
+                    Ok(())
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -126,6 +138,14 @@ impl ByteStream {
         })
     }
 
+    /// Wraps an established TLS stream (either side) over TCP; `peer` is the TCP peer.
+    pub(crate) fn from_tls(stream: tokio_rustls::TlsStream<TcpStream>, peer: SocketAddr) -> Self {
+        ByteStream {
+            inner: Inner::Tls(Box::new(stream)),
+            peer: PeerAddr::Tcp(peer),
+        }
+    }
+
     /// Starts `program` with piped stdin and stdout (stderr is inherited).
     pub fn spawn(program: &str, args: &[String]) -> io::Result<Self> {
         let mut child = Command::new(program)
@@ -163,6 +183,7 @@ impl fmt::Debug for ByteStream {
             Inner::Tcp(_) => "tcp",
             Inner::Unix(_) => "unix",
             Inner::Telnet(_) => "telnet",
+            Inner::Tls(_) => "tls",
             Inner::Stdio(_) => "stdio",
             Inner::Child(_) => "exec",
             Inner::Memory(_) => "memory",
@@ -181,11 +202,66 @@ pub fn memory_pair(capacity: usize) -> (ByteStream, ByteStream) {
     (ByteStream::from_memory(a), ByteStream::from_memory(b))
 }
 
+/// How to connect: the timeout, and for `tls://` which servers to trust.
+///
+/// ```
+/// use std::time::Duration;
+/// use tether::transport::ConnectOptions;
+///
+/// let options = ConnectOptions::new(Duration::from_secs(2));
+/// assert_eq!(options.timeout_value(), Duration::from_secs(2));
+/// assert!(options.tls_config().is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    timeout: Duration,
+    tls: Option<TlsClientConfig>,
+}
+
+impl ConnectOptions {
+    /// Gives up after `timeout` (connecting and, for TLS, the handshake);
+    /// `tls://` trusts the CA file named by `TETHER_TLS_CA`.
+    pub fn new(timeout: Duration) -> Self {
+        ConnectOptions { timeout, tls: None }
+    }
+
+    /// The TLS client configuration for `tls://` endpoints.
+    pub fn tls(mut self, config: TlsClientConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The connect timeout.
+    pub fn timeout_value(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The TLS client configuration, if one was given.
+    pub fn tls_config(&self) -> Option<&TlsClientConfig> {
+        self.tls.as_ref()
+    }
+}
+
 /// Opens a byte stream to `endpoint`, giving up after `timeout`.
 ///
 /// TCP tries every address the host resolves to, in order, within the one
-/// timeout. Errors name the endpoint.
+/// timeout. Errors name the endpoint. `tls://` trusts the certificate
+/// authorities in the PEM file named by `TETHER_TLS_CA`; use
+/// [`connect_with`] to give a [`TlsClientConfig`].
 pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<ByteStream, TransportError> {
+    connect_with(endpoint, &ConnectOptions::new(timeout)).await
+}
+
+/// Opens a byte stream to `endpoint` with `options`.
+///
+/// For `tls://host:port`, the TCP connection and the TLS handshake together
+/// must finish within the timeout; the server's certificate must be signed
+/// by a trusted authority and name `host`.
+pub async fn connect_with(
+    endpoint: &Endpoint,
+    options: &ConnectOptions,
+) -> Result<ByteStream, TransportError> {
+    let timeout = options.timeout;
     let named = |source: io::Error| TransportError::Connect {
         endpoint: endpoint.to_string(),
         source,
@@ -202,15 +278,17 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<ByteStrea
                 ByteStream::from_telnet(TelnetStream::new(tcp, TelnetOptions::default()))
                     .map_err(named)
             }
+            Endpoint::Tls { host, .. } => {
+                let config = tls::client_config_for(endpoint, options.tls.as_ref())?;
+                let tcp = connect_tcp(endpoint).await.map_err(named)?;
+                tcp.set_nodelay(true).map_err(named)?;
+                tls::client_handshake(tcp, endpoint, host, &config).await
+            }
             Endpoint::Unix(path) => Ok(ByteStream::from_unix(
                 UnixStream::connect(path).await.map_err(named)?,
             )),
             Endpoint::Stdio => Ok(ByteStream::stdio()),
             Endpoint::Exec { program, args } => ByteStream::spawn(program, args).map_err(named),
-            Endpoint::Tls { .. } => Err(TransportError::Unsupported {
-                endpoint: endpoint.to_string(),
-                reason: "TLS is not available in this build of tether yet",
-            }),
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -245,6 +323,7 @@ macro_rules! dispatch {
             Inner::Tcp($s) => $e,
             Inner::Unix($s) => $e,
             Inner::Telnet($s) => $e,
+            Inner::Tls($s) => $e,
             Inner::Stdio($s) => $e,
             Inner::Child($s) => $e,
             Inner::Memory($s) => $e,
