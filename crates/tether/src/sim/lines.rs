@@ -64,7 +64,7 @@ impl LinesDevice {
 
     /// Binds a server for this device with the given sentinel and maximum line length.
     pub async fn bind(
-        mut self,
+        self,
         endpoint: &Endpoint,
         sentinel: &[u8],
         max_line: usize,

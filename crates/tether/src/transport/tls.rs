@@ -374,9 +374,17 @@ pub fn self_signed<S: AsRef<str>>(names: &[S]) -> Result<SelfSigned, TlsConfigEr
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "tether self-signed CA");
+    // A name of its own: clients look their trusted CAs up by name, and two
+    // throw-away CAs called alike would fail as a bad signature instead of
+    // an unknown authority.
+    let fingerprint: String = ca_key.public_key_raw()[1..9]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        format!("tether self-signed CA {fingerprint}"),
+    );
     let ca = ca_params.self_signed(&ca_key).map_err(failed)?;
 
     let key = KeyPair::generate().map_err(failed)?;
@@ -460,6 +468,10 @@ fn describe_handshake_error(e: &io::Error, host: &str) -> String {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 format!("bad certificate: name mismatch (the server's certificate is not valid for {host:?}) ({e})")
             }
+            CertificateError::BadSignature => format!(
+                "bad certificate: bad signature (not signed by the trusted certificate \
+                 authority of that name) ({e})"
+            ),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 format!("bad certificate: expired ({e})")
             }
