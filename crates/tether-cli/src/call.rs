@@ -16,7 +16,7 @@ use crate::CliResult;
 
 #[derive(Debug, Args)]
 pub struct CallArgs {
-    /// Where to connect (tcp://host:port, host:port, unix://path, telnet://, stdio:, exec:…).
+    /// Where to connect (tcp://host:port, host:port, tls://host:port, unix://path, telnet://, stdio:, exec:…).
     pub endpoint: Endpoint,
     /// How requests and replies are framed: lines, sentinel:<escaped>, fixed:<n> or length.
     #[arg(long, default_value = "lines")]
@@ -24,6 +24,8 @@ pub struct CallArgs {
     /// Seconds to wait for the connection and for each reply.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
+    #[command(flatten)]
+    pub tls: crate::tls_args::CallTls,
     /// Requests to send instead of reading standard input.
     #[arg(last = true)]
     pub requests: Vec<String>,
@@ -72,9 +74,12 @@ pub async fn run(args: CallArgs) -> CliResult {
         .into());
     }
     let timeout = Duration::from_secs_f64(args.timeout);
-    let options = ClientOptions::default()
+    let mut options = ClientOptions::default()
         .connect_timeout(timeout)
         .request_timeout(Some(timeout));
+    if let Some(config) = args.tls.config()? {
+        options = options.tls(config);
+    }
     match args.framing.clone() {
         Framing::Sentinel(s) => converse(args, SentinelCodec::new(s), options).await,
         Framing::Fixed(n) => converse(args, FixedLengthCodec::new(n), options).await,

@@ -11,6 +11,7 @@ mod call;
 mod demo;
 mod mount_cmd;
 mod serve;
+mod tls_args;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
 }
 
 /// What every command returns: a one-line reason on failure.
-pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn interrupted() {

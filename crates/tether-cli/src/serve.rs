@@ -26,6 +26,8 @@ pub enum Service {
         /// The longest line accepted, in bytes.
         #[arg(long, default_value_t = 1 << 20)]
         max_line: usize,
+        #[command(flatten)]
+        tls: crate::tls_args::ServeTls,
     },
     /// The telescope mount controller simulator, over a pair of one-way sockets.
     Mount(crate::mount_cmd::MountArgs),
@@ -37,11 +39,11 @@ pub async fn run(service: Service) -> CliResult {
             listen,
             sentinel,
             max_line,
+            tls,
         } => {
             let sentinel = unescape(&sentinel).map_err(|e| format!("--sentinel: {e}"))?;
-            let server = LinesDevice::new()
-                .bind(&listen, &sentinel, max_line)
-                .await?;
+            let listener = tls.bind(&listen).await?;
+            let server = LinesDevice::new().serve_on(listener, &sentinel, max_line);
             announce(server.listener())?;
             server.run(crate::interrupted(), SHUTDOWN_GRACE).await;
             Ok(())

@@ -24,9 +24,7 @@ fn certs() -> SelfSigned {
 
 async fn lines_server(config: TlsServerConfig) -> RunningServer {
     let listener = Listener::bind_tls(&loopback(), config).await.unwrap();
-    LinesDevice::new()
-        .serve_on(listener, b"\n", 4096)
-        .spawn()
+    LinesDevice::new().serve_on(listener, b"\n", 4096).spawn()
 }
 
 fn lines_client(endpoint: &Endpoint, certs: &SelfSigned) -> Client<TextCodec<SentinelCodec>> {
@@ -73,7 +71,10 @@ async fn a_session_over_tls_carries_many_requests_and_one_shots() {
     let certs = certs();
     let server = lines_server(certs.server.clone()).await;
     let endpoint = server.local_endpoint().clone();
-    assert!(endpoint.to_string().starts_with("tls://127.0.0.1:"), "{endpoint}");
+    assert!(
+        endpoint.to_string().starts_with("tls://127.0.0.1:"),
+        "{endpoint}"
+    );
 
     let client = lines_client(&endpoint, &certs);
     let mut session = timeout(LIMIT, client.connect()).await.unwrap().unwrap();
@@ -83,10 +84,7 @@ async fn a_session_over_tls_carries_many_requests_and_one_shots() {
     // A reply bigger than one TLS record (16 KiB) and than one read.
     let big = "x".repeat(3000);
     for _ in 0..3 {
-        assert_eq!(
-            session.request(format!("ECHO {big}")).await.unwrap(),
-            big
-        );
+        assert_eq!(session.request(format!("ECHO {big}")).await.unwrap(), big);
     }
     session.close().await.unwrap();
 
@@ -114,8 +112,7 @@ async fn a_certificate_for_a_dns_name_is_checked_against_the_host_connected_to()
 }
 
 #[tokio::test]
-async fn a_client_that_does_not_trust_the_certificate_gets_a_handshake_error_naming_the_endpoint()
-{
+async fn a_client_that_does_not_trust_the_certificate_gets_a_handshake_error_naming_the_endpoint() {
     let certs = certs();
     let stranger = certs_of_another_authority();
     let server = lines_server(certs.server.clone()).await;
@@ -127,11 +124,17 @@ async fn a_client_that_does_not_trust_the_certificate_gets_a_handshake_error_nam
         .unwrap_err();
     let message = handshake_reason(&err);
     assert!(message.contains(&endpoint.to_string()), "{message}");
-    assert!(message.contains("unknown certificate authority"), "{message}");
+    assert!(
+        message.contains("unknown certificate authority"),
+        "{message}"
+    );
 
     // The server is unharmed.
     let mut session = lines_client(&endpoint, &certs).connect().await.unwrap();
-    assert_eq!(session.request("ECHO still here".into()).await.unwrap(), "still here");
+    assert_eq!(
+        session.request("ECHO still here".into()).await.unwrap(),
+        "still here"
+    );
     server.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -185,14 +188,19 @@ async fn a_silent_peer_does_not_hold_up_the_accept_loop() {
     let certs = certs();
     // Far longer than this test may take: if handshakes ran one at a time in
     // the accept loop, nobody would get in behind the silent peer.
-    let config = certs.server.clone().handshake_timeout(Duration::from_secs(600));
+    let config = certs
+        .server
+        .clone()
+        .handshake_timeout(Duration::from_secs(600));
     let server = lines_server(config).await;
     let endpoint = server.local_endpoint().clone();
 
     let silent = raw(&endpoint).await;
     let garbage = {
         let mut s = raw(&endpoint).await;
-        s.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3]).await.unwrap();
+        s.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3])
+            .await
+            .unwrap();
         s
     };
     let client = lines_client(&endpoint, &certs);
@@ -201,7 +209,10 @@ async fn a_silent_peer_does_not_hold_up_the_accept_loop() {
             .await
             .expect("a handshake waited behind a silent peer")
             .unwrap();
-        assert_eq!(session.request(format!("ECHO {i}")).await.unwrap(), i.to_string());
+        assert_eq!(
+            session.request(format!("ECHO {i}")).await.unwrap(),
+            i.to_string()
+        );
         session.close().await.unwrap();
     }
     drop((silent, garbage));
@@ -218,7 +229,10 @@ async fn a_peer_that_never_sends_a_client_hello_is_dropped_after_the_handshake_t
     let mut silent = raw(&endpoint).await;
     let client = lines_client(&endpoint, &certs);
     let mut session = client.connect().await.unwrap();
-    assert_eq!(session.request("ECHO served".into()).await.unwrap(), "served");
+    assert_eq!(
+        session.request("ECHO served".into()).await.unwrap(),
+        "served"
+    );
 
     let waited = wait_closed(&mut silent).await;
     assert!(
@@ -300,13 +314,19 @@ async fn streams_report_the_tcp_peer_and_see_plaintext_already_decrypted() {
     };
     assert_eq!(addr.to_string(), endpoint.host_port().unwrap());
     let mut half = vec![0u8; 4096];
-    timeout(LIMIT, stream.read_exact(&mut half)).await.unwrap().unwrap();
+    timeout(LIMIT, stream.read_exact(&mut half))
+        .await
+        .unwrap()
+        .unwrap();
     // The rest sits decrypted inside TLS, not in the socket: readable() must say so.
     timeout(Duration::from_secs(2), stream.readable())
         .await
         .expect("readable() waited on the socket while plaintext was buffered")
         .unwrap();
-    timeout(LIMIT, stream.read_exact(&mut half)).await.unwrap().unwrap();
+    timeout(LIMIT, stream.read_exact(&mut half))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(half.iter().all(|&b| b == 7));
     stream.write_all(b"!").await.unwrap();
     let server_peer = timeout(LIMIT, server).await.unwrap().unwrap();
@@ -334,7 +354,8 @@ fn the_blocking_client_speaks_tls() {
         .connect_timeout(LIMIT)
         .request_timeout(Some(LIMIT))
         .tls(certs.client.clone());
-    let client = tether::blocking::Client::new(endpoint.clone(), text(SentinelCodec::lines()), options);
+    let client =
+        tether::blocking::Client::new(endpoint.clone(), text(SentinelCodec::lines()), options);
     let reply = client
         .with_session(|session| {
             assert_eq!(session.request("SET b 1".to_string())?, "OK");

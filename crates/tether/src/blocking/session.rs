@@ -94,8 +94,10 @@ impl Io {
                     .enable_all()
                     .build()
                     .map_err(named)?;
-                let stream =
-                    rt.block_on(transport::connect_with(endpoint, &options.connect_options()))?;
+                let stream = rt.block_on(transport::connect_with(
+                    endpoint,
+                    &options.connect_options(),
+                ))?;
                 Ok(Io::Bridged(rt, Box::new(stream)))
             }
         }

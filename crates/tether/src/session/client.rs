@@ -136,7 +136,11 @@ impl<C: Clone> Client<C> {
         let stream =
             transport::connect_with(&self.endpoint, &self.options.connect_options()).await?;
         debug!(endpoint = %self.endpoint, peer = %stream.peer(), "session opened");
-        Ok(Session::new(stream, self.codec.clone(), self.options.clone()))
+        Ok(Session::new(
+            stream,
+            self.codec.clone(),
+            self.options.clone(),
+        ))
     }
 
     /// The sessionless mode: connects, sends `request`, reads the reply, closes.

@@ -219,7 +219,9 @@ impl TlsClientConfig {
     /// The CA file named by `TETHER_TLS_CA`, or `None` when it is not set.
     pub fn from_env() -> Result<Option<Self>, TlsConfigError> {
         match std::env::var_os(CA_ENV_VAR) {
-            Some(path) if !path.is_empty() => Self::trusting_pem_file(PathBuf::from(path)).map(Some),
+            Some(path) if !path.is_empty() => {
+                Self::trusting_pem_file(PathBuf::from(path)).map(Some)
+            }
             _ => Ok(None),
         }
     }
