@@ -570,3 +570,75 @@ impl TlsAccept {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_pem_loads_back() {
+        let made = self_signed(&["127.0.0.1", "device.lab"]).unwrap();
+        assert!(made.ca_pem.contains("BEGIN CERTIFICATE"));
+        TlsServerConfig::from_pem(made.cert_pem.as_bytes(), made.key_pem.as_bytes()).unwrap();
+        TlsClientConfig::trusting_pem(made.ca_pem.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_the_certificate_is_refused() {
+        let a = self_signed(&["a"]).unwrap();
+        let b = self_signed(&["b"]).unwrap();
+        let err =
+            TlsServerConfig::from_pem(a.cert_pem.as_bytes(), b.key_pem.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("server certificate and key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_and_malformed_files_are_named() {
+        let err = TlsClientConfig::trusting_pem_file("/no/such/ca-tether.pem").unwrap_err();
+        assert!(matches!(err, TlsConfigError::Read { .. }), "{err:?}");
+        assert!(err.to_string().contains("/no/such/ca-tether.pem"), "{err}");
+
+        let err = TlsClientConfig::trusting_pem(b"not a certificate").unwrap_err();
+        assert!(err.to_string().contains("no certificate found"), "{err}");
+
+        let made = self_signed(&["x"]).unwrap();
+        let err = TlsServerConfig::from_pem(made.cert_pem.as_bytes(), b"no key here").unwrap_err();
+        assert!(err.to_string().contains("server key"), "{err}");
+
+        let err = TlsServerConfig::from_pem_files("/no/such/cert-tether.pem", "/no/such/key.pem")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("/no/such/cert-tether.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_needs_a_name() {
+        let err = self_signed::<&str>(&[]).unwrap_err();
+        assert!(err.to_string().contains("no names"), "{err}");
+    }
+
+    #[test]
+    fn handshake_errors_are_described() {
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "eof");
+        assert!(describe_handshake_error(&eof, "h").contains("closed the connection"));
+        let unknown = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        assert!(describe_handshake_error(&unknown, "h").contains("unknown certificate authority"));
+        let name = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+        );
+        let text = describe_handshake_error(&name, "device.lab");
+        assert!(
+            text.contains("name mismatch") && text.contains("device.lab"),
+            "{text}"
+        );
+    }
+}
