@@ -13,7 +13,7 @@
 //!                    framing (SentinelCodec, FixedLengthCodec, LengthCodec, MapCodec)
 //!                      │  sans-IO: bytes ⇄ frames, with a maximum length
 //!                    transport (ByteStream, Listener, Endpoint)
-//!                         TCP · Unix · Telnet · stdio · child process · memory
+//!                         TCP · TLS 1.3 · Unix · Telnet · stdio · child process · memory
 //! ```
 //!
 //! [`sim`] holds device simulators (a line-protocol device, a telescope

@@ -2,7 +2,7 @@
 //!
 //! A `tls://host:port` stream is a TCP connection wrapped in TLS 1.3
 //! (rustls with the *ring* provider). Once connected it is an ordinary
-//! [`ByteStream`](super::ByteStream), so sessions, the blocking API and the
+//! [`ByteStream`], so sessions, the blocking API and the
 //! command line work over it unchanged.
 //!
 //! ```text
@@ -24,7 +24,7 @@
 //! - [`self_signed`] makes a throw-away certificate authority and a server
 //!   certificate signed by it, for tests, demos and `tether serve --tls-self-signed`.
 //!
-//! A failed handshake is a [`TransportError::TlsHandshake`](super::TransportError::TlsHandshake)
+//! A failed handshake is a [`TransportError::TlsHandshake`]
 //! naming the endpoint and saying why (unknown certificate authority, name
 //! mismatch, the peer does not speak TLS, …).
 //!
