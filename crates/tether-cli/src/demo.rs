@@ -22,6 +22,7 @@ macro_rules! expect {
 pub async fn run() -> CliResult {
     let started = Instant::now();
     lines_section().await?;
+    tls_section().await?;
     crate::mount_cmd::demo_section().await?;
     println!("demo: all sections passed in {:.2?}", started.elapsed());
     Ok(())
@@ -105,6 +106,44 @@ async fn lines_section() -> CliResult {
     let still = quick.request("ECHO others unaffected".to_string()).await?;
     println!("  other connections go on: ECHO → {still}");
 
+    server.shutdown(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// The same device over `tls://`, with a throw-away certificate authority.
+async fn tls_section() -> CliResult {
+    let certs = tether::transport::tls::self_signed(&["127.0.0.1"])?;
+    let listener =
+        tether::transport::Listener::bind_tls(&"tls://127.0.0.1:0".parse()?, certs.server).await?;
+    let server = LinesDevice::new()
+        .serve_on(listener, b"\n", 64 * 1024)
+        .spawn();
+    let endpoint = server.local_endpoint().clone();
+    let trusting = ClientOptions::default().tls(certs.client);
+    let client = Client::new(endpoint.clone(), text(SentinelCodec::lines()), trusting);
+    let t0 = Instant::now();
+    let mut session = client.connect().await?;
+    let handshake = t0.elapsed();
+    let reply = session.request("REV encrypted".to_string()).await?;
+    session.close().await?;
+    let stranger = tether::transport::tls::self_signed(&["127.0.0.1"])?.client;
+    let untrusting = Client::new(
+        endpoint.clone(),
+        text(SentinelCodec::lines()),
+        ClientOptions::default().tls(stranger),
+    );
+    let refused = match untrusting.connect().await {
+        Ok(_) => return Err("a client that does not trust the certificate got in".into()),
+        Err(e) => e.to_string(),
+    };
+    println!("lines device over TLS 1.3 on {endpoint}");
+    println!("  session:      REV encrypted → {reply} (connect + handshake {handshake:.0?})");
+    println!("  untrusted:    {refused}");
+    expect!(reply == "detpyrcne", "REV over TLS gave {reply}");
+    expect!(
+        refused.contains("unknown certificate authority"),
+        "an untrusted client should be refused for its CA: {refused}"
+    );
     server.shutdown(Duration::from_secs(2)).await;
     Ok(())
 }
