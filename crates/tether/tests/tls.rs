@@ -377,3 +377,69 @@ fn the_blocking_client_speaks_tls() {
     assert!(message.contains(&endpoint.to_string()), "{message}");
     runtime.block_on(server.shutdown(Duration::from_secs(1)));
 }
+
+#[test]
+fn a_blocking_server_serves_tls() {
+    let certs = certs();
+    let server = tether::blocking::Server::bind_tls(
+        &loopback(),
+        certs.server.clone(),
+        text(SentinelCodec::crlf()),
+        |request: String,
+         conn: &tether::session::ConnectionInfo|
+         -> Result<Option<String>, tether::session::HandlerError> {
+            Ok(Some(format!(
+                "{} from {}",
+                request.to_uppercase(),
+                conn.peer
+            )))
+        },
+        tether::session::ServerOptions::default(),
+    )
+    .unwrap();
+    let endpoint = server.local_endpoint();
+    assert!(matches!(endpoint, Endpoint::Tls { .. }), "{endpoint}");
+    let client = tether::blocking::Client::new(
+        endpoint,
+        text(SentinelCodec::crlf()),
+        ClientOptions::default()
+            .connect_timeout(LIMIT)
+            .request_timeout(Some(LIMIT))
+            .tls(certs.client.clone()),
+    );
+    let reply = client.request_once("hi".to_string()).unwrap();
+    assert!(reply.starts_with("HI from 127.0.0.1:"), "{reply}");
+    server.shutdown(Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn handshakes_in_progress_are_capped_and_the_cap_frees_up_on_timeout() {
+    let certs = certs();
+    let handshake_timeout = Duration::from_millis(400);
+    let config = certs
+        .server
+        .clone()
+        .handshake_timeout(handshake_timeout)
+        .max_pending_handshakes(1);
+    let server = lines_server(config).await;
+    let endpoint = server.local_endpoint().clone();
+
+    // The one handshake slot is taken by a peer that says nothing …
+    let mut silent = raw(&endpoint).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // … so the next client waits in the backlog until that peer is dropped.
+    let start = Instant::now();
+    let mut session = timeout(LIMIT, lines_client(&endpoint, &certs).connect())
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = start.elapsed();
+    assert_eq!(session.request("ECHO in".into()).await.unwrap(), "in");
+    assert!(
+        waited + Duration::from_millis(100) >= handshake_timeout,
+        "got in after {waited:?}: the cap of one handshake was not applied"
+    );
+    wait_closed(&mut silent).await;
+    session.close().await.unwrap();
+    server.shutdown(Duration::from_secs(1)).await;
+}

@@ -17,7 +17,8 @@
 //!
 //! TCP and Unix sessions use blocking sockets directly (no runtime, one
 //! syscall per read or write, deadlines as socket timeouts); the other
-//! transports run the async stream on a small private runtime. Either way
+//! transports (TLS among them) run the async stream on a small private
+//! runtime. Either way
 //! the codecs, limits and errors are the async API's.
 
 mod server;

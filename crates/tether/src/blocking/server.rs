@@ -6,7 +6,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::framing::FramingError;
 use crate::session::{self, ConnectionInfo, Handler, HandlerError, ServerOptions};
-use crate::transport::{Endpoint, TransportError};
+use crate::transport::{Endpoint, Listener, TlsServerConfig, TransportError};
 
 /// A server whose handler is a plain function: the blocking twin of
 /// [`crate::session::Server`].
@@ -69,6 +69,49 @@ impl Server {
         Req: Send + 'static,
         Resp: Send + 'static,
     {
+        Self::start(endpoint, None, codec, handler, options)
+    }
+
+    /// Binds a TLS server to `endpoint` (`tls://host:port`), presenting the
+    /// certificate of `tls`, with limits. Handshakes run outside the accept
+    /// loop, each within the config's handshake timeout.
+    pub fn bind_tls<C, F, Req, Resp>(
+        endpoint: &Endpoint,
+        tls: TlsServerConfig,
+        codec: C,
+        handler: F,
+        options: ServerOptions,
+    ) -> Result<RunningServer, TransportError>
+    where
+        C: Decoder<Item = Req, Error = FramingError>
+            + Encoder<Resp, Error = FramingError>
+            + Clone
+            + Send
+            + 'static,
+        F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        Self::start(endpoint, Some(tls), codec, handler, options)
+    }
+
+    fn start<C, F, Req, Resp>(
+        endpoint: &Endpoint,
+        tls: Option<TlsServerConfig>,
+        codec: C,
+        handler: F,
+        options: ServerOptions,
+    ) -> Result<RunningServer, TransportError>
+    where
+        C: Decoder<Item = Req, Error = FramingError>
+            + Encoder<Resp, Error = FramingError>
+            + Clone
+            + Send
+            + 'static,
+        F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -76,9 +119,12 @@ impl Server {
             .build()?;
         let handler = OnBlockingPool(Arc::new(handler));
         let running = runtime.block_on(async {
+            let listener = match tls {
+                Some(tls) => Listener::bind_tls(endpoint, tls).await?,
+                None => Listener::bind(endpoint).await?,
+            };
             Ok::<_, TransportError>(
-                session::Server::bind(endpoint, codec, handler)
-                    .await?
+                session::Server::with_listener(listener, codec, handler)
                     .options(options)
                     .spawn(),
             )
