@@ -82,7 +82,7 @@ impl Listener {
         endpoint: &Endpoint,
         config: TlsServerConfig,
     ) -> Result<Self, TransportError> {
-        let Endpoint::Tls { host, port } = endpoint else {
+        let Endpoint::Tls { .. } = endpoint else {
             return Err(TransportError::Unsupported {
                 endpoint: endpoint.to_string(),
                 reason: "bind_tls needs a tls://host:port endpoint",
@@ -92,8 +92,7 @@ impl Listener {
             endpoint: endpoint.to_string(),
             source,
         };
-        let target = Endpoint::tcp(host.clone(), *port);
-        let listener = TcpListener::bind(target.host_port().expect("tcp"))
+        let listener = TcpListener::bind(endpoint.host_port().expect("tls has a host and port"))
             .await
             .map_err(named)?;
         let addr = listener.local_addr().map_err(named)?;
