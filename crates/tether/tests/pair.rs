@@ -827,3 +827,40 @@ fn blocking_one_client_server_refuses_a_second_client() {
     assert_eq!(server.read_text().unwrap(), "third");
     server.close();
 }
+
+/// Dropping the link and dialling again at once must not be refused as a
+/// "second client" by a peer that has not yet read the old connection's
+/// end: the link comes up once per connect and stays up.
+#[tokio::test]
+async fn reconnecting_at_once_does_not_flap_the_link() {
+    let (calls_seen, config) = recorder();
+    let client = text_pair(config).await;
+    let sim = MountSimulator::spawn(&any_port(), client.local_endpoint())
+        .await
+        .unwrap();
+    timeout(T, client.connect_to(&sim.local_endpoint()))
+        .await
+        .unwrap()
+        .unwrap();
+    send(&client, &Command::take_control(1, ME)).await;
+    assert_eq!(reply(&client).await, ack(1, 0));
+    assert_eq!(reply(&client).await, done(1));
+    let rounds = 15;
+    for round in 0..rounds {
+        client.disconnect();
+        timeout(T, client.connect()).await.unwrap().unwrap();
+        let seq = 10 + round;
+        send(&client, &Command::status(seq, ME)).await;
+        assert_eq!(reply(&client).await, ack(seq, 0), "round {round}");
+        assert!(matches!(reply(&client).await, Reply::Done { seq: s, .. } if s == seq));
+    }
+    let expected: Vec<bool> = std::iter::once(true)
+        .chain((0..rounds).flat_map(|_| [false, true]))
+        .collect();
+    assert_eq!(calls(&calls_seen), expected);
+    assert_eq!(
+        sim.pair().refused(),
+        0,
+        "no reconnect was taken for a second client"
+    );
+}

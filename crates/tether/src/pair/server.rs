@@ -38,6 +38,13 @@ const READ_CHUNK: usize = 8 * 1024;
 /// does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// How long a client arriving while another is served waits for that one to
+/// turn out gone before it is refused. A peer that drops its link and dials
+/// again at once closes the old connection before opening the new one, but
+/// the end of the old one may not have been read yet; without this grace the
+/// reconnect would be refused and the link would flap.
+const SECOND_CLIENT_GRACE: Duration = Duration::from_millis(100);
+
 /// Connections that ended before anyone read them, kept so their frames can
 /// still be read; older ones are dropped (with a log line) beyond this.
 const MAX_UNREAD_CONNECTIONS: usize = 4;
@@ -564,7 +571,20 @@ where
     info!(listen = %shared.display, "listening");
     loop {
         match listener.accept().await {
-            Ok(stream) => shared.admit(stream),
+            Ok(stream) if shared.status.borrow().client.is_none() => shared.admit(stream),
+            Ok(stream) => {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let mut status = shared.status.subscribe();
+                    let _ = tokio::time::timeout(
+                        SECOND_CLIENT_GRACE,
+                        status.wait_for(|s| s.client.is_none() || s.closed),
+                    )
+                    .await;
+                    // Refuses the client if the first one is still there.
+                    shared.admit(stream);
+                });
+            }
             Err(e) => {
                 warn!(listen = %shared.display, error = %e, "accept failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
