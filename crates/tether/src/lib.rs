@@ -65,6 +65,7 @@
 
 pub mod blocking;
 pub mod framing;
+pub mod packet;
 pub mod pair;
 pub mod session;
 pub mod sim;

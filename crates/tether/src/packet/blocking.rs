@@ -1,0 +1,114 @@
+//! A blocking [`PacketConnection`] for synchronous programs.
+//!
+//! It runs the async connection on a small private runtime (one worker
+//! thread), so the peer's requests are served while the caller is between
+//! calls. Do not use it from inside an async task.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tether::packet::blocking::PacketConnection;
+//!
+//! let conn = PacketConnection::connect(&"tcp://127.0.0.1:7000".parse()?, Duration::from_secs(2))?;
+//! let r = conn.call(1, 0, "hello")?; // rq_type 1 of `tether serve packet`: reversed
+//! assert_eq!(&r.payload[..], b"olleh");
+//! conn.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Handler, NoHandler, PacketConfig, PacketError, Response, StatsSnapshot, TypedRequest};
+use crate::transport::Endpoint;
+
+/// The blocking twin of [`super::PacketConnection`].
+#[derive(Debug)]
+pub struct PacketConnection {
+    inner: super::PacketConnection,
+    rt: tokio::runtime::Runtime,
+}
+
+impl PacketConnection {
+    /// Connects to `endpoint`, serving nothing (the peer's requests get a
+    /// failure `no request handler`).
+    pub fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Self, PacketError> {
+        Self::connect_with(endpoint, timeout, NoHandler, PacketConfig::default())
+    }
+
+    /// Connects to `endpoint` with a handler for the peer's requests.
+    pub fn connect_with<H: Handler>(
+        endpoint: &Endpoint,
+        timeout: Duration,
+        handler: H,
+        config: PacketConfig,
+    ) -> Result<Self, PacketError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tether-packet")
+            .enable_all()
+            .build()?;
+        let inner = rt.block_on(super::PacketConnection::connect(
+            endpoint, timeout, handler, config,
+        ))?;
+        Ok(PacketConnection { inner, rt })
+    }
+
+    /// Sends a request and waits for its response (see
+    /// [`super::PacketConnection::submit`]).
+    pub fn call(
+        &self,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<Response, PacketError> {
+        self.rt.block_on(self.inner.submit(rq_type, flags, payload))
+    }
+
+    /// [`call`](Self::call) with a deadline: [`PacketError::Timeout`] if no
+    /// response comes in time (the request is then cancelled locally).
+    pub fn call_timeout(
+        &self,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Response, PacketError> {
+        self.rt.block_on(async {
+            tokio::time::timeout(timeout, self.inner.submit(rq_type, flags, payload))
+                .await
+                .unwrap_or(Err(PacketError::Timeout))
+        })
+    }
+
+    /// Sends a typed request (see [`super::PacketConnection::request`]).
+    pub fn request<R: TypedRequest>(&self, request: &R) -> Result<R::Response, PacketError> {
+        self.rt.block_on(self.inner.request(request))
+    }
+
+    /// Sends ERQ (see [`super::PacketConnection::end_requests`]).
+    pub fn end_requests(&self) -> Result<(), PacketError> {
+        self.rt.block_on(self.inner.end_requests())
+    }
+
+    /// Closes in order (see [`super::PacketConnection::close`]).
+    pub fn close(self) -> Result<(), PacketError> {
+        self.rt.block_on(self.inner.close())
+    }
+
+    /// The connection's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats()
+    }
+
+    /// The async connection underneath (usable from this connection's
+    /// runtime only through [`Self::runtime`]).
+    pub fn as_async(&self) -> &super::PacketConnection {
+        &self.inner
+    }
+
+    /// The private runtime.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+}

@@ -1,0 +1,352 @@
+//! [`PacketCodec`]: a tokio-util `Decoder`/`Encoder` for [`Packet`]s.
+
+use bytes::{Buf, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::varint::{self, VarintError};
+use super::{Packet, PacketError};
+
+/// The default maximum packet body length: 8 MiB.
+pub const DEFAULT_MAX_BODY_LEN: usize = 8 * 1024 * 1024;
+
+/// The longest length prefix accepted, in bytes. A minimal prefix for any
+/// `u64` is at most 10 bytes; the reference accepts redundant leading `80`
+/// groups, so a few more are allowed, but an endless run of `80`/`ff` bytes
+/// is garbage and is refused instead of buffered.
+pub const MAX_LENGTH_PREFIX: usize = 16;
+
+/// Splits a byte stream into [`Packet`]s and writes packets to it.
+///
+/// Bytes after a packet stay in the buffer for the next one; nothing is
+/// dropped. A body longer than the maximum is refused with
+/// [`PacketError::TooLarge`] before any of it is buffered beyond what the
+/// reader already holds: the codec never allocates what a peer announces.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use tether::packet::{Packet, PacketCodec};
+/// use tokio_util::codec::Decoder;
+///
+/// let mut codec = PacketCodec::new();
+/// let mut buf = BytesMut::from(&b"\x03\x01\x02\x00\x03\x00\x02"[..]);
+/// assert_eq!(codec.decode(&mut buf).unwrap(), Some(Packet::Erq));
+/// assert_eq!(codec.decode(&mut buf).unwrap(), None); // EOF is one byte short
+/// buf.extend_from_slice(b"\x00");
+/// assert_eq!(codec.decode(&mut buf).unwrap(), Some(Packet::Eof));
+/// ```
+#[derive(Debug, Clone)]
+pub struct PacketCodec {
+    max_body_len: usize,
+}
+
+impl Default for PacketCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PacketCodec {
+    /// A codec with the default maximum body length ([`DEFAULT_MAX_BODY_LEN`]).
+    pub fn new() -> Self {
+        Self::with_max_body_len(DEFAULT_MAX_BODY_LEN)
+    }
+
+    /// A codec refusing bodies longer than `max_body_len` bytes.
+    ///
+    /// # Note
+    ///
+    /// The reference has no limit. A very large limit lets one peer make
+    /// this end buffer that much memory per connection.
+    pub fn with_max_body_len(max_body_len: usize) -> Self {
+        PacketCodec { max_body_len }
+    }
+
+    /// The maximum body length.
+    pub fn max_body_len(&self) -> usize {
+        self.max_body_len
+    }
+}
+
+impl Decoder for PacketCodec {
+    type Item = Packet;
+    type Error = PacketError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, PacketError> {
+        let (len, n) = match varint::decode(&src[..src.len().min(MAX_LENGTH_PREFIX)]) {
+            Ok(Some(v)) => v,
+            Ok(None) if src.len() >= MAX_LENGTH_PREFIX => {
+                return Err(PacketError::LengthPrefixTooLong {
+                    max: MAX_LENGTH_PREFIX,
+                })
+            }
+            Ok(None) => return Ok(None),
+            Err(VarintError::Overflow) => return Err(PacketError::VarintOverflow),
+        };
+        if len > self.max_body_len as u64 {
+            return Err(PacketError::TooLarge {
+                len,
+                max: self.max_body_len,
+            });
+        }
+        let len = len as usize;
+        if src.len() - n < len {
+            return Ok(None);
+        }
+        src.advance(n);
+        let body = src.split_to(len).freeze();
+        Packet::decode_body(body).map(Some)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, PacketError> {
+        match self.decode(buf)? {
+            Some(p) => Ok(Some(p)),
+            None if buf.is_empty() => Ok(None),
+            None => Err(PacketError::ended(format!(
+                "stream cut mid-packet ({} bytes of an incomplete packet)",
+                buf.len()
+            ))),
+        }
+    }
+}
+
+impl Encoder<&Packet> for PacketCodec {
+    type Error = PacketError;
+
+    fn encode(&mut self, item: &Packet, dst: &mut BytesMut) -> Result<(), PacketError> {
+        let len = item.body_len();
+        if len > self.max_body_len as u64 {
+            return Err(PacketError::TooLarge {
+                len,
+                max: self.max_body_len,
+            });
+        }
+        item.encode(dst)
+    }
+}
+
+impl Encoder<Packet> for PacketCodec {
+    type Error = PacketError;
+
+    fn encode(&mut self, item: Packet, dst: &mut BytesMut) -> Result<(), PacketError> {
+        self.encode(&item, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn exchange() -> (Vec<u8>, Vec<Packet>) {
+        let packets = vec![
+            Packet::Request {
+                channel: 0,
+                tag: 2,
+                rq_type: 3,
+                flags: 0,
+                payload: Bytes::from_static(b"hello"),
+            },
+            Packet::Request {
+                channel: 0,
+                tag: 3,
+                rq_type: 2,
+                flags: 5,
+                payload: Bytes::from_static(b"abc"),
+            },
+            Packet::Request {
+                channel: 0,
+                tag: 4,
+                rq_type: 9,
+                flags: 0,
+                payload: Bytes::new(),
+            },
+            Packet::Request {
+                channel: 0,
+                tag: 5,
+                rq_type: 0,
+                flags: 0,
+                payload: Bytes::new(),
+            },
+            Packet::Request {
+                channel: 5,
+                tag: 300,
+                rq_type: 1,
+                flags: 3,
+                payload: Bytes::from(vec![7u8; 200]),
+            },
+            Packet::Response {
+                channel: 0,
+                tag: 4,
+                ok: false,
+                flags: 0,
+                payload: Bytes::from_static(b"exception during handler"),
+            },
+            Packet::Response {
+                channel: 0,
+                tag: 1 << 40,
+                ok: true,
+                flags: 1 << 33,
+                payload: Bytes::new(),
+            },
+            Packet::Erq,
+            Packet::Eof,
+        ];
+        let mut codec = PacketCodec::new();
+        let mut buf = BytesMut::new();
+        for p in &packets {
+            codec.encode(p, &mut buf).unwrap();
+        }
+        (buf.to_vec(), packets)
+    }
+
+    fn decode_all(codec: &mut PacketCodec, buf: &mut BytesMut) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while let Some(p) = codec.decode(buf).unwrap() {
+            out.push(p);
+        }
+        out
+    }
+
+    #[test]
+    fn read_exchange_split_at_every_point() {
+        let (bytes, packets) = exchange();
+        for cut in 0..=bytes.len() {
+            let mut codec = PacketCodec::new();
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            let mut got = decode_all(&mut codec, &mut buf);
+            buf.extend_from_slice(&bytes[cut..]);
+            got.extend(decode_all(&mut codec, &mut buf));
+            assert_eq!(got, packets, "cut at {cut}");
+            assert!(buf.is_empty());
+            assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn read_exchange_one_byte_at_a_time() {
+        let (bytes, packets) = exchange();
+        let mut codec = PacketCodec::new();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in bytes {
+            buf.extend_from_slice(&[b]);
+            got.extend(decode_all(&mut codec, &mut buf));
+        }
+        assert_eq!(got, packets);
+    }
+
+    #[test]
+    fn oversize_body_is_refused_naming_the_limit() {
+        let mut codec = PacketCodec::with_max_body_len(100);
+        // announces 2^32 bytes, sends 3
+        let mut buf = BytesMut::from(&[0x90, 0x80, 0x80, 0x80, 0x00, 1, 2, 3][..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PacketError::TooLarge {
+                    len: 4294967296,
+                    max: 100
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("100"), "{err}");
+        assert!(
+            buf.capacity() < 1024,
+            "nothing allocated for the announced length"
+        );
+        // exactly the limit is fine
+        let mut buf = BytesMut::new();
+        let p = Packet::Response {
+            channel: 0,
+            tag: 2,
+            ok: true,
+            flags: 0,
+            payload: Bytes::from(vec![0u8; 97]),
+        };
+        codec.encode(&p, &mut buf).unwrap();
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(p));
+    }
+
+    #[test]
+    fn encoding_oversize_is_refused() {
+        let mut codec = PacketCodec::with_max_body_len(10);
+        let mut buf = BytesMut::new();
+        let p = Packet::Response {
+            channel: 0,
+            tag: 2,
+            ok: true,
+            flags: 0,
+            payload: Bytes::from(vec![0u8; 20]),
+        };
+        assert!(matches!(
+            codec.encode(&p, &mut buf),
+            Err(PacketError::TooLarge { .. })
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn length_prefix_overflow_is_an_error() {
+        let mut codec = PacketCodec::new();
+        let mut buf = BytesMut::from(&[0xff; 11][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(PacketError::VarintOverflow)
+        ));
+    }
+
+    #[test]
+    fn endless_length_prefix_is_an_error() {
+        let mut codec = PacketCodec::new();
+        let mut buf = BytesMut::from(&[0x80; 15][..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&[0x80]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(PacketError::LengthPrefixTooLong { max: 16 })
+        ));
+    }
+
+    #[test]
+    fn body_shorter_than_its_fields_is_an_error() {
+        let mut codec = PacketCodec::new();
+        let mut buf = BytesMut::from(&[0x01, 0x05][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(PacketError::Truncated {
+                field: "header word"
+            })
+        ));
+    }
+
+    #[test]
+    fn cut_mid_packet_at_eof_is_an_error() {
+        let mut codec = PacketCodec::new();
+        let mut buf = BytesMut::from(&[0x08, 0x00, 0x02][..]);
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(PacketError::ConnectionEnded(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // a deterministic pseudo-random byte soup
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for round in 0..2000 {
+            let mut bytes = Vec::new();
+            for _ in 0..(round % 64) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push(x as u8);
+            }
+            let mut codec = PacketCodec::with_max_body_len(1 << 16);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = codec.decode(&mut buf) {}
+            let _ = codec.decode_eof(&mut buf);
+        }
+    }
+}

@@ -1,0 +1,778 @@
+//! [`PacketConnection`]: the tokio driver around the sans-IO [`Protocol`].
+//!
+//! One task per connection owns the byte stream, the read and write
+//! buffers, the protocol state and the running handlers. Requesters talk to
+//! it through a bounded queue; each request waits on a oneshot channel.
+//! The task encodes straight into its write buffer and writes whatever has
+//! accumulated as soon as it has nothing else to do, so a burst of
+//! requests or responses goes out in one `write` and a lone request goes out
+//! at once (no grace sleep).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::{join, Join, Ready};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Sleep;
+use tokio_util::codec::Decoder;
+use tracing::Instrument;
+
+use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
+use super::handler::{Handler, TypedRequest};
+use super::proto::{Event, Protocol, Stats, StatsSnapshot};
+use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
+use super::{Packet, PacketError, Response};
+use crate::transport::{self, Endpoint};
+
+/// Write-buffer level above which the connection stops taking new work
+/// (commands, handler results, incoming requests) until the socket drains.
+/// 64 KiB: a few loopback socket buffers' worth, small next to the 8 MiB
+/// packet limit, large enough that 64-byte packets are batched by the
+/// hundred.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Bytes reserved for each read. 16 KiB amortises the syscall over many
+/// small packets without holding much memory per idle connection.
+const READ_CHUNK: usize = 16 * 1024;
+/// Loop rounds before the task yields to the scheduler voluntarily.
+const MAX_ROUNDS: usize = 64;
+
+/// Limits and timeouts of one connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PacketConfig {
+    /// Maximum packet body length, both directions. Default 8 MiB.
+    pub max_body_len: usize,
+    /// Maximum number of the peer's requests handled at once; further
+    /// requests wait in the socket (backpressure). Default 256.
+    pub max_handlers: usize,
+    /// Capacity of the queue between requesters and the connection task;
+    /// `submit` waits when it is full. Default 1024.
+    pub send_queue: usize,
+    /// Maximum number of our requests awaiting a response; further
+    /// requests wait in the send queue. Default 65536.
+    pub max_pending: usize,
+    /// On close: how long running handlers may take before they are
+    /// abandoned and EOF is sent. Default 5 s.
+    pub close_timeout: Duration,
+    /// On close: how long to wait for the peer's EOF after ours. Default 5 s.
+    pub eof_timeout: Duration,
+}
+
+impl Default for PacketConfig {
+    fn default() -> Self {
+        PacketConfig {
+            max_body_len: DEFAULT_MAX_BODY_LEN,
+            max_handlers: 256,
+            send_queue: 1024,
+            max_pending: 65536,
+            close_timeout: Duration::from_secs(5),
+            eof_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Response, PacketError>>;
+
+enum Command {
+    Request {
+        channel: u64,
+        rq_type: u64,
+        flags: u64,
+        payload: Bytes,
+        reply: Reply,
+    },
+    EndRequests,
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// How the connection ended: `Ok` after an orderly shutdown, or why not.
+type Outcome = Option<Result<(), Arc<str>>>;
+
+/// A packet connection: either end may send requests, many in flight,
+/// answered in completion order.
+///
+/// Cloning gives another handle on the same connection. When every handle
+/// is dropped the connection closes in order, as [`close`](Self::close)
+/// does (but nobody waits for it).
+///
+/// ```
+/// # async fn run() -> Result<(), tether::packet::PacketError> {
+/// use tether::packet::{EchoService, NoHandler, PacketConfig, PacketConnection};
+/// use tether::transport::memory_pair;
+///
+/// let (a, b) = memory_pair(64 * 1024);
+/// let server = PacketConnection::spawn(b, EchoService, PacketConfig::default());
+/// let client = PacketConnection::spawn(a, NoHandler, PacketConfig::default());
+/// // on the wire: 08 02 02 02 68 65 6c 6c 6f (tag 2, rq_type 1, "hello")
+/// let r = client.submit(1, 0, "hello").await?;
+/// // back: 07 02 04 6f 6c 6c 65 68 (ok, tag 2, flags 0, "olleh")
+/// assert!(r.ok);
+/// assert_eq!(&r.payload[..], b"olleh");
+/// client.close().await?;
+/// server.closed().await?;
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct PacketConnection {
+    tx: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+    finished: watch::Receiver<Outcome>,
+    max_body_len: usize,
+}
+
+impl std::fmt::Debug for PacketConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketConnection")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl PacketConnection {
+    /// Starts a connection over `io` on the current tokio runtime; `handler`
+    /// answers the peer's requests ([`NoHandler`](super::NoHandler) to serve
+    /// nothing).
+    pub fn spawn<S, H>(io: S, handler: H, config: PacketConfig) -> PacketConnection
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        H: Handler,
+    {
+        Self::spawn_named(io, handler, config, "-")
+    }
+
+    fn spawn_named<S, H>(io: S, handler: H, config: PacketConfig, peer: &str) -> PacketConnection
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        H: Handler,
+    {
+        let (tx, rx) = mpsc::channel(config.send_queue.max(1));
+        let (finished_tx, finished) = watch::channel(None);
+        let proto = Protocol::new();
+        let stats = proto.stats().clone();
+        let max_body_len = config.max_body_len;
+        let driver = Driver {
+            io,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            codec: PacketCodec::with_max_body_len(config.max_body_len),
+            proto,
+            rx,
+            rx_open: true,
+            handler,
+            running: FuturesUnordered::new(),
+            read_open: true,
+            closing: false,
+            eof_sent: false,
+            shutdown_done: false,
+            needs_flush: false,
+            handler_deadline: None,
+            final_deadline: None,
+            close_waiters: Vec::new(),
+            failure: None,
+            sweep_at: 1024,
+            finished: finished_tx,
+            config,
+        };
+        let span = tracing::debug_span!("packet_connection", peer = %peer);
+        tokio::spawn(driver.instrument(span));
+        PacketConnection {
+            tx,
+            stats,
+            finished,
+            max_body_len,
+        }
+    }
+
+    /// Connects to `endpoint` (any transport) and starts a connection.
+    pub async fn connect<H: Handler>(
+        endpoint: &Endpoint,
+        timeout: Duration,
+        handler: H,
+        config: PacketConfig,
+    ) -> Result<PacketConnection, PacketError> {
+        let stream = transport::connect(endpoint, timeout).await?;
+        let peer = stream.peer().to_string();
+        Ok(Self::spawn_named(stream, handler, config, &peer))
+    }
+
+    /// Sends a request on channel 0 and waits for its response.
+    ///
+    /// A failure response is `Ok(Response { ok: false, .. })`; `Err` means
+    /// no response will come (connection ended, requests ended, the request
+    /// cannot be encoded). Dropping the future cancels the request locally:
+    /// its late response is discarded.
+    pub async fn submit(
+        &self,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<Response, PacketError> {
+        self.submit_on(0, rq_type, flags, payload.into()).await
+    }
+
+    /// Sends a request on `channel`. tether (and the reference) answer
+    /// requests on channels other than 0 with a failure `unknown channel`;
+    /// this is for peers that give channels a meaning.
+    pub async fn submit_on(
+        &self,
+        channel: u64,
+        rq_type: u64,
+        flags: u64,
+        payload: Bytes,
+    ) -> Result<Response, PacketError> {
+        check_request(rq_type, flags, payload.len(), self.max_body_len)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Request {
+                channel,
+                rq_type,
+                flags,
+                payload,
+                reply,
+            })
+            .await
+            .map_err(|_| self.ended_error())?;
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.ended_error()),
+        }
+    }
+
+    /// Sends a typed request and decodes its response. A failure response
+    /// is [`PacketError::Failed`].
+    pub async fn request<R: TypedRequest>(&self, request: &R) -> Result<R::Response, PacketError> {
+        let (flags, payload) = request.encode();
+        let r = self.submit(R::RQ_TYPE, flags, payload).await?;
+        if !r.ok {
+            return Err(PacketError::Failed {
+                flags: r.flags,
+                payload: r.payload,
+            });
+        }
+        R::decode_response(r.flags, r.payload).map_err(PacketError::BadResponse)
+    }
+
+    /// Sends ERQ: this end will send no more requests (later `submit`s fail
+    /// with [`PacketError::RequestsEnded`]); the peer's requests are still
+    /// served and responses still arrive.
+    pub async fn end_requests(&self) -> Result<(), PacketError> {
+        self.tx
+            .send(Command::EndRequests)
+            .await
+            .map_err(|_| self.ended_error())
+    }
+
+    /// Closes in order: ERQ; running handlers finish (up to
+    /// [`PacketConfig::close_timeout`]) and their responses are sent; EOF;
+    /// then read until the peer's EOF or end of stream (up to
+    /// [`PacketConfig::eof_timeout`]). Requests still pending then resolve
+    /// with [`PacketError::ConnectionEnded`].
+    ///
+    /// Returns `Ok` after an orderly end, or the reason it was not.
+    pub async fn close(&self) -> Result<(), PacketError> {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Command::Close { done }).await.is_ok() {
+            let _ = rx.await;
+        }
+        self.closed().await
+    }
+
+    /// Waits until the connection has ended (closed by either side or
+    /// failed); `Ok` after an orderly end.
+    pub async fn closed(&self) -> Result<(), PacketError> {
+        let mut rx = self.finished.clone();
+        let outcome = match rx.wait_for(|o| o.is_some()).await {
+            Ok(o) => o.clone(),
+            Err(_) => None,
+        };
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(reason)) => Err(PacketError::ConnectionEnded(reason)),
+            None => Err(PacketError::ended("connection task stopped")),
+        }
+    }
+
+    /// True once the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.finished.borrow().is_some()
+    }
+
+    /// The connection's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    fn ended_error(&self) -> PacketError {
+        match &*self.finished.borrow() {
+            Some(Err(reason)) => PacketError::ConnectionEnded(reason.clone()),
+            _ => PacketError::ended("connection closed"),
+        }
+    }
+}
+
+fn check_request(
+    rq_type: u64,
+    flags: u64,
+    payload_len: usize,
+    max: usize,
+) -> Result<(), PacketError> {
+    if rq_type > MAX_RQ_TYPE {
+        return Err(PacketError::OutOfRange("rq_type u64::MAX"));
+    }
+    if flags > MAX_REQUEST_FLAGS {
+        return Err(PacketError::OutOfRange("request flags wider than 62 bits"));
+    }
+    // tag, header and rq_type take at most 30 bytes
+    if payload_len.saturating_add(30) > max {
+        return Err(PacketError::TooLarge {
+            len: payload_len as u64 + 30,
+            max,
+        });
+    }
+    Ok(())
+}
+
+type Running<F> = Join<F, Ready<(u64, u64)>>;
+
+struct Driver<S, H: Handler> {
+    io: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    codec: PacketCodec,
+    proto: Protocol<Reply>,
+    rx: mpsc::Receiver<Command>,
+    rx_open: bool,
+    handler: H,
+    running: FuturesUnordered<Running<H::Future>>,
+    config: PacketConfig,
+    /// False after the peer's EOF, end of stream, or the final deadline.
+    read_open: bool,
+    closing: bool,
+    eof_sent: bool,
+    shutdown_done: bool,
+    needs_flush: bool,
+    handler_deadline: Option<Pin<Box<Sleep>>>,
+    final_deadline: Option<Pin<Box<Sleep>>>,
+    close_waiters: Vec<oneshot::Sender<()>>,
+    /// Why the connection ended, if not in order.
+    failure: Option<Arc<str>>,
+    sweep_at: usize,
+    finished: watch::Sender<Outcome>,
+}
+
+// The driver never pins its fields (handler futures live in the
+// FuturesUnordered, which pins them itself), so moving it is fine.
+impl<S, H: Handler> Unpin for Driver<S, H> {}
+
+impl<S, H> Future for Driver<S, H>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    H: Handler,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..MAX_ROUNDS {
+            let mut progress = this.poll_commands(cx);
+            progress |= this.poll_handlers(cx);
+            progress |= this.poll_read(cx);
+            progress |= this.poll_close(cx);
+            progress |= this.poll_write(cx);
+            if this.failure.is_some() || this.is_done() {
+                this.finish();
+                return Poll::Ready(());
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<S, H> Driver<S, H>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    H: Handler,
+{
+    fn poll_commands(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        if self.proto.pending() >= self.sweep_at {
+            self.proto.sweep_cancelled();
+            self.sweep_at = (self.proto.pending() * 2).max(1024);
+        }
+        while self.rx_open
+            && self.wbuf.len() < WRITE_HIGH_WATER
+            && self.proto.pending() < self.config.max_pending
+        {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(cmd)) => {
+                    progress = true;
+                    self.command(cmd);
+                }
+                Poll::Ready(None) => {
+                    progress = true;
+                    self.rx_open = false;
+                    tracing::debug!("every handle dropped: closing");
+                    self.start_close();
+                }
+                Poll::Pending => break,
+            }
+        }
+        progress
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Request {
+                channel,
+                rq_type,
+                flags,
+                payload,
+                reply,
+            } => {
+                if !self.read_open {
+                    let _ =
+                        reply.send(Err(PacketError::ended("the peer has ended the connection")));
+                    return;
+                }
+                match self.proto.start_request(channel, reply) {
+                    Ok(tag) => {
+                        // validated by submit: cannot fail
+                        let _ = wire::encode_request(
+                            &mut self.wbuf,
+                            channel,
+                            tag,
+                            rq_type,
+                            flags,
+                            &payload,
+                        );
+                    }
+                    Err((e, reply)) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::EndRequests => self.send_erq(),
+            Command::Close { done } => {
+                self.close_waiters.push(done);
+                self.start_close();
+            }
+        }
+    }
+
+    fn send_erq(&mut self) {
+        if self.proto.end_requests() && !self.eof_sent {
+            tracing::debug!("sending ERQ");
+            let _ = Packet::Erq.encode(&mut self.wbuf);
+        }
+    }
+
+    fn start_close(&mut self) {
+        if self.closing {
+            return;
+        }
+        tracing::debug!("closing");
+        self.closing = true;
+        self.send_erq();
+        self.handler_deadline = Some(Box::pin(tokio::time::sleep(self.config.close_timeout)));
+        self.final_deadline = Some(Box::pin(tokio::time::sleep(
+            self.config.close_timeout + self.config.eof_timeout,
+        )));
+    }
+
+    fn poll_handlers(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while !self.running.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
+            match self.running.poll_next_unpin(cx) {
+                Poll::Ready(Some((response, (channel, tag)))) => {
+                    progress = true;
+                    self.respond(channel, tag, response);
+                }
+                _ => break,
+            }
+        }
+        progress
+    }
+
+    fn respond(&mut self, channel: u64, tag: u64, r: Response) {
+        self.proto.finish_request(channel, tag);
+        if self.eof_sent {
+            return;
+        }
+        let too_big = r.payload.len().saturating_add(30) > self.config.max_body_len;
+        let res = if too_big {
+            Err(PacketError::TooLarge {
+                len: r.payload.len() as u64,
+                max: self.config.max_body_len,
+            })
+        } else {
+            wire::encode_response(&mut self.wbuf, channel, tag, r.ok, r.flags, &r.payload)
+        };
+        if let Err(e) = res {
+            tracing::warn!(channel, tag, error = %e, "handler response cannot be sent; sending a failure");
+            let _ = wire::encode_response(
+                &mut self.wbuf,
+                channel,
+                tag,
+                false,
+                0,
+                b"response cannot be encoded",
+            );
+        }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while self.read_open {
+            // decode what is buffered, while there is room to act on it
+            while self.running.len() < self.config.max_handlers
+                && self.wbuf.len() < WRITE_HIGH_WATER
+            {
+                match self.codec.decode(&mut self.rbuf) {
+                    Ok(Some(packet)) => {
+                        progress = true;
+                        self.on_packet(packet);
+                        if !self.read_open {
+                            return true;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "protocol error: closing the connection");
+                        self.fail(format!("protocol error: {e}"));
+                        return true;
+                    }
+                }
+            }
+            if self.running.len() >= self.config.max_handlers || self.wbuf.len() >= WRITE_HIGH_WATER
+            {
+                return progress; // woken by a handler or by the writer
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+                Poll::Ready(Ok(0)) => {
+                    progress = true;
+                    let reason = if self.rbuf.is_empty() {
+                        "end of stream without EOF".to_string()
+                    } else {
+                        format!(
+                            "stream cut mid-packet ({} bytes of an incomplete packet)",
+                            self.rbuf.len()
+                        )
+                    };
+                    tracing::debug!("{reason}");
+                    self.read_ended(&reason);
+                }
+                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "read failed");
+                    self.fail(format!("read failed: {e}"));
+                    return true;
+                }
+                Poll::Pending => return progress,
+            }
+        }
+        progress
+    }
+
+    fn on_packet(&mut self, packet: Packet) {
+        match self.proto.receive(packet) {
+            Event::Response { waiter, response } => {
+                if waiter.send(Ok(response)).is_err() {
+                    self.proto.note_cancelled();
+                }
+            }
+            Event::UnknownResponse { channel, tag } => {
+                tracing::debug!(
+                    channel,
+                    tag,
+                    "response for a request that is not pending: ignored"
+                );
+            }
+            Event::Request(rq) => {
+                let key = (rq.channel, rq.tag);
+                if self.closing && self.eof_sent {
+                    self.proto.finish_request(key.0, key.1);
+                    return;
+                }
+                match self.handler.handle_now(rq) {
+                    Ok(response) => self.respond(key.0, key.1, response),
+                    Err(rq) => {
+                        let fut = self.handler.handle(rq);
+                        self.running
+                            .push(join(fut, futures_util::future::ready(key)));
+                    }
+                }
+            }
+            Event::Reject {
+                channel,
+                tag,
+                reason,
+            } => {
+                tracing::debug!(channel, tag, reason, "request refused");
+                if !self.eof_sent {
+                    let _ = wire::encode_response(
+                        &mut self.wbuf,
+                        channel,
+                        tag,
+                        false,
+                        0,
+                        reason.as_bytes(),
+                    );
+                }
+            }
+            Event::PeerErq => tracing::debug!("peer sent ERQ"),
+            Event::PeerEof => {
+                tracing::debug!("peer sent EOF");
+                self.read_ended("the peer sent EOF");
+            }
+        }
+    }
+
+    /// The peer will send nothing more: every pending request fails, and
+    /// this end closes in order.
+    fn read_ended(&mut self, reason: &str) {
+        self.read_open = false;
+        let reason: Arc<str> = Arc::from(reason);
+        for w in self.proto.take_pending() {
+            let _ = w.send(Err(PacketError::ConnectionEnded(reason.clone())));
+        }
+        self.start_close();
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.closing {
+            return false;
+        }
+        let mut progress = false;
+        if !self.eof_sent {
+            let deadline_passed = self
+                .handler_deadline
+                .as_mut()
+                .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+            if self.running.is_empty() || deadline_passed {
+                if !self.running.is_empty() {
+                    tracing::warn!(
+                        abandoned = self.running.len(),
+                        "handlers still running at the close timeout"
+                    );
+                    self.running = FuturesUnordered::new();
+                }
+                tracing::debug!("sending EOF");
+                let _ = Packet::Eof.encode(&mut self.wbuf);
+                self.eof_sent = true;
+                progress = true;
+            }
+        }
+        if let Some(d) = self.final_deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                self.final_deadline = None;
+                if self.read_open || !self.shutdown_done {
+                    tracing::debug!("close timed out");
+                    self.read_open = false;
+                    self.fail("close timed out: no EOF from the peer".to_string());
+                }
+                progress = true;
+            }
+        }
+        progress
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => {
+                    self.fail("write failed: wrote zero bytes".to_string());
+                    return true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.wbuf.advance(n);
+                    self.needs_flush = true;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "write failed");
+                    self.fail(format!("write failed: {e}"));
+                    return true;
+                }
+                Poll::Pending => return progress,
+            }
+        }
+        if self.needs_flush {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => {
+                    self.fail(format!("flush failed: {e}"));
+                    return true;
+                }
+                Poll::Pending => return progress,
+            }
+        }
+        if self.eof_sent && !self.shutdown_done {
+            match Pin::new(&mut self.io).poll_shutdown(cx) {
+                Poll::Ready(_) => {
+                    self.shutdown_done = true;
+                    progress = true;
+                }
+                Poll::Pending => return progress,
+            }
+        }
+        progress
+    }
+
+    fn is_done(&self) -> bool {
+        self.eof_sent && self.shutdown_done && !self.read_open && self.wbuf.is_empty()
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failure.is_none() {
+            self.failure = Some(Arc::from(reason));
+        }
+        self.read_open = false;
+    }
+
+    fn finish(&mut self) {
+        let reason: Arc<str> = self
+            .failure
+            .clone()
+            .unwrap_or_else(|| Arc::from("connection closed"));
+        for w in self.proto.take_pending() {
+            let _ = w.send(Err(PacketError::ConnectionEnded(reason.clone())));
+        }
+        self.running = FuturesUnordered::new();
+        self.rx.close();
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Request { reply, .. } => {
+                    let _ = reply.send(Err(PacketError::ConnectionEnded(reason.clone())));
+                }
+                Command::Close { done } => self.close_waiters.push(done),
+                Command::EndRequests => {}
+            }
+        }
+        let outcome = match &self.failure {
+            None => Ok(()),
+            Some(r) => Err(r.clone()),
+        };
+        tracing::debug!(?outcome, "connection ended");
+        self.finished.send_replace(Some(outcome));
+        for done in self.close_waiters.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! The sans-IO protocol core: tags, the pending-request table and what to do
+//! with each packet received. No sockets, no clocks, no tasks.
+//!
+//! The tokio driver ([`PacketConnection`](super::PacketConnection)) is a thin
+//! loop around it: it feeds every decoded [`Packet`] to
+//! [`Protocol::receive`] and acts on the returned [`Event`].
+//!
+//! ```
+//! use bytes::Bytes;
+//! use tether::packet::{Event, Packet, Protocol};
+//!
+//! let mut proto: Protocol<&str> = Protocol::new();
+//! let tag = proto.start_request(0, "waiter").unwrap();
+//! assert_eq!(tag, 2); // channel 0 starts at 2: 0 and 1 name EOF and ERQ
+//! let response = Packet::Response { channel: 0, tag, ok: true, flags: 0, payload: Bytes::new() };
+//! match proto.receive(response) {
+//!     Event::Response { waiter, response } => assert!(waiter == "waiter" && response.ok),
+//!     _ => unreachable!(),
+//! }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::wire::{REQUESTS_NOT_ALLOWED, UNKNOWN_CHANNEL};
+use super::{Packet, PacketError};
+
+/// The reason a request whose tag is still being handled gets.
+pub const DUPLICATE_TAG: &str = "tag already in use";
+
+/// A response: what a request resolves to, and what a handler returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// True for success; false for a failure response.
+    pub ok: bool,
+    /// The responder's flags.
+    pub flags: u64,
+    /// The payload (a failure's reason, for a failure).
+    pub payload: Bytes,
+}
+
+impl Response {
+    /// A success with these flags and payload.
+    pub fn ok(flags: u64, payload: impl Into<Bytes>) -> Self {
+        Response {
+            ok: true,
+            flags,
+            payload: payload.into(),
+        }
+    }
+
+    /// A failure (flags 0) with this short ASCII reason.
+    pub fn fail(reason: impl Into<Bytes>) -> Self {
+        Response {
+            ok: false,
+            flags: 0,
+            payload: reason.into(),
+        }
+    }
+}
+
+/// An incoming request for a handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingRequest {
+    /// The channel it arrived on.
+    pub channel: u64,
+    /// The peer's tag.
+    pub tag: u64,
+    /// The application request type.
+    pub rq_type: u64,
+    /// The caller's flags.
+    pub flags: u64,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// What the driver must do about one received packet.
+#[derive(Debug)]
+pub enum Event<W> {
+    /// A response for one of our requests: hand it to its waiter.
+    Response {
+        /// The waiter registered by [`Protocol::start_request`].
+        waiter: W,
+        /// The response.
+        response: Response,
+    },
+    /// A response for a (channel, tag) that is not pending: ignored (and
+    /// counted). Normal after a local cancellation.
+    UnknownResponse {
+        /// Channel.
+        channel: u64,
+        /// Tag.
+        tag: u64,
+    },
+    /// A request to run; call [`Protocol::finish_request`] once its
+    /// response is queued.
+    Request(IncomingRequest),
+    /// A request refused: send a failure response with this reason.
+    Reject {
+        /// Channel of the request.
+        channel: u64,
+        /// Tag of the request.
+        tag: u64,
+        /// ASCII reason.
+        reason: &'static str,
+    },
+    /// The peer sent ERQ: it will send no more requests.
+    PeerErq,
+    /// The peer sent EOF: it will send nothing more. Every pending request
+    /// has been handed back through [`Protocol::take_pending`].
+    PeerEof,
+}
+
+/// Counters a user can read; see [`StatsSnapshot`].
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests_sent: AtomicU64,
+    responses_received: AtomicU64,
+    requests_received: AtomicU64,
+    requests_rejected: AtomicU64,
+    unknown_responses: AtomicU64,
+    cancelled: AtomicU64,
+    in_flight: AtomicU64,
+    handlers_running: AtomicU64,
+}
+
+/// A copy of a connection's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Requests this end has sent.
+    pub requests_sent: u64,
+    /// Responses received for pending requests (including cancelled ones).
+    pub responses_received: u64,
+    /// Requests received from the peer (including rejected ones).
+    pub requests_received: u64,
+    /// Requests refused with a failure response without running a handler
+    /// (after ERQ, unknown channel, duplicate tag).
+    pub requests_rejected: u64,
+    /// Responses for a (channel, tag) that was not pending: ignored.
+    pub unknown_responses: u64,
+    /// Requests whose caller gave up (dropped the future) before the response.
+    pub cancelled: u64,
+    /// Requests sent and not yet answered (including cancelled ones whose
+    /// entry is not yet swept).
+    pub in_flight: u64,
+    /// The peer's requests being handled right now.
+    pub handlers_running: u64,
+}
+
+impl Stats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            requests_sent: self.requests_sent.load(Relaxed),
+            responses_received: self.responses_received.load(Relaxed),
+            requests_received: self.requests_received.load(Relaxed),
+            requests_rejected: self.requests_rejected.load(Relaxed),
+            unknown_responses: self.unknown_responses.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            handlers_running: self.handlers_running.load(Relaxed),
+        }
+    }
+}
+
+/// Something waiting for a response, that may give up.
+pub trait Waiter {
+    /// True if nobody wants the response any more.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+impl Waiter for &str {}
+impl Waiter for u64 {}
+
+impl<T> Waiter for tokio::sync::oneshot::Sender<T> {
+    fn is_cancelled(&self) -> bool {
+        self.is_closed()
+    }
+}
+
+/// FxHash: tags are small sequential integers chosen by us or the peer;
+/// hash flooding only costs the flooder's own connection, and SipHash is
+/// several times slower on this hot path.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type Fx = BuildHasherDefault<FxHasher>;
+
+/// Allocates tags per channel, counting up and never reusing one. Channel
+/// 0 starts at 2 (0 and 1 name EOF and ERQ); other channels start at 0.
+#[derive(Debug, Default)]
+pub struct TagAllocator {
+    next0: u64,
+    next: HashMap<u64, u64, Fx>,
+}
+
+impl TagAllocator {
+    /// A fresh allocator.
+    pub fn new() -> Self {
+        TagAllocator {
+            next0: 2,
+            next: HashMap::default(),
+        }
+    }
+
+    /// The next tag on `channel`; an error once the tag space is exhausted
+    /// (after 2^64 requests, never in practice).
+    pub fn next(&mut self, channel: u64) -> Result<u64, PacketError> {
+        let slot = if channel == 0 {
+            &mut self.next0
+        } else {
+            self.next.entry(channel).or_insert(0)
+        };
+        let tag = *slot;
+        *slot = tag
+            .checked_add(1)
+            .ok_or(PacketError::OutOfRange("tag space exhausted"))?;
+        Ok(tag)
+    }
+}
+
+/// The protocol state of one connection, sans-IO. `W` is whatever the
+/// driver uses to deliver a response to its requester.
+#[derive(Debug)]
+pub struct Protocol<W> {
+    tags: TagAllocator,
+    pending: HashMap<(u64, u64), W, Fx>,
+    handling: HashSet<(u64, u64), Fx>,
+    local_erq: bool,
+    peer_erq: bool,
+    peer_eof: bool,
+    stats: Arc<Stats>,
+}
+
+impl<W> Default for Protocol<W> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<W> Protocol<W> {
+    /// A fresh connection state.
+    pub fn new() -> Self {
+        Protocol {
+            tags: TagAllocator::new(),
+            pending: HashMap::default(),
+            handling: HashSet::default(),
+            local_erq: false,
+            peer_erq: false,
+            peer_eof: false,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The counters, shared.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Registers a new outgoing request on `channel`; returns its tag.
+    ///
+    /// Fails after [`Protocol::end_requests`] or the peer's EOF, giving
+    /// the waiter back.
+    pub fn start_request(&mut self, channel: u64, waiter: W) -> Result<u64, (PacketError, W)> {
+        if self.local_erq {
+            return Err((PacketError::RequestsEnded, waiter));
+        }
+        if self.peer_eof {
+            return Err((PacketError::ended("the peer sent EOF"), waiter));
+        }
+        let tag = match self.tags.next(channel) {
+            Ok(tag) => tag,
+            Err(e) => return Err((e, waiter)),
+        };
+        self.pending.insert((channel, tag), waiter);
+        self.stats.requests_sent.fetch_add(1, Relaxed);
+        self.stats
+            .in_flight
+            .store(self.pending.len() as u64, Relaxed);
+        Ok(tag)
+    }
+
+    /// Handles one received packet.
+    pub fn receive(&mut self, packet: Packet) -> Event<W> {
+        match packet {
+            Packet::Response {
+                channel,
+                tag,
+                ok,
+                flags,
+                payload,
+            } => match self.pending.remove(&(channel, tag)) {
+                Some(waiter) => {
+                    self.stats.responses_received.fetch_add(1, Relaxed);
+                    self.stats
+                        .in_flight
+                        .store(self.pending.len() as u64, Relaxed);
+                    Event::Response {
+                        waiter,
+                        response: Response { ok, flags, payload },
+                    }
+                }
+                None => {
+                    self.stats.unknown_responses.fetch_add(1, Relaxed);
+                    Event::UnknownResponse { channel, tag }
+                }
+            },
+            Packet::Request {
+                channel,
+                tag,
+                rq_type,
+                flags,
+                payload,
+            } => {
+                self.stats.requests_received.fetch_add(1, Relaxed);
+                let reason = if self.peer_erq {
+                    Some(REQUESTS_NOT_ALLOWED)
+                } else if channel != 0 {
+                    Some(UNKNOWN_CHANNEL)
+                } else if !self.handling.insert((channel, tag)) {
+                    Some(DUPLICATE_TAG)
+                } else {
+                    None
+                };
+                match reason {
+                    Some(reason) => {
+                        self.stats.requests_rejected.fetch_add(1, Relaxed);
+                        Event::Reject {
+                            channel,
+                            tag,
+                            reason,
+                        }
+                    }
+                    None => {
+                        self.stats
+                            .handlers_running
+                            .store(self.handling.len() as u64, Relaxed);
+                        Event::Request(IncomingRequest {
+                            channel,
+                            tag,
+                            rq_type,
+                            flags,
+                            payload,
+                        })
+                    }
+                }
+            }
+            Packet::Erq => {
+                self.peer_erq = true;
+                Event::PeerErq
+            }
+            Packet::Eof => {
+                self.peer_erq = true;
+                self.peer_eof = true;
+                Event::PeerEof
+            }
+        }
+    }
+
+    /// Marks the peer's request `(channel, tag)` as answered (its tag may
+    /// be used again by the peer).
+    pub fn finish_request(&mut self, channel: u64, tag: u64) {
+        self.handling.remove(&(channel, tag));
+        self.stats
+            .handlers_running
+            .store(self.handling.len() as u64, Relaxed);
+    }
+
+    /// Records that this end sends ERQ. Returns true the first time (send
+    /// it), false after.
+    pub fn end_requests(&mut self) -> bool {
+        !std::mem::replace(&mut self.local_erq, true)
+    }
+
+    /// True once the peer has sent ERQ or EOF.
+    pub fn peer_ended_requests(&self) -> bool {
+        self.peer_erq
+    }
+
+    /// True once the peer has sent EOF.
+    pub fn peer_eof(&self) -> bool {
+        self.peer_eof
+    }
+
+    /// The number of the peer's requests being handled.
+    pub fn handling(&self) -> usize {
+        self.handling.len()
+    }
+
+    /// The number of our requests awaiting a response.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Removes and returns every pending waiter (to fail them when the
+    /// connection ends).
+    pub fn take_pending(&mut self) -> Vec<W> {
+        let out: Vec<W> = self.pending.drain().map(|(_, w)| w).collect();
+        self.stats.in_flight.store(0, Relaxed);
+        out
+    }
+}
+
+impl<W: Waiter> Protocol<W> {
+    /// Forgets pending requests whose waiter gave up; returns how many.
+    /// Their late responses will count as unknown.
+    pub fn sweep_cancelled(&mut self) -> usize {
+        let before = self.pending.len();
+        self.pending.retain(|_, w| !w.is_cancelled());
+        let n = before - self.pending.len();
+        self.stats.cancelled.fetch_add(n as u64, Relaxed);
+        self.stats
+            .in_flight
+            .store(self.pending.len() as u64, Relaxed);
+        n
+    }
+
+    /// Counts a response delivered to a waiter that had gone.
+    pub fn note_cancelled(&self) {
+        self.stats.cancelled.fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(channel: u64, tag: u64) -> Packet {
+        Packet::Response {
+            channel,
+            tag,
+            ok: true,
+            flags: 0,
+            payload: Bytes::new(),
+        }
+    }
+
+    fn req(channel: u64, tag: u64) -> Packet {
+        Packet::Request {
+            channel,
+            tag,
+            rq_type: 0,
+            flags: 0,
+            payload: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn tags_per_channel_never_reused() {
+        let mut t = TagAllocator::new();
+        assert_eq!((t.next(0).unwrap(), t.next(0).unwrap()), (2, 3));
+        assert_eq!((t.next(5).unwrap(), t.next(5).unwrap()), (0, 1));
+        assert_eq!(t.next(0).unwrap(), 4);
+        t.next0 = u64::MAX;
+        assert!(t.next(0).is_err());
+    }
+
+    #[test]
+    fn responses_complete_in_any_order() {
+        let mut p: Protocol<u64> = Protocol::new();
+        let tags: Vec<u64> = (0..4).map(|i| p.start_request(0, i).unwrap()).collect();
+        assert_eq!(tags, [2, 3, 4, 5]);
+        for &t in tags.iter().rev() {
+            match p.receive(resp(0, t)) {
+                Event::Response { waiter, .. } => assert_eq!(waiter, t - 2),
+                e => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(p.pending(), 0);
+        assert!(matches!(
+            p.receive(resp(0, 2)),
+            Event::UnknownResponse { channel: 0, tag: 2 }
+        ));
+        assert_eq!(p.stats().snapshot().unknown_responses, 1);
+    }
+
+    #[test]
+    fn duplicate_in_flight_tag_is_rejected_then_allowed_after_finish() {
+        let mut p: Protocol<u64> = Protocol::new();
+        assert!(matches!(p.receive(req(0, 7)), Event::Request(_)));
+        assert!(matches!(
+            p.receive(req(0, 7)),
+            Event::Reject {
+                reason: DUPLICATE_TAG,
+                ..
+            }
+        ));
+        p.finish_request(0, 7);
+        assert!(matches!(p.receive(req(0, 7)), Event::Request(_)));
+    }
+
+    #[test]
+    fn both_directions_have_independent_tag_spaces() {
+        let mut p: Protocol<u64> = Protocol::new();
+        let t = p.start_request(0, 1).unwrap();
+        assert!(matches!(p.receive(req(0, t)), Event::Request(_)));
+        assert!(matches!(
+            p.receive(resp(0, t)),
+            Event::Response { waiter: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn other_channels_rejected_the_reference_way() {
+        let mut p: Protocol<u64> = Protocol::new();
+        assert!(matches!(
+            p.receive(req(3, 2)),
+            Event::Reject {
+                channel: 3,
+                tag: 2,
+                reason: UNKNOWN_CHANNEL
+            }
+        ));
+    }
+
+    #[test]
+    fn after_peer_erq_requests_are_refused() {
+        let mut p: Protocol<u64> = Protocol::new();
+        assert!(matches!(p.receive(Packet::Erq), Event::PeerErq));
+        assert!(matches!(
+            p.receive(req(0, 2)),
+            Event::Reject {
+                reason: REQUESTS_NOT_ALLOWED,
+                ..
+            }
+        ));
+        assert_eq!(p.stats().snapshot().requests_rejected, 1);
+    }
+
+    #[test]
+    fn local_erq_stops_new_requests_and_eof_hands_back_pending() {
+        let mut p: Protocol<u64> = Protocol::new();
+        p.start_request(0, 1).unwrap();
+        p.start_request(0, 2).unwrap();
+        assert!(p.end_requests());
+        assert!(!p.end_requests());
+        assert!(matches!(
+            p.start_request(0, 3),
+            Err((PacketError::RequestsEnded, 3))
+        ));
+        assert!(matches!(p.receive(Packet::Eof), Event::PeerEof));
+        let mut w = p.take_pending();
+        w.sort();
+        assert_eq!(w, [1, 2]);
+        assert_eq!(p.stats().snapshot().in_flight, 0);
+    }
+
+    #[test]
+    fn cancelled_waiters_are_swept() {
+        let mut p = Protocol::new();
+        let (tx1, rx1) = tokio::sync::oneshot::channel::<()>();
+        let (tx2, _rx2) = tokio::sync::oneshot::channel::<()>();
+        let t1 = p.start_request(0, tx1).unwrap();
+        p.start_request(0, tx2).unwrap();
+        drop(rx1);
+        assert_eq!(p.sweep_cancelled(), 1);
+        assert_eq!(p.pending(), 1);
+        assert!(matches!(
+            p.receive(resp(0, t1)),
+            Event::UnknownResponse { .. }
+        ));
+    }
+}

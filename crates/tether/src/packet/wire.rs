@@ -1,0 +1,453 @@
+//! [`Packet`]: one packet of the cs.packetstream wire format, sans-IO.
+//!
+//! ```text
+//! varint body_len, then body_len bytes of body:
+//!   varint tag
+//!   varint H               H = flags << 2 | is_request << 1 | has_channel
+//!   varint channel         only if H & 1
+//!   varint rq_type + 1     only if H & 2 (requests)
+//!   payload                the rest of the body
+//! ```
+//!
+//! A response's wire flags are `user_flags << 1 | ok`. EOF is `03 00 02 00`
+//! and ERQ `03 01 02 00`.
+//!
+//! ```
+//! use bytes::{Bytes, BytesMut};
+//! use tether::packet::Packet;
+//! let p = Packet::Request { channel: 0, tag: 0, rq_type: 3, flags: 0, payload: Bytes::from_static(b"hello") };
+//! let mut buf = BytesMut::new();
+//! p.encode(&mut buf).unwrap();
+//! assert_eq!(&buf[..], b"\x08\x00\x02\x04hello");
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::varint;
+use super::PacketError;
+
+/// The largest request flags value the header word can carry (2^62 - 1).
+pub const MAX_REQUEST_FLAGS: u64 = u64::MAX >> 2;
+/// The largest response flags value the header word can carry (2^61 - 1).
+pub const MAX_RESPONSE_FLAGS: u64 = u64::MAX >> 3;
+/// The largest application rq_type (on the wire it is sent as rq_type + 1).
+pub const MAX_RQ_TYPE: u64 = u64::MAX - 1;
+
+/// The reason a request with an unknown channel gets (channels other than 0
+/// have no meaning in tether, the reference's behaviour).
+pub const UNKNOWN_CHANNEL: &str = "unknown channel";
+/// The reason a request gets after the peer's ERQ (the reference's words).
+pub const REQUESTS_NOT_ALLOWED: &str = "requests no longer allowed";
+
+/// One packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    /// A request. `rq_type` is the application's number (the wire carries
+    /// `rq_type + 1`).
+    Request {
+        /// Channel (0 unless the application uses channels).
+        channel: u64,
+        /// The sender's tag for this request.
+        tag: u64,
+        /// Application request type.
+        rq_type: u64,
+        /// Caller's flags, at most [`MAX_REQUEST_FLAGS`].
+        flags: u64,
+        /// Request payload.
+        payload: Bytes,
+    },
+    /// A response to the request with the same `(channel, tag)`.
+    Response {
+        /// Channel of the request.
+        channel: u64,
+        /// Tag of the request.
+        tag: u64,
+        /// Success or failure.
+        ok: bool,
+        /// Responder's flags, at most [`MAX_RESPONSE_FLAGS`].
+        flags: u64,
+        /// Response payload (a failure carries an ASCII reason).
+        payload: Bytes,
+    },
+    /// `03 00 02 00`: the sender will send nothing more. Any other request
+    /// with on-wire rq_type 0 decodes as this, as the reference treats it.
+    Eof,
+    /// `03 01 02 00`: the sender will send no more requests.
+    Erq,
+}
+
+impl Packet {
+    /// Appends this packet (length prefix and body) to `dst`.
+    ///
+    /// Fails only if a field cannot be represented (see the `MAX_*`
+    /// constants); nothing is written then.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), PacketError> {
+        match self {
+            Packet::Request {
+                channel,
+                tag,
+                rq_type,
+                flags,
+                payload,
+            } => encode_request(dst, *channel, *tag, *rq_type, *flags, payload),
+            Packet::Response {
+                channel,
+                tag,
+                ok,
+                flags,
+                payload,
+            } => encode_response(dst, *channel, *tag, *ok, *flags, payload),
+            Packet::Eof => {
+                dst.extend_from_slice(&[0x03, 0x00, 0x02, 0x00]);
+                Ok(())
+            }
+            Packet::Erq => {
+                dst.extend_from_slice(&[0x03, 0x01, 0x02, 0x00]);
+                Ok(())
+            }
+        }
+    }
+
+    /// The length of this packet's body on the wire (without the prefix).
+    pub fn body_len(&self) -> u64 {
+        match self {
+            Packet::Request {
+                channel,
+                tag,
+                rq_type,
+                flags,
+                payload,
+            } => body_len(
+                *tag,
+                flags << 2 | 2 | u64::from(*channel != 0),
+                *channel,
+                Some(rq_type.wrapping_add(1)),
+                payload.len(),
+            ),
+            Packet::Response {
+                channel,
+                tag,
+                ok,
+                flags,
+                payload,
+            } => body_len(
+                *tag,
+                (flags << 1 | u64::from(*ok)) << 2 | u64::from(*channel != 0),
+                *channel,
+                None,
+                payload.len(),
+            ),
+            Packet::Eof | Packet::Erq => 3,
+        }
+    }
+
+    /// Decodes one packet body (the bytes after the length prefix).
+    ///
+    /// The payload shares `body`'s storage: no copy.
+    pub fn decode_body(body: Bytes) -> Result<Packet, PacketError> {
+        let mut pos = 0;
+        let tag = field(&body, &mut pos, "tag")?;
+        let h = field(&body, &mut pos, "header word")?;
+        let channel = if h & 1 != 0 {
+            field(&body, &mut pos, "channel")?
+        } else {
+            0
+        };
+        let flags = h >> 2;
+        if h & 2 != 0 {
+            let rq_wire = field(&body, &mut pos, "rq_type")?;
+            if rq_wire == 0 {
+                let exact = channel == 0 && flags == 0 && pos == body.len();
+                return Ok(if exact && tag == 1 {
+                    Packet::Erq
+                } else {
+                    Packet::Eof
+                });
+            }
+            Ok(Packet::Request {
+                channel,
+                tag,
+                rq_type: rq_wire - 1,
+                flags,
+                payload: body.slice(pos..),
+            })
+        } else {
+            Ok(Packet::Response {
+                channel,
+                tag,
+                ok: flags & 1 != 0,
+                flags: flags >> 1,
+                payload: body.slice(pos..),
+            })
+        }
+    }
+}
+
+#[inline]
+fn field(body: &[u8], pos: &mut usize, name: &'static str) -> Result<u64, PacketError> {
+    match varint::decode(&body[*pos..]) {
+        Ok(Some((v, n))) => {
+            *pos += n;
+            Ok(v)
+        }
+        Ok(None) => Err(PacketError::Truncated { field: name }),
+        Err(_) => Err(PacketError::VarintOverflow),
+    }
+}
+
+#[inline]
+fn body_len(tag: u64, h: u64, channel: u64, rq_wire: Option<u64>, payload_len: usize) -> u64 {
+    let mut n = varint::encoded_len(tag) + varint::encoded_len(h);
+    if channel != 0 {
+        n += varint::encoded_len(channel);
+    }
+    if let Some(rq) = rq_wire {
+        n += varint::encoded_len(rq);
+    }
+    n as u64 + payload_len as u64
+}
+
+#[inline]
+fn put_raw(
+    dst: &mut BytesMut,
+    tag: u64,
+    h: u64,
+    channel: u64,
+    rq_wire: Option<u64>,
+    payload: &[u8],
+) {
+    let len = body_len(tag, h, channel, rq_wire, payload.len());
+    dst.reserve(varint::encoded_len(len) + len as usize);
+    varint::put(dst, len);
+    varint::put(dst, tag);
+    varint::put(dst, h);
+    if channel != 0 {
+        varint::put(dst, channel);
+    }
+    if let Some(rq) = rq_wire {
+        varint::put(dst, rq);
+    }
+    dst.put_slice(payload);
+}
+
+/// Appends a request packet to `dst` without building a [`Packet`].
+#[inline]
+pub fn encode_request(
+    dst: &mut BytesMut,
+    channel: u64,
+    tag: u64,
+    rq_type: u64,
+    flags: u64,
+    payload: &[u8],
+) -> Result<(), PacketError> {
+    if flags > MAX_REQUEST_FLAGS {
+        return Err(PacketError::OutOfRange("request flags wider than 62 bits"));
+    }
+    if rq_type > MAX_RQ_TYPE {
+        return Err(PacketError::OutOfRange("rq_type u64::MAX"));
+    }
+    let h = flags << 2 | 2 | u64::from(channel != 0);
+    put_raw(dst, tag, h, channel, Some(rq_type + 1), payload);
+    Ok(())
+}
+
+/// Appends a response packet to `dst` without building a [`Packet`].
+#[inline]
+pub fn encode_response(
+    dst: &mut BytesMut,
+    channel: u64,
+    tag: u64,
+    ok: bool,
+    flags: u64,
+    payload: &[u8],
+) -> Result<(), PacketError> {
+    if flags > MAX_RESPONSE_FLAGS {
+        return Err(PacketError::OutOfRange("response flags wider than 61 bits"));
+    }
+    let h = (flags << 1 | u64::from(ok)) << 2 | u64::from(channel != 0);
+    put_raw(dst, tag, h, channel, None, payload);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn enc(p: &Packet) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        p.encode(&mut b).unwrap();
+        assert_eq!(
+            b.len() as u64,
+            p.body_len() + varint::encoded_len(p.body_len()) as u64
+        );
+        b.to_vec()
+    }
+
+    fn dec(bytes: &[u8]) -> Packet {
+        let (len, n) = varint::decode(bytes).unwrap().unwrap();
+        assert_eq!(
+            n + len as usize,
+            bytes.len(),
+            "length prefix covers the rest"
+        );
+        Packet::decode_body(Bytes::copy_from_slice(&bytes[n..])).unwrap()
+    }
+
+    fn rq(channel: u64, tag: u64, rq_type: u64, flags: u64, payload: &'static [u8]) -> Packet {
+        Packet::Request {
+            channel,
+            tag,
+            rq_type,
+            flags,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    fn rs(tag: u64, ok: bool, flags: u64, payload: &'static [u8]) -> Packet {
+        Packet::Response {
+            channel: 0,
+            tag,
+            ok,
+            flags,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    fn golden(p: Packet, bytes: &[u8]) {
+        assert_eq!(enc(&p), bytes, "encode {p:?}");
+        assert_eq!(dec(bytes), p, "decode {bytes:02x?}");
+    }
+
+    #[test]
+    fn golden_examples_table() {
+        golden(rq(0, 0, 3, 0, b"hello"), &hex("08 00 02 04 68 65 6c 6c 6f"));
+        golden(rs(0, true, 0, b"hello"), &hex("07 00 04 68 65 6c 6c 6f"));
+        let mut fail = hex("1a 00 00");
+        fail.extend_from_slice(b"exception during handler");
+        golden(rs(0, false, 0, b"exception during handler"), &fail);
+        golden(rq(5, 300, 1, 3, b"x"), &hex("06 82 2c 0f 05 02 78"));
+        golden(Packet::Eof, &hex("03 00 02 00"));
+        golden(Packet::Erq, &hex("03 01 02 00"));
+    }
+
+    #[test]
+    fn golden_full_exchange_client_to_server() {
+        golden(rq(0, 2, 3, 0, b"hello"), &hex("08 02 02 04 68656c6c6f"));
+        golden(rq(0, 3, 2, 5, b"abc"), &hex("06 03 16 03 616263"));
+        golden(rq(0, 4, 9, 0, b""), &hex("03 04 02 0a"));
+        golden(rq(0, 5, 0, 0, b""), &hex("03 05 02 01"));
+        golden(Packet::Erq, &hex("03 01 02 00"));
+        golden(Packet::Eof, &hex("03 00 02 00"));
+    }
+
+    #[test]
+    fn golden_full_exchange_server_to_client() {
+        golden(rs(2, true, 0, b"hello"), &hex("07 02 04 68656c6c6f"));
+        golden(rs(3, true, 6, b"abc"), &hex("05 03 34 616263"));
+        let mut fail = hex("1a 04 00");
+        fail.extend_from_slice(b"exception during handler");
+        golden(rs(4, false, 0, b"exception during handler"), &fail);
+        golden(rs(5, true, 0, b""), &hex("02 05 04"));
+    }
+
+    #[test]
+    fn response_on_a_channel_round_trips() {
+        let p = Packet::Response {
+            channel: 7,
+            tag: 9,
+            ok: false,
+            flags: 12345,
+            payload: Bytes::from_static(b"no"),
+        };
+        assert_eq!(dec(&enc(&p)), p);
+    }
+
+    #[test]
+    fn channel_bit_with_zero_channel_is_read() {
+        // H = 0 << 2 | 2 | 1 = 3, channel 0 written explicitly, rq_type wire 1
+        assert_eq!(dec(&hex("05 07 03 00 01 41")), rq(0, 7, 0, 0, b"A"));
+    }
+
+    #[test]
+    fn other_rq_type_zero_requests_are_eof() {
+        assert_eq!(dec(&hex("04 05 02 00 41")), Packet::Eof);
+        assert_eq!(dec(&hex("03 01 06 00")), Packet::Eof); // ERQ tag but flags 1
+    }
+
+    #[test]
+    fn extreme_values_round_trip() {
+        for p in [
+            rq(u64::MAX, u64::MAX, MAX_RQ_TYPE, MAX_REQUEST_FLAGS, b"z"),
+            Packet::Response {
+                channel: u64::MAX,
+                tag: u64::MAX,
+                ok: true,
+                flags: MAX_RESPONSE_FLAGS,
+                payload: Bytes::new(),
+            },
+        ] {
+            assert_eq!(dec(&enc(&p)), p);
+        }
+    }
+
+    #[test]
+    fn unrepresentable_values_are_errors() {
+        let mut b = BytesMut::new();
+        assert!(matches!(
+            rq(0, 2, u64::MAX, 0, b"").encode(&mut b),
+            Err(PacketError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            rq(0, 2, 0, MAX_REQUEST_FLAGS + 1, b"").encode(&mut b),
+            Err(PacketError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            Packet::Response {
+                channel: 0,
+                tag: 2,
+                ok: true,
+                flags: MAX_RESPONSE_FLAGS + 1,
+                payload: Bytes::new()
+            }
+            .encode(&mut b),
+            Err(PacketError::OutOfRange(_))
+        ));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn bodies_shorter_than_their_fields() {
+        let cases: &[(&str, &str)] = &[
+            ("", "tag"),
+            ("05", "header word"),
+            ("05 81", "header word"),
+            ("05 03", "channel"),
+            ("05 02", "rq_type"),
+            ("05 03 07", "rq_type"),
+        ];
+        for (body, field) in cases {
+            match Packet::decode_body(Bytes::from(hex(body))) {
+                Err(PacketError::Truncated { field: f }) => assert_eq!(f, *field, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn overflowing_field_is_an_error() {
+        let mut body = vec![0xff; 10];
+        body.push(0x7f);
+        assert!(matches!(
+            Packet::decode_body(Bytes::from(body)),
+            Err(PacketError::VarintOverflow)
+        ));
+    }
+}
