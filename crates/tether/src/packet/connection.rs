@@ -178,6 +178,7 @@ impl PacketConnection {
             final_deadline: None,
             close_waiters: Vec::new(),
             failure: None,
+            unclean: None,
             sweep_at: 1024,
             finished: finished_tx,
             config,
@@ -363,8 +364,11 @@ struct Driver<S, H: Handler> {
     handler_deadline: Option<Pin<Box<Sleep>>>,
     final_deadline: Option<Pin<Box<Sleep>>>,
     close_waiters: Vec<oneshot::Sender<()>>,
-    /// Why the connection ended, if not in order.
+    /// Why the connection ended, if it failed (ends the task at once).
     failure: Option<Arc<str>>,
+    /// Why the end was not orderly, when the task could still close in
+    /// order (end of stream without EOF, cut mid-packet).
+    unclean: Option<Arc<str>>,
     sweep_at: usize,
     finished: watch::Sender<Outcome>,
 }
@@ -575,6 +579,7 @@ where
                         )
                     };
                     tracing::debug!("{reason}");
+                    self.unclean = Some(Arc::from(reason.as_str()));
                     self.read_ended(&reason);
                 }
                 Poll::Ready(Ok(_)) => progress = true,
@@ -765,7 +770,7 @@ where
                 Command::EndRequests => {}
             }
         }
-        let outcome = match &self.failure {
+        let outcome = match self.failure.as_ref().or(self.unclean.as_ref()) {
             None => Ok(()),
             Some(r) => Err(r.clone()),
         };

@@ -1,0 +1,538 @@
+//! Integration tests of the packet layer: both ends in one process, over
+//! TCP on 127.0.0.1 and in-memory pairs. Every wait is bounded.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tether::packet::{
+    handler_fn, EchoService, IncomingRequest, NoHandler, Packet, PacketCodec, PacketConfig,
+    PacketConnection, PacketError, Response, Service, TypedRequest, DUPLICATE_TAG, HANDLER_FAILED,
+    NO_HANDLER, REQUESTS_NOT_ALLOWED, UNKNOWN_CHANNEL, UNKNOWN_RQ_TYPE,
+};
+use tether::transport::{memory_pair, ByteStream, Listener};
+use tokio::sync::Notify;
+use tokio_util::codec::Framed;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn t<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f).await.expect("timed out")
+}
+
+fn cfg() -> PacketConfig {
+    let mut c = PacketConfig::default();
+    c.close_timeout = Duration::from_secs(5);
+    c.eof_timeout = Duration::from_secs(5);
+    c
+}
+
+/// A raw peer speaking packets by hand.
+fn raw(stream: ByteStream) -> Framed<ByteStream, PacketCodec> {
+    Framed::new(stream, PacketCodec::new())
+}
+
+fn rq(tag: u64, rq_type: u64, flags: u64, payload: &'static [u8]) -> Packet {
+    Packet::Request {
+        channel: 0,
+        tag,
+        rq_type,
+        flags,
+        payload: Bytes::from_static(payload),
+    }
+}
+
+fn rs(tag: u64, ok: bool, flags: u64, payload: &'static [u8]) -> Packet {
+    Packet::Response {
+        channel: 0,
+        tag,
+        ok,
+        flags,
+        payload: Bytes::from_static(payload),
+    }
+}
+
+async fn next(f: &mut Framed<ByteStream, PacketCodec>) -> Packet {
+    t(f.next()).await.expect("stream ended").expect("decode")
+}
+
+async fn tcp_pair() -> (ByteStream, ByteStream) {
+    let mut l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ep = l.local_endpoint();
+    let (a, b) = tokio::join!(tether::transport::connect(&ep, LIMIT), l.accept());
+    (a.unwrap(), b.unwrap())
+}
+
+/// A handler where rq_type 10 waits for the gate, everything else echoes.
+fn gated(gate: Arc<Notify>) -> impl tether::packet::Handler {
+    handler_fn(move |rq: IncomingRequest| {
+        let gate = gate.clone();
+        async move {
+            if rq.rq_type == 10 {
+                gate.notified().await;
+            }
+            Response::ok(rq.flags, rq.payload)
+        }
+    })
+}
+
+#[tokio::test]
+async fn echo_contract_over_tcp_and_memory() {
+    let (a, b) = tcp_pair().await;
+    let (c, d) = memory_pair(4096);
+    for (x, y) in [(a, b), (c, d)] {
+        let server = PacketConnection::spawn(y, EchoService, cfg());
+        let client = PacketConnection::spawn(x, NoHandler, cfg());
+        assert_eq!(
+            t(client.submit(0, 3, "abc")).await.unwrap(),
+            Response::ok(0, "abc")
+        );
+        assert_eq!(
+            t(client.submit(1, 0, "abc")).await.unwrap(),
+            Response::ok(0, "cba")
+        );
+        assert_eq!(
+            t(client.submit(2, 1 << 40, "x")).await.unwrap(),
+            Response::ok((1 << 40) + 1, "x")
+        );
+        assert_eq!(
+            t(client.submit(3, 0, "x")).await.unwrap(),
+            Response::fail(HANDLER_FAILED)
+        );
+        assert_eq!(
+            t(client.submit(4, 0, "1")).await.unwrap(),
+            Response::ok(0, "1")
+        );
+        assert_eq!(
+            t(client.submit(77, 0, "")).await.unwrap(),
+            Response::fail(HANDLER_FAILED)
+        );
+        // the client serves nothing
+        assert_eq!(
+            t(server.submit(0, 0, "x")).await.unwrap(),
+            Response::fail(NO_HANDLER)
+        );
+        t(client.close()).await.unwrap();
+        t(server.closed()).await.unwrap();
+        assert!(matches!(
+            client.submit(0, 0, "x").await,
+            Err(PacketError::ConnectionEnded(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn responses_complete_out_of_order() {
+    let (a, b) = memory_pair(4096);
+    let gate = Arc::new(Notify::new());
+    let _server = PacketConnection::spawn(b, gated(gate.clone()), cfg());
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let slow = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit(10, 0, "slow").await })
+    };
+    // the fast one completes while the slow one is held
+    for i in 0..5u64 {
+        assert_eq!(
+            t(client.submit(0, i, "fast")).await.unwrap(),
+            Response::ok(i, "fast")
+        );
+    }
+    assert!(!slow.is_finished());
+    assert_eq!(client.stats().in_flight, 1);
+    gate.notify_one();
+    assert_eq!(t(slow).await.unwrap().unwrap(), Response::ok(0, "slow"));
+}
+
+#[tokio::test]
+async fn both_ends_request_on_one_connection_with_64_in_flight() {
+    let (a, b) = tcp_pair().await;
+    let left = PacketConnection::spawn(a, EchoService, cfg());
+    let right = PacketConnection::spawn(
+        b,
+        handler_fn(|rq: IncomingRequest| async move { Response::ok(rq.rq_type, rq.payload) }),
+        cfg(),
+    );
+    let mut futs = Vec::new();
+    for i in 0..64u64 {
+        let (l, r) = (left.clone(), right.clone());
+        futs.push(tokio::spawn(async move {
+            let payload = Bytes::from(vec![i as u8; (i as usize) * 100]);
+            let x = l.submit(i, 0, payload.clone()).await.unwrap();
+            assert_eq!(x, Response::ok(i, payload.clone()));
+            let y = r.submit(1, 0, payload.clone()).await.unwrap();
+            let mut rev = payload.to_vec();
+            rev.reverse();
+            assert_eq!(y, Response::ok(0, rev));
+        }));
+    }
+    for f in futs {
+        t(f).await.unwrap();
+    }
+    assert_eq!(left.stats().requests_sent, 64);
+    assert_eq!(left.stats().requests_received, 64);
+    t(left.close()).await.unwrap();
+    t(right.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn close_sends_erq_lets_handlers_finish_then_eof() {
+    // raw client: request (held), ERQ, EOF; tether server must answer it
+    // before its own EOF.
+    let (a, b) = memory_pair(4096);
+    let gate = Arc::new(Notify::new());
+    let server = PacketConnection::spawn(b, gated(gate.clone()), cfg());
+    let mut peer = raw(a);
+    t(peer.send(rq(2, 10, 0, b"held"))).await.unwrap();
+    t(peer.send(Packet::Erq)).await.unwrap();
+    t(peer.send(Packet::Eof)).await.unwrap();
+    // ERQ from the server first (it closes on our EOF) ...
+    assert_eq!(next(&mut peer).await, Packet::Erq);
+    gate.notify_one();
+    // ... then the response of the running handler, then EOF, then end.
+    assert_eq!(next(&mut peer).await, rs(2, true, 0, b"held"));
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+    assert!(t(peer.next()).await.is_none());
+    t(server.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn close_waits_for_peer_eof_and_responses_still_arrive() {
+    let (a, b) = memory_pair(4096);
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let mut peer = raw(b);
+    let pending = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit(5, 0, "q").await })
+    };
+    assert_eq!(next(&mut peer).await, rq(2, 5, 0, b"q"));
+    let closing = {
+        let c = client.clone();
+        tokio::spawn(async move { c.close().await })
+    };
+    assert_eq!(next(&mut peer).await, Packet::Erq);
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+    assert!(matches!(
+        client.submit(0, 0, "late").await,
+        Err(PacketError::RequestsEnded | PacketError::ConnectionEnded(_))
+    ));
+    // the peer may still answer, then ends
+    t(peer.send(rs(2, true, 9, b"answer"))).await.unwrap();
+    t(peer.send(Packet::Eof)).await.unwrap();
+    assert_eq!(
+        t(pending).await.unwrap().unwrap(),
+        Response::ok(9, "answer")
+    );
+    t(closing).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn end_requests_refuses_new_submits_but_serves_peer() {
+    let (a, b) = memory_pair(4096);
+    let x = PacketConnection::spawn(a, EchoService, cfg());
+    let y = PacketConnection::spawn(b, EchoService, cfg());
+    t(x.end_requests()).await.unwrap();
+    assert!(matches!(
+        t(x.submit(0, 0, "no")).await,
+        Err(PacketError::RequestsEnded)
+    ));
+    assert_eq!(
+        t(y.submit(0, 0, "yes")).await.unwrap(),
+        Response::ok(0, "yes")
+    );
+    t(x.close()).await.unwrap();
+}
+
+#[tokio::test]
+async fn after_peer_erq_its_requests_are_refused() {
+    let (a, b) = memory_pair(4096);
+    let _server = PacketConnection::spawn(b, EchoService, cfg());
+    let mut peer = raw(a);
+    t(peer.send(rq(2, 0, 0, b"before"))).await.unwrap();
+    assert_eq!(next(&mut peer).await, rs(2, true, 0, b"before"));
+    t(peer.send(Packet::Erq)).await.unwrap();
+    t(peer.send(rq(3, 0, 0, b"after"))).await.unwrap();
+    assert_eq!(
+        next(&mut peer).await,
+        rs(3, false, 0, REQUESTS_NOT_ALLOWED.as_bytes())
+    );
+}
+
+#[tokio::test]
+async fn duplicate_tag_fails_and_connection_stays_healthy() {
+    let (a, b) = memory_pair(4096);
+    let gate = Arc::new(Notify::new());
+    let server = PacketConnection::spawn(b, gated(gate.clone()), cfg());
+    let mut peer = raw(a);
+    t(peer.send(rq(7, 10, 0, b"first"))).await.unwrap();
+    t(peer.send(rq(7, 0, 0, b"dup"))).await.unwrap();
+    assert_eq!(
+        next(&mut peer).await,
+        rs(7, false, 0, DUPLICATE_TAG.as_bytes())
+    );
+    gate.notify_one();
+    assert_eq!(next(&mut peer).await, rs(7, true, 0, b"first"));
+    // the tag is free again, and other tags work
+    t(peer.send(rq(7, 0, 1, b"again"))).await.unwrap();
+    assert_eq!(next(&mut peer).await, rs(7, true, 1, b"again"));
+    assert_eq!(server.stats().requests_rejected, 1);
+}
+
+#[tokio::test]
+async fn unknown_channel_gets_the_reference_answer() {
+    let (a, b) = memory_pair(4096);
+    let _server = PacketConnection::spawn(b, EchoService, cfg());
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let r = t(client.submit_on(3, 0, 0, Bytes::from_static(b"x")))
+        .await
+        .unwrap();
+    assert_eq!(r, Response::fail(UNKNOWN_CHANNEL));
+}
+
+#[tokio::test]
+async fn unknown_tag_response_is_ignored_and_counted() {
+    let (a, b) = memory_pair(4096);
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let mut peer = raw(b);
+    let pending = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit(0, 0, "q").await })
+    };
+    assert_eq!(next(&mut peer).await, rq(2, 0, 0, b"q"));
+    t(peer.send(rs(99, true, 0, b"stray"))).await.unwrap();
+    t(peer.send(rs(2, true, 0, b"real"))).await.unwrap();
+    assert_eq!(t(pending).await.unwrap().unwrap(), Response::ok(0, "real"));
+    assert_eq!(client.stats().unknown_responses, 1);
+}
+
+#[tokio::test]
+async fn every_pending_request_resolves_when_the_stream_is_cut() {
+    for cut_mid_packet in [false, true] {
+        let (a, b) = tcp_pair().await;
+        let client = PacketConnection::spawn(a, NoHandler, cfg());
+        let mut peer = raw(b);
+        let mut waiters = Vec::new();
+        for i in 0..10u64 {
+            let c = client.clone();
+            waiters.push(tokio::spawn(async move { c.submit(i, 0, "q").await }));
+        }
+        for _ in 0..10 {
+            next(&mut peer).await;
+        }
+        let mut s = peer.into_inner();
+        if cut_mid_packet {
+            use tokio::io::AsyncWriteExt;
+            s.write_all(&[0x08, 0x02, 0x04]).await.unwrap();
+        }
+        drop(s);
+        for w in waiters {
+            let e = t(w).await.unwrap().unwrap_err();
+            assert!(e.is_connection_lost(), "{e}");
+        }
+        let e = t(client.closed()).await.unwrap_err().to_string();
+        let want = if cut_mid_packet {
+            "cut mid-packet"
+        } else {
+            "end of stream without EOF"
+        };
+        assert!(e.contains(want), "{e}");
+        assert_eq!(client.stats().in_flight, 0);
+    }
+}
+
+#[tokio::test]
+async fn peer_eof_resolves_pending_requests() {
+    let (a, b) = memory_pair(4096);
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let mut peer = raw(b);
+    let w = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit(0, 0, "q").await })
+    };
+    next(&mut peer).await;
+    t(peer.send(Packet::Eof)).await.unwrap();
+    let e = t(w).await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("EOF"), "{e}");
+    // and tether answers with ERQ, EOF
+    assert_eq!(next(&mut peer).await, Packet::Erq);
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+}
+
+#[tokio::test]
+async fn bad_input_ends_the_connection_with_a_clear_error() {
+    let cases: Vec<(&[u8], &str)> = vec![
+        (&[0xff; 11], "overflows"),
+        (
+            &[0x90, 0x80, 0x80, 0x80, 0x00, 1, 2],
+            "exceeds the maximum of 8388608",
+        ),
+        (&[0x01, 0x05], "too short"),
+        (&[0x80; 20], "length prefix"),
+    ];
+    for (bytes, needle) in cases {
+        let (a, b) = memory_pair(4096);
+        let client = PacketConnection::spawn(a, EchoService, cfg());
+        let w = {
+            let c = client.clone();
+            tokio::spawn(async move { c.submit(0, 0, "q").await })
+        };
+        let mut peer = raw(b);
+        next(&mut peer).await;
+        use tokio::io::AsyncWriteExt;
+        let mut s = peer.into_inner();
+        s.write_all(bytes).await.unwrap();
+        let e = t(w).await.unwrap().unwrap_err();
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+        let e = t(client.closed()).await.unwrap_err();
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn oversize_submit_is_refused_locally() {
+    let (a, b) = memory_pair(4096);
+    let mut c = cfg();
+    c.max_body_len = 100;
+    let client = PacketConnection::spawn(a, NoHandler, c);
+    let _server = PacketConnection::spawn(b, EchoService, cfg());
+    let e = t(client.submit(0, 0, vec![0u8; 200])).await.unwrap_err();
+    assert!(matches!(e, PacketError::TooLarge { max: 100, .. }), "{e}");
+    assert!(!e.is_connection_lost());
+    assert_eq!(
+        t(client.submit(0, 0, "ok")).await.unwrap(),
+        Response::ok(0, "ok")
+    );
+}
+
+#[tokio::test]
+async fn dropped_request_is_cancelled_and_its_late_response_discarded() {
+    let (a, b) = memory_pair(4096);
+    let gate = Arc::new(Notify::new());
+    let _server = PacketConnection::spawn(b, gated(gate.clone()), cfg());
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let r = tokio::time::timeout(Duration::from_millis(50), client.submit(10, 0, "held")).await;
+    assert!(r.is_err(), "the held request cannot complete");
+    gate.notify_one();
+    // the connection works and the late response was discarded
+    assert_eq!(
+        t(client.submit(0, 0, "next")).await.unwrap(),
+        Response::ok(0, "next")
+    );
+    let s = client.stats();
+    assert_eq!(s.cancelled, 1);
+    assert_eq!(s.in_flight, 0);
+}
+
+#[tokio::test]
+async fn a_bad_connection_does_not_disturb_the_others() {
+    let mut l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ep = l.local_endpoint();
+    tokio::spawn(async move {
+        while let Ok(s) = l.accept().await {
+            tokio::spawn(async move {
+                let c = PacketConnection::spawn(s, EchoService, PacketConfig::default());
+                let _ = c.closed().await;
+            });
+        }
+    });
+    let good = t(PacketConnection::connect(&ep, LIMIT, NoHandler, cfg()))
+        .await
+        .unwrap();
+    assert_eq!(
+        t(good.submit(0, 0, "a")).await.unwrap(),
+        Response::ok(0, "a")
+    );
+    let mut bad = t(tether::transport::connect(&ep, LIMIT)).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        bad.write_all(&[0xff; 32]).await.unwrap();
+        let mut buf = Vec::new();
+        // the server drops the bad connection
+        let _ = t(bad.read_to_end(&mut buf)).await;
+    }
+    assert_eq!(
+        t(good.submit(1, 0, "ab")).await.unwrap(),
+        Response::ok(0, "ba")
+    );
+    t(good.close()).await.unwrap();
+}
+
+struct Add(u32, u32);
+
+impl TypedRequest for Add {
+    const RQ_TYPE: u64 = 20;
+    type Response = u64;
+    type Context = u64;
+    fn encode(&self) -> (u64, Bytes) {
+        (
+            u64::from(self.0),
+            Bytes::from(self.1.to_be_bytes().to_vec()),
+        )
+    }
+    fn decode(flags: u64, payload: Bytes) -> Result<Self, String> {
+        let b: [u8; 4] = payload[..]
+            .try_into()
+            .map_err(|_| "payload is not 4 bytes".to_string())?;
+        Ok(Add(
+            u32::try_from(flags).map_err(|e| e.to_string())?,
+            u32::from_be_bytes(b),
+        ))
+    }
+    fn encode_response(r: &u64) -> (u64, Bytes) {
+        (*r, Bytes::new())
+    }
+    fn decode_response(flags: u64, _payload: Bytes) -> Result<u64, String> {
+        Ok(flags)
+    }
+    async fn handle(self, bias: Arc<u64>) -> Result<u64, String> {
+        Ok(u64::from(self.0) + u64::from(self.1) + *bias)
+    }
+}
+
+#[tokio::test]
+async fn typed_requests_through_a_service() {
+    let (a, b) = tcp_pair().await;
+    let _server = PacketConnection::spawn(b, Service::new(1000u64).with::<Add>(), cfg());
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    assert_eq!(t(client.request(&Add(2, 3))).await.unwrap(), 1005);
+    assert_eq!(
+        t(client.submit(21, 0, "")).await.unwrap(),
+        Response::fail(UNKNOWN_RQ_TYPE)
+    );
+    let e = t(client.submit(20, 0, "xx")).await.unwrap();
+    assert!(!e.ok && e.payload.starts_with(b"bad request"));
+}
+
+#[test]
+fn blocking_call_against_a_tcp_server() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ep = rt.block_on(async {
+        let mut l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let ep = l.local_endpoint();
+        tokio::spawn(async move {
+            let s = l.accept().await.unwrap();
+            let c = PacketConnection::spawn(s, EchoService, PacketConfig::default());
+            let _ = c.closed().await;
+        });
+        ep
+    });
+    let conn = tether::packet::blocking::PacketConnection::connect(&ep, LIMIT).unwrap();
+    assert_eq!(
+        conn.call_timeout(1, 0, "abc", LIMIT).unwrap(),
+        Response::ok(0, "cba")
+    );
+    assert_eq!(conn.call_timeout(2, 41, "", LIMIT).unwrap().flags, 42);
+    assert!(matches!(
+        conn.call_timeout(4, 0, "1000", Duration::from_millis(20)),
+        Err(PacketError::Timeout)
+    ));
+    conn.close().unwrap();
+}
