@@ -26,6 +26,15 @@ pub struct CallArgs {
     pub timeout: f64,
     #[command(flatten)]
     pub tls: crate::tls_args::CallTls,
+    /// Speak the packet protocol (cs.packetstream wire format) instead of a framing.
+    #[arg(long)]
+    pub packet: bool,
+    /// With --packet: the request type of every request.
+    #[arg(long, requires = "packet")]
+    pub rq_type: Option<u64>,
+    /// With --packet: the flags of every request.
+    #[arg(long, default_value_t = 0, requires = "packet")]
+    pub flags: u64,
     /// Requests to send instead of reading standard input.
     #[arg(last = true)]
     pub requests: Vec<String>,
@@ -75,6 +84,10 @@ pub async fn run(args: CallArgs) -> CliResult {
     }
     let timeout = Duration::from_secs_f64(args.timeout);
     let mut options = ClientOptions::default()
+    if args.packet {
+        return crate::packet_cmd::call(args, timeout).await;
+    }
+    let options = ClientOptions::default()
         .connect_timeout(timeout)
         .request_timeout(Some(timeout));
     if let Some(config) = args.tls.config()? {

@@ -24,6 +24,7 @@ pub async fn run() -> CliResult {
     lines_section().await?;
     tls_section().await?;
     crate::mount_cmd::demo_section().await?;
+    crate::packet_cmd::demo_section().await?;
     println!("demo: all sections passed in {:.2?}", started.elapsed());
     Ok(())
 }

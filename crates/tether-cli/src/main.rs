@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod call;
 mod demo;
 mod mount_cmd;
+mod packet_cmd;
 mod serve;
 mod tls_args;
 

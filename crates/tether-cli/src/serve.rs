@@ -31,6 +31,13 @@ pub enum Service {
     },
     /// The telescope mount controller simulator, over a pair of one-way sockets.
     Mount(crate::mount_cmd::MountArgs),
+    /// The packet protocol (cs.packetstream wire format): rq_type 0 echo,
+    /// 1 reversed, 2 flags + 1, 3 failure, 4 sleep `payload` ms then echo.
+    Packet {
+        /// Where to listen.
+        #[arg(long, default_value = "tcp://127.0.0.1:0")]
+        listen: Endpoint,
+    },
 }
 
 pub async fn run(service: Service) -> CliResult {
@@ -49,6 +56,7 @@ pub async fn run(service: Service) -> CliResult {
             Ok(())
         }
         Service::Mount(args) => crate::mount_cmd::serve(args).await,
+        Service::Packet { listen } => crate::packet_cmd::serve(listen).await,
     }
 }
 
