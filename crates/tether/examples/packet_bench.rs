@@ -197,12 +197,12 @@ fn main() {
     let framed = framed_server();
     let rt = runtime();
     if std::env::args().any(|a| a == "--profile-w3-framed") {
-        rt.block_on(w3_framed(&framed, 20_000));
+        rt.block_on(w3_framed(&framed, 2_000_000));
         return;
     }
     if std::env::args().any(|a| a == "--profile-w3") {
         // for a profiler: the packet side of W3 alone, longer
-        rt.block_on(w3_packet(&packet, 20_000));
+        rt.block_on(w3_packet(&packet, 2_000_000));
         return;
     }
     rt.block_on(async {

@@ -1,31 +1,38 @@
 //! [`PacketConnection`]: the tokio driver around the sans-IO [`Protocol`].
 //!
 //! One task per connection owns the byte stream, the read and write
-//! buffers, the protocol state and the running handlers. Requesters talk to
-//! it through a bounded queue; each request waits on a oneshot channel.
-//! The task encodes straight into its write buffer and writes whatever has
-//! accumulated as soon as it has nothing else to do, so a burst of
-//! requests or responses goes out in one `write` and a lone request goes out
-//! at once (no grace sleep).
+//! buffers and the running handlers. The protocol state sits behind a
+//! mutex shared with the requesters: a requester allocates its tag,
+//! registers itself in the pending table and encodes its request straight
+//! into the outgoing buffer, waking the task only if it was idle; the task
+//! stores each response beside the table and wakes its requester. No
+//! channel, no per-request allocation beyond the payload.
+//!
+//! The task writes whatever has accumulated as soon as it has nothing else
+//! to do, so a burst of requests or responses goes out in one `write` and a
+//! lone request goes out at once (no grace sleep).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::{join, Join, Ready};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{watch, Notify};
 use tokio::time::Sleep;
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
 use super::handler::{Handler, TypedRequest};
-use super::proto::{Event, Protocol, Stats, StatsSnapshot};
+use super::proto::{Event, FxHasher, Protocol, Stats, StatsSnapshot};
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
 use super::{Packet, PacketError, Response};
 use crate::transport::{self, Endpoint};
@@ -51,11 +58,9 @@ pub struct PacketConfig {
     /// Maximum number of the peer's requests handled at once; further
     /// requests wait in the socket (backpressure). Default 256.
     pub max_handlers: usize,
-    /// Capacity of the queue between requesters and the connection task;
-    /// `submit` waits when it is full. Default 1024.
-    pub send_queue: usize,
-    /// Maximum number of our requests awaiting a response; further
-    /// requests wait in the send queue. Default 65536.
+    /// Maximum number of our requests awaiting a response; `submit` waits
+    /// for room beyond it. Default 65536. (Requests encoded but not yet
+    /// written are bounded too: `submit` waits while 64 KiB are queued.)
     pub max_pending: usize,
     /// On close: how long running handlers may take before they are
     /// abandoned and EOF is sent. Default 5 s.
@@ -69,7 +74,6 @@ impl Default for PacketConfig {
         PacketConfig {
             max_body_len: DEFAULT_MAX_BODY_LEN,
             max_handlers: 256,
-            send_queue: 1024,
             max_pending: 65536,
             close_timeout: Duration::from_secs(5),
             eof_timeout: Duration::from_secs(5),
@@ -77,24 +81,52 @@ impl Default for PacketConfig {
     }
 }
 
-type Reply = oneshot::Sender<Result<Response, PacketError>>;
-
-enum Command {
-    Request {
-        channel: u64,
-        rq_type: u64,
-        flags: u64,
-        payload: Bytes,
-        reply: Reply,
-    },
-    EndRequests,
-    Close {
-        done: oneshot::Sender<()>,
-    },
-}
+type Key = (u64, u64);
+type Fx = BuildHasherDefault<FxHasher>;
 
 /// How the connection ended: `Ok` after an orderly shutdown, or why not.
 type Outcome = Option<Result<(), Arc<str>>>;
+
+/// What requesters and the connection task share.
+struct State {
+    /// Tags, the pending table (each entry: the requester's waker), ERQ.
+    proto: Protocol<Option<Waker>>,
+    /// Requests (and ERQ) encoded by requesters, not yet taken by the task.
+    out: BytesMut,
+    /// Results that arrived, until their requester takes them.
+    done: HashMap<Key, Result<Response, PacketError>, Fx>,
+    /// Set while the task is idle: whoever gives it work wakes it.
+    driver_waker: Option<Waker>,
+    close_requested: bool,
+    /// Set once no response can come any more: new requests fail with it.
+    ended: Option<Arc<str>>,
+    /// A requester waits for room (in `out` or in the pending table).
+    space_waiters: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    space: Notify,
+    stats: Arc<Stats>,
+    handles: AtomicUsize,
+    max_body_len: usize,
+    max_pending: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // a panic while holding the lock leaves consistent data: go on
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_driver(&self, mut st: MutexGuard<'_, State>) {
+        let waker = st.driver_waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
 
 /// A packet connection: either end may send requests, many in flight,
 /// answered in completion order.
@@ -121,19 +153,31 @@ type Outcome = Option<Result<(), Arc<str>>>;
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
-#[derive(Clone)]
 pub struct PacketConnection {
-    tx: mpsc::Sender<Command>,
-    stats: Arc<Stats>,
+    shared: Arc<Shared>,
     finished: watch::Receiver<Outcome>,
-    max_body_len: usize,
+}
+
+impl Clone for PacketConnection {
+    fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
+        PacketConnection { shared: self.shared.clone(), finished: self.finished.clone() }
+    }
+}
+
+impl Drop for PacketConnection {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut st = self.shared.lock();
+            st.close_requested = true;
+            self.shared.wake_driver(st);
+        }
+    }
 }
 
 impl std::fmt::Debug for PacketConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PacketConnection")
-            .field("stats", &self.stats())
-            .finish()
+        f.debug_struct("PacketConnection").field("stats", &self.stats()).finish()
     }
 }
 
@@ -154,21 +198,35 @@ impl PacketConnection {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         H: Handler,
     {
-        let (tx, rx) = mpsc::channel(config.send_queue.max(1));
         let (finished_tx, finished) = watch::channel(None);
         let proto = Protocol::new();
         let stats = proto.stats().clone();
-        let max_body_len = config.max_body_len;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                proto,
+                out: BytesMut::new(),
+                done: HashMap::default(),
+                driver_waker: None,
+                close_requested: false,
+                ended: None,
+                space_waiters: false,
+            }),
+            space: Notify::new(),
+            stats,
+            handles: AtomicUsize::new(1),
+            max_body_len: config.max_body_len,
+            max_pending: config.max_pending.max(1),
+        });
         let driver = Driver {
             io,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             codec: PacketCodec::with_max_body_len(config.max_body_len),
-            proto,
-            rx,
-            rx_open: true,
+            shared: shared.clone(),
             handler,
             running: FuturesUnordered::new(),
+            completed: Vec::new(),
+            to_wake: Vec::new(),
             read_open: true,
             closing: false,
             eof_sent: false,
@@ -176,21 +234,14 @@ impl PacketConnection {
             needs_flush: false,
             handler_deadline: None,
             final_deadline: None,
-            close_waiters: Vec::new(),
             failure: None,
             unclean: None,
-            sweep_at: 1024,
             finished: finished_tx,
             config,
         };
         let span = tracing::debug_span!("packet_connection", peer = %peer);
         tokio::spawn(driver.instrument(span));
-        PacketConnection {
-            tx,
-            stats,
-            finished,
-            max_body_len,
-        }
+        PacketConnection { shared, finished }
     }
 
     /// Connects to `endpoint` (any transport) and starts a connection.
@@ -211,40 +262,40 @@ impl PacketConnection {
     /// no response will come (connection ended, requests ended, the request
     /// cannot be encoded). Dropping the future cancels the request locally:
     /// its late response is discarded.
-    pub async fn submit(
-        &self,
-        rq_type: u64,
-        flags: u64,
-        payload: impl Into<Bytes>,
-    ) -> Result<Response, PacketError> {
-        self.submit_on(0, rq_type, flags, payload.into()).await
+    pub async fn submit(&self, rq_type: u64, flags: u64, payload: impl Into<Bytes>) -> Result<Response, PacketError> {
+        let payload: Bytes = payload.into();
+        self.submit_on(0, rq_type, flags, &payload).await
     }
 
     /// Sends a request on `channel`. tether (and the reference) answer
     /// requests on channels other than 0 with a failure `unknown channel`;
     /// this is for peers that give channels a meaning.
-    pub async fn submit_on(
-        &self,
-        channel: u64,
-        rq_type: u64,
-        flags: u64,
-        payload: Bytes,
-    ) -> Result<Response, PacketError> {
-        check_request(rq_type, flags, payload.len(), self.max_body_len)?;
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Request {
-                channel,
-                rq_type,
-                flags,
-                payload,
-                reply,
-            })
-            .await
-            .map_err(|_| self.ended_error())?;
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => Err(self.ended_error()),
+    pub async fn submit_on(&self, channel: u64, rq_type: u64, flags: u64, payload: &[u8]) -> Result<Response, PacketError> {
+        check_request(rq_type, flags, payload.len(), self.shared.max_body_len)?;
+        let tag = self.enqueue(channel, rq_type, flags, payload).await?;
+        ResponseWait { shared: &self.shared, key: (channel, tag), finished: false }.await
+    }
+
+    async fn enqueue(&self, channel: u64, rq_type: u64, flags: u64, payload: &[u8]) -> Result<u64, PacketError> {
+        loop {
+            let notified = self.shared.space.notified();
+            let mut notified = std::pin::pin!(notified);
+            {
+                let mut st = self.shared.lock();
+                if let Some(reason) = &st.ended {
+                    return Err(PacketError::ConnectionEnded(reason.clone()));
+                }
+                if st.out.len() < WRITE_HIGH_WATER && st.proto.pending() < self.shared.max_pending {
+                    let tag = st.proto.start_request(channel, None).map_err(|(e, _)| e)?;
+                    // validated by check_request: cannot fail
+                    let _ = wire::encode_request(&mut st.out, channel, tag, rq_type, flags, payload);
+                    self.shared.wake_driver(st);
+                    return Ok(tag);
+                }
+                st.space_waiters = true;
+                notified.as_mut().enable();
+            }
+            notified.await;
         }
     }
 
@@ -254,35 +305,38 @@ impl PacketConnection {
         let (flags, payload) = request.encode();
         let r = self.submit(R::RQ_TYPE, flags, payload).await?;
         if !r.ok {
-            return Err(PacketError::Failed {
-                flags: r.flags,
-                payload: r.payload,
-            });
+            return Err(PacketError::Failed { flags: r.flags, payload: r.payload });
         }
         R::decode_response(r.flags, r.payload).map_err(PacketError::BadResponse)
     }
 
-    /// Sends ERQ: this end will send no more requests (later `submit`s fail
-    /// with [`PacketError::RequestsEnded`]); the peer's requests are still
-    /// served and responses still arrive.
+    /// Sends ERQ (`03 01 02 00`): this end will send no more requests
+    /// (later `submit`s fail with [`PacketError::RequestsEnded`]); the
+    /// peer's requests are still served and responses still arrive.
     pub async fn end_requests(&self) -> Result<(), PacketError> {
-        self.tx
-            .send(Command::EndRequests)
-            .await
-            .map_err(|_| self.ended_error())
+        let mut st = self.shared.lock();
+        if let Some(reason) = &st.ended {
+            return Err(PacketError::ConnectionEnded(reason.clone()));
+        }
+        if st.proto.end_requests() {
+            let _ = Packet::Erq.encode(&mut st.out);
+        }
+        self.shared.wake_driver(st);
+        Ok(())
     }
 
     /// Closes in order: ERQ; running handlers finish (up to
-    /// [`PacketConfig::close_timeout`]) and their responses are sent; EOF;
-    /// then read until the peer's EOF or end of stream (up to
-    /// [`PacketConfig::eof_timeout`]). Requests still pending then resolve
-    /// with [`PacketError::ConnectionEnded`].
+    /// [`PacketConfig::close_timeout`]) and their responses are sent; EOF
+    /// (`03 00 02 00`); then read until the peer's EOF or end of stream (up
+    /// to [`PacketConfig::eof_timeout`]). Requests still pending then
+    /// resolve with [`PacketError::ConnectionEnded`].
     ///
     /// Returns `Ok` after an orderly end, or the reason it was not.
     pub async fn close(&self) -> Result<(), PacketError> {
-        let (done, rx) = oneshot::channel();
-        if self.tx.send(Command::Close { done }).await.is_ok() {
-            let _ = rx.await;
+        {
+            let mut st = self.shared.lock();
+            st.close_requested = true;
+            self.shared.wake_driver(st);
         }
         self.closed().await
     }
@@ -309,23 +363,56 @@ impl PacketConnection {
 
     /// The connection's counters.
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        self.shared.stats.snapshot()
     }
+}
 
-    fn ended_error(&self) -> PacketError {
-        match &*self.finished.borrow() {
-            Some(Err(reason)) => PacketError::ConnectionEnded(reason.clone()),
-            _ => PacketError::ended("connection closed"),
+/// Waits for the response to `key`; dropping it cancels the request.
+struct ResponseWait<'a> {
+    shared: &'a Shared,
+    key: Key,
+    finished: bool,
+}
+
+impl Future for ResponseWait<'_> {
+    type Output = Result<Response, PacketError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let key = self.key;
+        let mut st = self.shared.lock();
+        if let Some(r) = st.done.remove(&key) {
+            drop(st);
+            self.finished = true;
+            return Poll::Ready(r);
+        }
+        match st.proto.waiter_mut(key.0, key.1) {
+            Some(slot) => {
+                if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *slot = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            None => {
+                let reason = st.ended.clone().unwrap_or_else(|| Arc::from("connection closed"));
+                drop(st);
+                self.finished = true;
+                Poll::Ready(Err(PacketError::ConnectionEnded(reason)))
+            }
         }
     }
 }
 
-fn check_request(
-    rq_type: u64,
-    flags: u64,
-    payload_len: usize,
-    max: usize,
-) -> Result<(), PacketError> {
+impl Drop for ResponseWait<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut st = self.shared.lock();
+            st.proto.cancel(self.key.0, self.key.1);
+            st.done.remove(&self.key);
+        }
+    }
+}
+
+fn check_request(rq_type: u64, flags: u64, payload_len: usize, max: usize) -> Result<(), PacketError> {
     if rq_type > MAX_RQ_TYPE {
         return Err(PacketError::OutOfRange("rq_type u64::MAX"));
     }
@@ -334,28 +421,27 @@ fn check_request(
     }
     // tag, header and rq_type take at most 30 bytes
     if payload_len.saturating_add(30) > max {
-        return Err(PacketError::TooLarge {
-            len: payload_len as u64 + 30,
-            max,
-        });
+        return Err(PacketError::TooLarge { len: payload_len as u64 + 30, max });
     }
     Ok(())
 }
 
-type Running<F> = Join<F, Ready<(u64, u64)>>;
+type Running<F> = Join<F, Ready<Key>>;
 
 struct Driver<S, H: Handler> {
     io: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
     codec: PacketCodec,
-    proto: Protocol<Reply>,
-    rx: mpsc::Receiver<Command>,
-    rx_open: bool,
+    shared: Arc<Shared>,
     handler: H,
     running: FuturesUnordered<Running<H::Future>>,
+    /// Handler results collected before taking the lock (reused).
+    completed: Vec<(Key, Response)>,
+    /// Requesters to wake after releasing the lock (reused).
+    to_wake: Vec<Waker>,
     config: PacketConfig,
-    /// False after the peer's EOF, end of stream, or the final deadline.
+    /// False after the peer's EOF, end of stream, or a failure.
     read_open: bool,
     closing: bool,
     eof_sent: bool,
@@ -363,13 +449,11 @@ struct Driver<S, H: Handler> {
     needs_flush: bool,
     handler_deadline: Option<Pin<Box<Sleep>>>,
     final_deadline: Option<Pin<Box<Sleep>>>,
-    close_waiters: Vec<oneshot::Sender<()>>,
     /// Why the connection ended, if it failed (ends the task at once).
     failure: Option<Arc<str>>,
     /// Why the end was not orderly, when the task could still close in
     /// order (end of stream without EOF, cut mid-packet).
     unclean: Option<Arc<str>>,
-    sweep_at: usize,
     finished: watch::Sender<Outcome>,
 }
 
@@ -387,7 +471,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         for _ in 0..MAX_ROUNDS {
-            let mut progress = this.poll_commands(cx);
+            let mut progress = this.take_outgoing();
             progress |= this.poll_handlers(cx);
             progress |= this.poll_read(cx);
             progress |= this.poll_close(cx);
@@ -397,7 +481,15 @@ where
                 return Poll::Ready(());
             }
             if !progress {
-                return Poll::Pending;
+                let mut st = this.shared.lock();
+                let more = (!st.out.is_empty() && this.wbuf.len() < WRITE_HIGH_WATER)
+                    || (st.close_requested && !this.closing);
+                if !more {
+                    if !st.driver_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        st.driver_waker = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
             }
         }
         cx.waker().wake_by_ref();
@@ -410,158 +502,125 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     H: Handler,
 {
-    fn poll_commands(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Takes the requests encoded by requesters, and a close request.
+    fn take_outgoing(&mut self) -> bool {
         let mut progress = false;
-        if self.proto.pending() >= self.sweep_at {
-            self.proto.sweep_cancelled();
-            self.sweep_at = (self.proto.pending() * 2).max(1024);
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        if st.close_requested && !self.closing {
+            self.start_close(&mut st);
+            progress = true;
         }
-        while self.rx_open
-            && self.wbuf.len() < WRITE_HIGH_WATER
-            && self.proto.pending() < self.config.max_pending
-        {
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(cmd)) => {
-                    progress = true;
-                    self.command(cmd);
-                }
-                Poll::Ready(None) => {
-                    progress = true;
-                    self.rx_open = false;
-                    tracing::debug!("every handle dropped: closing");
-                    self.start_close();
-                }
-                Poll::Pending => break,
+        if !st.out.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
+            if self.eof_sent {
+                st.out.clear(); // cannot happen: requests end before EOF
+            } else if self.wbuf.is_empty() {
+                std::mem::swap(&mut self.wbuf, &mut st.out);
+            } else {
+                self.wbuf.extend_from_slice(&st.out);
+                st.out.clear();
             }
+            progress = true;
+        }
+        let room = st.out.len() < WRITE_HIGH_WATER && st.proto.pending() < shared.max_pending;
+        let notify = st.space_waiters && (room || st.ended.is_some());
+        if notify {
+            st.space_waiters = false;
+        }
+        drop(st);
+        if notify {
+            shared.space.notify_waiters();
         }
         progress
     }
 
-    fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Request {
-                channel,
-                rq_type,
-                flags,
-                payload,
-                reply,
-            } => {
-                if !self.read_open {
-                    let _ =
-                        reply.send(Err(PacketError::ended("the peer has ended the connection")));
-                    return;
-                }
-                match self.proto.start_request(channel, reply) {
-                    Ok(tag) => {
-                        // validated by submit: cannot fail
-                        let _ = wire::encode_request(
-                            &mut self.wbuf,
-                            channel,
-                            tag,
-                            rq_type,
-                            flags,
-                            &payload,
-                        );
-                    }
-                    Err((e, reply)) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
-            }
-            Command::EndRequests => self.send_erq(),
-            Command::Close { done } => {
-                self.close_waiters.push(done);
-                self.start_close();
-            }
-        }
-    }
-
-    fn send_erq(&mut self) {
-        if self.proto.end_requests() && !self.eof_sent {
-            tracing::debug!("sending ERQ");
-            let _ = Packet::Erq.encode(&mut self.wbuf);
-        }
-    }
-
-    fn start_close(&mut self) {
+    fn start_close(&mut self, st: &mut State) {
         if self.closing {
             return;
         }
         tracing::debug!("closing");
         self.closing = true;
-        self.send_erq();
+        if st.proto.end_requests() {
+            tracing::debug!("sending ERQ");
+            let _ = Packet::Erq.encode(&mut st.out);
+        }
         self.handler_deadline = Some(Box::pin(tokio::time::sleep(self.config.close_timeout)));
-        self.final_deadline = Some(Box::pin(tokio::time::sleep(
-            self.config.close_timeout + self.config.eof_timeout,
-        )));
+        self.final_deadline =
+            Some(Box::pin(tokio::time::sleep(self.config.close_timeout + self.config.eof_timeout)));
     }
 
     fn poll_handlers(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut progress = false;
+        // poll user futures without holding the lock: they may submit
         while !self.running.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
             match self.running.poll_next_unpin(cx) {
-                Poll::Ready(Some((response, (channel, tag)))) => {
-                    progress = true;
-                    self.respond(channel, tag, response);
-                }
+                Poll::Ready(Some((response, key))) => self.completed.push((key, response)),
                 _ => break,
             }
         }
-        progress
+        if self.completed.is_empty() {
+            return false;
+        }
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        let mut completed = std::mem::take(&mut self.completed);
+        for (key, response) in completed.drain(..) {
+            self.respond(&mut st, key, response);
+        }
+        self.completed = completed;
+        true
     }
 
-    fn respond(&mut self, channel: u64, tag: u64, r: Response) {
-        self.proto.finish_request(channel, tag);
+    fn respond(&mut self, st: &mut State, (channel, tag): Key, r: Response) {
+        st.proto.finish_request(channel, tag);
         if self.eof_sent {
             return;
         }
         let too_big = r.payload.len().saturating_add(30) > self.config.max_body_len;
         let res = if too_big {
-            Err(PacketError::TooLarge {
-                len: r.payload.len() as u64,
-                max: self.config.max_body_len,
-            })
+            Err(PacketError::TooLarge { len: r.payload.len() as u64, max: self.config.max_body_len })
         } else {
             wire::encode_response(&mut self.wbuf, channel, tag, r.ok, r.flags, &r.payload)
         };
         if let Err(e) = res {
             tracing::warn!(channel, tag, error = %e, "handler response cannot be sent; sending a failure");
-            let _ = wire::encode_response(
-                &mut self.wbuf,
-                channel,
-                tag,
-                false,
-                0,
-                b"response cannot be encoded",
-            );
+            let _ = wire::encode_response(&mut self.wbuf, channel, tag, false, 0, b"response cannot be encoded");
         }
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
         while self.read_open {
-            // decode what is buffered, while there is room to act on it
-            while self.running.len() < self.config.max_handlers
-                && self.wbuf.len() < WRITE_HIGH_WATER
-            {
-                match self.codec.decode(&mut self.rbuf) {
-                    Ok(Some(packet)) => {
-                        progress = true;
-                        self.on_packet(packet);
-                        if !self.read_open {
-                            return true;
+            // decode what is buffered, while there is room to act on it,
+            // under one lock for the whole batch
+            if !self.rbuf.is_empty() {
+                let shared = self.shared.clone();
+                let mut st = shared.lock();
+                while self.running.len() < self.config.max_handlers && self.wbuf.len() < WRITE_HIGH_WATER {
+                    match self.codec.decode(&mut self.rbuf) {
+                        Ok(Some(packet)) => {
+                            progress = true;
+                            self.on_packet(&mut st, packet);
+                            if !self.read_open {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "protocol error: closing the connection");
+                            self.fail(format!("protocol error: {e}"));
+                            break;
                         }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "protocol error: closing the connection");
-                        self.fail(format!("protocol error: {e}"));
-                        return true;
-                    }
+                }
+                drop(st);
+                for w in self.to_wake.drain(..) {
+                    w.wake();
+                }
+                if !self.read_open {
+                    return true;
                 }
             }
-            if self.running.len() >= self.config.max_handlers || self.wbuf.len() >= WRITE_HIGH_WATER
-            {
+            if self.running.len() >= self.config.max_handlers || self.wbuf.len() >= WRITE_HIGH_WATER {
                 return progress; // woken by a handler or by the writer
             }
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
@@ -573,14 +632,17 @@ where
                     let reason = if self.rbuf.is_empty() {
                         "end of stream without EOF".to_string()
                     } else {
-                        format!(
-                            "stream cut mid-packet ({} bytes of an incomplete packet)",
-                            self.rbuf.len()
-                        )
+                        format!("stream cut mid-packet ({} bytes of an incomplete packet)", self.rbuf.len())
                     };
                     tracing::debug!("{reason}");
                     self.unclean = Some(Arc::from(reason.as_str()));
-                    self.read_ended(&reason);
+                    let shared = self.shared.clone();
+                    let mut st = shared.lock();
+                    self.read_ended(&mut st, &reason);
+                    drop(st);
+                    for w in self.to_wake.drain(..) {
+                        w.wake();
+                    }
                 }
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => {
@@ -594,69 +656,56 @@ where
         progress
     }
 
-    fn on_packet(&mut self, packet: Packet) {
-        match self.proto.receive(packet) {
-            Event::Response { waiter, response } => {
-                if waiter.send(Ok(response)).is_err() {
-                    self.proto.note_cancelled();
+    fn on_packet(&mut self, st: &mut State, packet: Packet) {
+        match st.proto.receive(packet) {
+            Event::Response { channel, tag, waiter, response } => {
+                st.done.insert((channel, tag), Ok(response));
+                if let Some(w) = waiter {
+                    self.to_wake.push(w);
                 }
             }
             Event::UnknownResponse { channel, tag } => {
-                tracing::debug!(
-                    channel,
-                    tag,
-                    "response for a request that is not pending: ignored"
-                );
+                tracing::debug!(channel, tag, "response for a request that is not pending: ignored");
             }
             Event::Request(rq) => {
                 let key = (rq.channel, rq.tag);
-                if self.closing && self.eof_sent {
-                    self.proto.finish_request(key.0, key.1);
+                if self.eof_sent {
+                    st.proto.finish_request(key.0, key.1);
                     return;
                 }
                 match self.handler.handle_now(rq) {
-                    Ok(response) => self.respond(key.0, key.1, response),
+                    Ok(response) => self.respond(st, key, response),
                     Err(rq) => {
                         let fut = self.handler.handle(rq);
-                        self.running
-                            .push(join(fut, futures_util::future::ready(key)));
+                        self.running.push(join(fut, futures_util::future::ready(key)));
                     }
                 }
             }
-            Event::Reject {
-                channel,
-                tag,
-                reason,
-            } => {
+            Event::Reject { channel, tag, reason } => {
                 tracing::debug!(channel, tag, reason, "request refused");
                 if !self.eof_sent {
-                    let _ = wire::encode_response(
-                        &mut self.wbuf,
-                        channel,
-                        tag,
-                        false,
-                        0,
-                        reason.as_bytes(),
-                    );
+                    let _ = wire::encode_response(&mut self.wbuf, channel, tag, false, 0, reason.as_bytes());
                 }
             }
             Event::PeerErq => tracing::debug!("peer sent ERQ"),
             Event::PeerEof => {
                 tracing::debug!("peer sent EOF");
-                self.read_ended("the peer sent EOF");
+                self.read_ended(st, "the peer sent EOF");
             }
         }
     }
 
-    /// The peer will send nothing more: every pending request fails, and
-    /// this end closes in order.
-    fn read_ended(&mut self, reason: &str) {
+    /// The peer will send nothing more: every pending request fails, new
+    /// ones are refused, and this end closes in order.
+    fn read_ended(&mut self, st: &mut State, reason: &str) {
         self.read_open = false;
         let reason: Arc<str> = Arc::from(reason);
-        for w in self.proto.take_pending() {
-            let _ = w.send(Err(PacketError::ConnectionEnded(reason.clone())));
+        st.ended = Some(reason.clone());
+        for (key, waker) in st.proto.take_pending() {
+            st.done.insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
+            self.to_wake.extend(waker);
         }
-        self.start_close();
+        self.start_close(st);
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> bool {
@@ -665,18 +714,14 @@ where
         }
         let mut progress = false;
         if !self.eof_sent {
-            let deadline_passed = self
-                .handler_deadline
-                .as_mut()
-                .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+            let deadline_passed = self.handler_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
             if self.running.is_empty() || deadline_passed {
                 if !self.running.is_empty() {
-                    tracing::warn!(
-                        abandoned = self.running.len(),
-                        "handlers still running at the close timeout"
-                    );
+                    tracing::warn!(abandoned = self.running.len(), "handlers still running at the close timeout");
                     self.running = FuturesUnordered::new();
                 }
+                // requests queued before the close go out before EOF
+                self.take_outgoing();
                 tracing::debug!("sending EOF");
                 let _ = Packet::Eof.encode(&mut self.wbuf);
                 self.eof_sent = true;
@@ -752,23 +797,23 @@ where
     }
 
     fn finish(&mut self) {
-        let reason: Arc<str> = self
-            .failure
-            .clone()
-            .unwrap_or_else(|| Arc::from("connection closed"));
-        for w in self.proto.take_pending() {
-            let _ = w.send(Err(PacketError::ConnectionEnded(reason.clone())));
-        }
+        let reason: Arc<str> = self.failure.clone().unwrap_or_else(|| Arc::from("connection closed"));
         self.running = FuturesUnordered::new();
-        self.rx.close();
-        while let Ok(cmd) = self.rx.try_recv() {
-            match cmd {
-                Command::Request { reply, .. } => {
-                    let _ = reply.send(Err(PacketError::ConnectionEnded(reason.clone())));
-                }
-                Command::Close { done } => self.close_waiters.push(done),
-                Command::EndRequests => {}
+        {
+            let mut st = self.shared.lock();
+            if st.ended.is_none() || self.failure.is_some() {
+                st.ended = Some(reason.clone());
             }
+            for (key, waker) in st.proto.take_pending() {
+                st.done.insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
+                self.to_wake.extend(waker);
+            }
+            st.out.clear();
+            st.space_waiters = false;
+        }
+        self.shared.space.notify_waiters();
+        for w in self.to_wake.drain(..) {
+            w.wake();
         }
         let outcome = match self.failure.as_ref().or(self.unclean.as_ref()) {
             None => Ok(()),
@@ -776,8 +821,5 @@ where
         };
         tracing::debug!(?outcome, "connection ended");
         self.finished.send_replace(Some(outcome));
-        for done in self.close_waiters.drain(..) {
-            let _ = done.send(());
-        }
     }
 }

@@ -14,7 +14,7 @@
 //! assert_eq!(tag, 2); // channel 0 starts at 2: 0 and 1 name EOF and ERQ
 //! let response = Packet::Response { channel: 0, tag, ok: true, flags: 0, payload: Bytes::new() };
 //! match proto.receive(response) {
-//!     Event::Response { waiter, response } => assert!(waiter == "waiter" && response.ok),
+//!     Event::Response { waiter, response, .. } => assert!(waiter == "waiter" && response.ok),
 //!     _ => unreachable!(),
 //! }
 //! ```
@@ -83,6 +83,10 @@ pub struct IncomingRequest {
 pub enum Event<W> {
     /// A response for one of our requests: hand it to its waiter.
     Response {
+        /// Channel of the request.
+        channel: u64,
+        /// Tag of the request.
+        tag: u64,
         /// The waiter registered by [`Protocol::start_request`].
         waiter: W,
         /// The response.
@@ -185,11 +189,11 @@ impl<T> Waiter for tokio::sync::oneshot::Sender<T> {
     }
 }
 
-/// FxHash: tags are small sequential integers chosen by us or the peer;
+/// The hasher of tether's tag tables (FxHash). Tags are small sequential integers chosen by us or the peer;
 /// hash flooding only costs the flooder's own connection, and SipHash is
 /// several times slower on this hot path.
 #[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
+pub struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn finish(&self) -> u64 {
@@ -317,6 +321,8 @@ impl<W> Protocol<W> {
                         .in_flight
                         .store(self.pending.len() as u64, Relaxed);
                     Event::Response {
+                        channel,
+                        tag,
                         waiter,
                         response: Response { ok, flags, payload },
                     }
@@ -413,12 +419,28 @@ impl<W> Protocol<W> {
         self.pending.len()
     }
 
-    /// Removes and returns every pending waiter (to fail them when the
-    /// connection ends).
-    pub fn take_pending(&mut self) -> Vec<W> {
-        let out: Vec<W> = self.pending.drain().map(|(_, w)| w).collect();
+    /// Removes and returns every pending waiter with its `(channel, tag)`
+    /// (to fail them when the connection ends).
+    pub fn take_pending(&mut self) -> Vec<((u64, u64), W)> {
+        let out: Vec<_> = self.pending.drain().collect();
         self.stats.in_flight.store(0, Relaxed);
         out
+    }
+
+    /// The waiter of a pending request, to update it.
+    pub fn waiter_mut(&mut self, channel: u64, tag: u64) -> Option<&mut W> {
+        self.pending.get_mut(&(channel, tag))
+    }
+
+    /// Forgets a pending request whose requester gave up; its late
+    /// response will count as unknown. Returns its waiter if it was pending.
+    pub fn cancel(&mut self, channel: u64, tag: u64) -> Option<W> {
+        let w = self.pending.remove(&(channel, tag));
+        if w.is_some() {
+            self.stats.cancelled.fetch_add(1, Relaxed);
+            self.stats.in_flight.store(self.pending.len() as u64, Relaxed);
+        }
+        w
     }
 }
 
@@ -483,7 +505,7 @@ mod tests {
         assert_eq!(tags, [2, 3, 4, 5]);
         for &t in tags.iter().rev() {
             match p.receive(resp(0, t)) {
-                Event::Response { waiter, .. } => assert_eq!(waiter, t - 2),
+                Event::Response { waiter, tag, .. } => assert_eq!((waiter, tag), (t - 2, t)),
                 e => panic!("{e:?}"),
             }
         }
@@ -562,7 +584,7 @@ mod tests {
         assert!(matches!(p.receive(Packet::Eof), Event::PeerEof));
         let mut w = p.take_pending();
         w.sort();
-        assert_eq!(w, [1, 2]);
+        assert_eq!(w, [((0, 2), 1), ((0, 3), 2)]);
         assert_eq!(p.stats().snapshot().in_flight, 0);
     }
 
