@@ -23,7 +23,10 @@ const PAYLOAD: usize = 64;
 const IN_FLIGHT: usize = 64;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Starts a server runtime on its own thread; returns its endpoint.
@@ -48,7 +51,9 @@ where
 
 fn packet_server() -> Endpoint {
     server(|etx| async move {
-        let mut l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         etx.send(l.local_endpoint()).unwrap();
         while let Ok(s) = l.accept().await {
             tokio::spawn(async move {
@@ -62,7 +67,12 @@ fn packet_server() -> Endpoint {
 fn framed_server() -> Endpoint {
     server(|etx| async move {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        etx.send(format!("tcp://{}", l.local_addr().unwrap()).parse().unwrap()).unwrap();
+        etx.send(
+            format!("tcp://{}", l.local_addr().unwrap())
+                .parse()
+                .unwrap(),
+        )
+        .unwrap();
         while let Ok((s, _)) = l.accept().await {
             s.set_nodelay(true).unwrap();
             tokio::spawn(async move {
@@ -99,7 +109,14 @@ fn report_pipelined(name: &str, n: usize, total: Duration) {
 }
 
 async fn w1_packet(ep: &Endpoint, warm: usize, n: usize) {
-    let c = PacketConnection::connect(ep, Duration::from_secs(5), NoHandler, PacketConfig::default()).await.unwrap();
+    let c = PacketConnection::connect(
+        ep,
+        Duration::from_secs(5),
+        NoHandler,
+        PacketConfig::default(),
+    )
+    .await
+    .unwrap();
     let payload = Bytes::from(vec![7u8; PAYLOAD]);
     for _ in 0..warm {
         c.submit(0, 0, payload.clone()).await.unwrap();
@@ -117,7 +134,9 @@ async fn w1_packet(ep: &Endpoint, warm: usize, n: usize) {
 }
 
 async fn w1_framed(ep: &Endpoint, warm: usize, n: usize) {
-    let s = transport::connect(ep, Duration::from_secs(5)).await.unwrap();
+    let s = transport::connect(ep, Duration::from_secs(5))
+        .await
+        .unwrap();
     let mut f = Framed::new(s, LengthDelimitedCodec::new());
     let payload = Bytes::from(vec![7u8; PAYLOAD]);
     for _ in 0..warm {
@@ -137,7 +156,14 @@ async fn w1_framed(ep: &Endpoint, warm: usize, n: usize) {
 }
 
 async fn w3_packet(ep: &Endpoint, n: usize) {
-    let c = PacketConnection::connect(ep, Duration::from_secs(5), NoHandler, PacketConfig::default()).await.unwrap();
+    let c = PacketConnection::connect(
+        ep,
+        Duration::from_secs(5),
+        NoHandler,
+        PacketConfig::default(),
+    )
+    .await
+    .unwrap();
     let payload = Bytes::from(vec![7u8; PAYLOAD]);
     let t0 = Instant::now();
     let mut inflight = FuturesUnordered::new();
@@ -156,8 +182,41 @@ async fn w3_packet(ep: &Endpoint, n: usize) {
     c.close().await.unwrap();
 }
 
+/// W3 with the futures awaited in submission order (a `VecDeque`): the
+/// same in-order pipeline shape as the baseline, on the tagged protocol.
+async fn w3_packet_in_order(ep: &Endpoint, n: usize) {
+    let c = PacketConnection::connect(
+        ep,
+        Duration::from_secs(5),
+        NoHandler,
+        PacketConfig::default(),
+    )
+    .await
+    .unwrap();
+    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    let t0 = Instant::now();
+    let mut inflight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+    let mut sent = 0;
+    while sent < n.min(IN_FLIGHT) {
+        inflight.push_back(c.submit(0, 0, payload.clone()));
+        sent += 1;
+    }
+    while let Some(f) = inflight.pop_front() {
+        let r = f.await.unwrap();
+        debug_assert_eq!(r.payload.len(), PAYLOAD);
+        if sent < n {
+            inflight.push_back(c.submit(0, 0, payload.clone()));
+            sent += 1;
+        }
+    }
+    report_pipelined("tether-packet-in-order", n, t0.elapsed());
+    c.close().await.unwrap();
+}
+
 async fn w3_framed(ep: &Endpoint, n: usize) {
-    let s = transport::connect(ep, Duration::from_secs(5)).await.unwrap();
+    let s = transport::connect(ep, Duration::from_secs(5))
+        .await
+        .unwrap();
     let mut f = Framed::new(s, LengthDelimitedCodec::new());
     let payload = Bytes::from(vec![7u8; PAYLOAD]);
     let t0 = Instant::now();
@@ -192,12 +251,20 @@ async fn w3_framed(ep: &Endpoint, n: usize) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (warm, w1, w3) = if quick { (100, 2_000, 20_000) } else { (1_000, 20_000, 200_000) };
+    let (warm, w1, w3) = if quick {
+        (100, 2_000, 20_000)
+    } else {
+        (1_000, 20_000, 200_000)
+    };
     let packet = packet_server();
     let framed = framed_server();
     let rt = runtime();
     if std::env::args().any(|a| a == "--profile-w3-framed") {
         rt.block_on(w3_framed(&framed, 2_000_000));
+        return;
+    }
+    if std::env::args().any(|a| a == "--profile-w3-in-order") {
+        rt.block_on(w3_packet_in_order(&packet, 2_000_000));
         return;
     }
     if std::env::args().any(|a| a == "--profile-w3") {
@@ -211,9 +278,11 @@ fn main() {
         w1_packet(&packet, warm, w1).await;
         w3_framed(&framed, w3).await;
         w3_packet(&packet, w3).await;
+        w3_packet_in_order(&packet, w3).await;
         w1_framed(&framed, warm, w1).await;
         w1_packet(&packet, warm, w1).await;
         w3_framed(&framed, w3).await;
         w3_packet(&packet, w3).await;
+        w3_packet_in_order(&packet, w3).await;
     });
 }

@@ -287,9 +287,7 @@ async fn unknown_channel_gets_the_reference_answer() {
     let (a, b) = memory_pair(4096);
     let _server = PacketConnection::spawn(b, EchoService, cfg());
     let client = PacketConnection::spawn(a, NoHandler, cfg());
-    let r = t(client.submit_on(3, 0, 0, b"x"))
-        .await
-        .unwrap();
+    let r = t(client.submit_on(3, 0, 0, "x")).await.unwrap();
     assert_eq!(r, Response::fail(UNKNOWN_CHANNEL));
 }
 

@@ -161,7 +161,10 @@ pub struct PacketConnection {
 impl Clone for PacketConnection {
     fn clone(&self) -> Self {
         self.shared.handles.fetch_add(1, Ordering::Relaxed);
-        PacketConnection { shared: self.shared.clone(), finished: self.finished.clone() }
+        PacketConnection {
+            shared: self.shared.clone(),
+            finished: self.finished.clone(),
+        }
     }
 }
 
@@ -177,7 +180,9 @@ impl Drop for PacketConnection {
 
 impl std::fmt::Debug for PacketConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PacketConnection").field("stats", &self.stats()).finish()
+        f.debug_struct("PacketConnection")
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -256,46 +261,53 @@ impl PacketConnection {
         Ok(Self::spawn_named(stream, handler, config, &peer))
     }
 
-    /// Sends a request on channel 0 and waits for its response.
+    /// Sends a request on channel 0; the returned future resolves to its
+    /// response.
+    ///
+    /// The request is queued at once, in call order (before the future is
+    /// first polled), unless 64 KiB of requests are already waiting to be
+    /// written or [`PacketConfig::max_pending`] are in flight: then the
+    /// future queues it when there is room.
     ///
     /// A failure response is `Ok(Response { ok: false, .. })`; `Err` means
     /// no response will come (connection ended, requests ended, the request
     /// cannot be encoded). Dropping the future cancels the request locally:
     /// its late response is discarded.
-    pub async fn submit(&self, rq_type: u64, flags: u64, payload: impl Into<Bytes>) -> Result<Response, PacketError> {
+    pub fn submit(&self, rq_type: u64, flags: u64, payload: impl Into<Bytes>) -> ResponseFuture {
+        self.submit_on(0, rq_type, flags, payload)
+    }
+
+    /// Sends a request on `channel` (see [`submit`](Self::submit)). tether
+    /// (and the reference) answer requests on channels other than 0 with a
+    /// failure `unknown channel`; this is for peers that give channels a
+    /// meaning.
+    pub fn submit_on(
+        &self,
+        channel: u64,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> ResponseFuture {
         let payload: Bytes = payload.into();
-        self.submit_on(0, rq_type, flags, &payload).await
-    }
-
-    /// Sends a request on `channel`. tether (and the reference) answer
-    /// requests on channels other than 0 with a failure `unknown channel`;
-    /// this is for peers that give channels a meaning.
-    pub async fn submit_on(&self, channel: u64, rq_type: u64, flags: u64, payload: &[u8]) -> Result<Response, PacketError> {
-        check_request(rq_type, flags, payload.len(), self.shared.max_body_len)?;
-        let tag = self.enqueue(channel, rq_type, flags, payload).await?;
-        ResponseWait { shared: &self.shared, key: (channel, tag), finished: false }.await
-    }
-
-    async fn enqueue(&self, channel: u64, rq_type: u64, flags: u64, payload: &[u8]) -> Result<u64, PacketError> {
-        loop {
-            let notified = self.shared.space.notified();
-            let mut notified = std::pin::pin!(notified);
-            {
-                let mut st = self.shared.lock();
-                if let Some(reason) = &st.ended {
-                    return Err(PacketError::ConnectionEnded(reason.clone()));
-                }
-                if st.out.len() < WRITE_HIGH_WATER && st.proto.pending() < self.shared.max_pending {
-                    let tag = st.proto.start_request(channel, None).map_err(|(e, _)| e)?;
-                    // validated by check_request: cannot fail
-                    let _ = wire::encode_request(&mut st.out, channel, tag, rq_type, flags, payload);
-                    self.shared.wake_driver(st);
-                    return Ok(tag);
-                }
-                st.space_waiters = true;
-                notified.as_mut().enable();
-            }
-            notified.await;
+        let state = match check_request(rq_type, flags, payload.len(), self.shared.max_body_len)
+            .and_then(|()| try_enqueue(&self.shared, channel, rq_type, flags, &payload))
+        {
+            Ok(Some(tag)) => RfState::Waiting((channel, tag)),
+            Ok(None) => RfState::Queued(
+                channel,
+                Box::pin(enqueue_slow(
+                    self.shared.clone(),
+                    channel,
+                    rq_type,
+                    flags,
+                    payload,
+                )),
+            ),
+            Err(e) => RfState::Failed(Some(e)),
+        };
+        ResponseFuture {
+            shared: self.shared.clone(),
+            state,
         }
     }
 
@@ -305,7 +317,10 @@ impl PacketConnection {
         let (flags, payload) = request.encode();
         let r = self.submit(R::RQ_TYPE, flags, payload).await?;
         if !r.ok {
-            return Err(PacketError::Failed { flags: r.flags, payload: r.payload });
+            return Err(PacketError::Failed {
+                flags: r.flags,
+                payload: r.payload,
+            });
         }
         R::decode_response(r.flags, r.payload).map_err(PacketError::BadResponse)
     }
@@ -367,52 +382,160 @@ impl PacketConnection {
     }
 }
 
-/// Waits for the response to `key`; dropping it cancels the request.
-struct ResponseWait<'a> {
-    shared: &'a Shared,
-    key: Key,
-    finished: bool,
+/// Queues a request if there is room: `Ok(None)` if there is not.
+fn try_enqueue(
+    shared: &Shared,
+    channel: u64,
+    rq_type: u64,
+    flags: u64,
+    payload: &[u8],
+) -> Result<Option<u64>, PacketError> {
+    let mut st = shared.lock();
+    if let Some(reason) = &st.ended {
+        return Err(PacketError::ConnectionEnded(reason.clone()));
+    }
+    if st.out.len() >= WRITE_HIGH_WATER || st.proto.pending() >= shared.max_pending {
+        return Ok(None);
+    }
+    let tag = st.proto.start_request(channel, None).map_err(|(e, _)| e)?;
+    // validated by check_request: cannot fail
+    let _ = wire::encode_request(&mut st.out, channel, tag, rq_type, flags, payload);
+    shared.wake_driver(st);
+    Ok(Some(tag))
 }
 
-impl Future for ResponseWait<'_> {
+/// Waits for room, then queues the request.
+async fn enqueue_slow(
+    shared: Arc<Shared>,
+    channel: u64,
+    rq_type: u64,
+    flags: u64,
+    payload: Bytes,
+) -> Result<u64, PacketError> {
+    loop {
+        let notified = shared.space.notified();
+        let mut notified = std::pin::pin!(notified);
+        {
+            let mut st = shared.lock();
+            st.space_waiters = true;
+            notified.as_mut().enable();
+        }
+        if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload)? {
+            return Ok(tag);
+        }
+        notified.await;
+    }
+}
+
+/// The response to one request (see [`PacketConnection::submit`]).
+///
+/// Dropping it before it resolves cancels the request locally: the
+/// pending entry is removed at once, and a late response is discarded
+/// (counted in [`StatsSnapshot::unknown_responses`]).
+#[must_use = "a request is cancelled when its ResponseFuture is dropped"]
+pub struct ResponseFuture {
+    shared: Arc<Shared>,
+    state: RfState,
+}
+
+enum RfState {
+    /// Queued on the wire under this (channel, tag).
+    Waiting(Key),
+    /// Waiting for room in the queue.
+    Queued(
+        u64,
+        Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>,
+    ),
+    Failed(Option<PacketError>),
+    Done,
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            RfState::Waiting(key) => format!("waiting for {key:?}"),
+            RfState::Queued(..) => "waiting for room".to_string(),
+            RfState::Failed(_) => "failed".to_string(),
+            RfState::Done => "done".to_string(),
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl Future for ResponseFuture {
     type Output = Result<Response, PacketError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let key = self.key;
-        let mut st = self.shared.lock();
-        if let Some(r) = st.done.remove(&key) {
-            drop(st);
-            self.finished = true;
-            return Poll::Ready(r);
-        }
-        match st.proto.waiter_mut(key.0, key.1) {
-            Some(slot) => {
-                if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *slot = Some(cx.waker().clone());
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                RfState::Waiting(key) => {
+                    let key = *key;
+                    let mut st = this.shared.lock();
+                    if let Some(r) = st.done.remove(&key) {
+                        drop(st);
+                        this.state = RfState::Done;
+                        return Poll::Ready(r);
+                    }
+                    return match st.proto.waiter_mut(key.0, key.1) {
+                        Some(slot) => {
+                            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                                *slot = Some(cx.waker().clone());
+                            }
+                            Poll::Pending
+                        }
+                        None => {
+                            let reason = st
+                                .ended
+                                .clone()
+                                .unwrap_or_else(|| Arc::from("connection closed"));
+                            drop(st);
+                            this.state = RfState::Done;
+                            Poll::Ready(Err(PacketError::ConnectionEnded(reason)))
+                        }
+                    };
                 }
-                Poll::Pending
-            }
-            None => {
-                let reason = st.ended.clone().unwrap_or_else(|| Arc::from("connection closed"));
-                drop(st);
-                self.finished = true;
-                Poll::Ready(Err(PacketError::ConnectionEnded(reason)))
+                RfState::Queued(channel, fut) => match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok(tag)) => this.state = RfState::Waiting((*channel, tag)),
+                    Poll::Ready(Err(e)) => {
+                        this.state = RfState::Done;
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                RfState::Failed(e) => {
+                    let e = e
+                        .take()
+                        .unwrap_or_else(|| PacketError::ended("polled after completion"));
+                    this.state = RfState::Done;
+                    return Poll::Ready(Err(e));
+                }
+                RfState::Done => {
+                    return Poll::Ready(Err(PacketError::ended("polled after completion")))
+                }
             }
         }
     }
 }
 
-impl Drop for ResponseWait<'_> {
+impl Drop for ResponseFuture {
     fn drop(&mut self) {
-        if !self.finished {
+        if let RfState::Waiting(key) = self.state {
             let mut st = self.shared.lock();
-            st.proto.cancel(self.key.0, self.key.1);
-            st.done.remove(&self.key);
+            st.proto.cancel(key.0, key.1);
+            st.done.remove(&key);
         }
     }
 }
 
-fn check_request(rq_type: u64, flags: u64, payload_len: usize, max: usize) -> Result<(), PacketError> {
+fn check_request(
+    rq_type: u64,
+    flags: u64,
+    payload_len: usize,
+    max: usize,
+) -> Result<(), PacketError> {
     if rq_type > MAX_RQ_TYPE {
         return Err(PacketError::OutOfRange("rq_type u64::MAX"));
     }
@@ -421,7 +544,10 @@ fn check_request(rq_type: u64, flags: u64, payload_len: usize, max: usize) -> Re
     }
     // tag, header and rq_type take at most 30 bytes
     if payload_len.saturating_add(30) > max {
-        return Err(PacketError::TooLarge { len: payload_len as u64 + 30, max });
+        return Err(PacketError::TooLarge {
+            len: payload_len as u64 + 30,
+            max,
+        });
     }
     Ok(())
 }
@@ -485,7 +611,11 @@ where
                 let more = (!st.out.is_empty() && this.wbuf.len() < WRITE_HIGH_WATER)
                     || (st.close_requested && !this.closing);
                 if !more {
-                    if !st.driver_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    if !st
+                        .driver_waker
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                    {
                         st.driver_waker = Some(cx.waker().clone());
                     }
                     return Poll::Pending;
@@ -545,8 +675,9 @@ where
             let _ = Packet::Erq.encode(&mut st.out);
         }
         self.handler_deadline = Some(Box::pin(tokio::time::sleep(self.config.close_timeout)));
-        self.final_deadline =
-            Some(Box::pin(tokio::time::sleep(self.config.close_timeout + self.config.eof_timeout)));
+        self.final_deadline = Some(Box::pin(tokio::time::sleep(
+            self.config.close_timeout + self.config.eof_timeout,
+        )));
     }
 
     fn poll_handlers(&mut self, cx: &mut Context<'_>) -> bool {
@@ -577,13 +708,23 @@ where
         }
         let too_big = r.payload.len().saturating_add(30) > self.config.max_body_len;
         let res = if too_big {
-            Err(PacketError::TooLarge { len: r.payload.len() as u64, max: self.config.max_body_len })
+            Err(PacketError::TooLarge {
+                len: r.payload.len() as u64,
+                max: self.config.max_body_len,
+            })
         } else {
             wire::encode_response(&mut self.wbuf, channel, tag, r.ok, r.flags, &r.payload)
         };
         if let Err(e) = res {
             tracing::warn!(channel, tag, error = %e, "handler response cannot be sent; sending a failure");
-            let _ = wire::encode_response(&mut self.wbuf, channel, tag, false, 0, b"response cannot be encoded");
+            let _ = wire::encode_response(
+                &mut self.wbuf,
+                channel,
+                tag,
+                false,
+                0,
+                b"response cannot be encoded",
+            );
         }
     }
 
@@ -595,7 +736,9 @@ where
             if !self.rbuf.is_empty() {
                 let shared = self.shared.clone();
                 let mut st = shared.lock();
-                while self.running.len() < self.config.max_handlers && self.wbuf.len() < WRITE_HIGH_WATER {
+                while self.running.len() < self.config.max_handlers
+                    && self.wbuf.len() < WRITE_HIGH_WATER
+                {
                     match self.codec.decode(&mut self.rbuf) {
                         Ok(Some(packet)) => {
                             progress = true;
@@ -620,7 +763,8 @@ where
                     return true;
                 }
             }
-            if self.running.len() >= self.config.max_handlers || self.wbuf.len() >= WRITE_HIGH_WATER {
+            if self.running.len() >= self.config.max_handlers || self.wbuf.len() >= WRITE_HIGH_WATER
+            {
                 return progress; // woken by a handler or by the writer
             }
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
@@ -632,7 +776,10 @@ where
                     let reason = if self.rbuf.is_empty() {
                         "end of stream without EOF".to_string()
                     } else {
-                        format!("stream cut mid-packet ({} bytes of an incomplete packet)", self.rbuf.len())
+                        format!(
+                            "stream cut mid-packet ({} bytes of an incomplete packet)",
+                            self.rbuf.len()
+                        )
                     };
                     tracing::debug!("{reason}");
                     self.unclean = Some(Arc::from(reason.as_str()));
@@ -658,14 +805,23 @@ where
 
     fn on_packet(&mut self, st: &mut State, packet: Packet) {
         match st.proto.receive(packet) {
-            Event::Response { channel, tag, waiter, response } => {
+            Event::Response {
+                channel,
+                tag,
+                waiter,
+                response,
+            } => {
                 st.done.insert((channel, tag), Ok(response));
                 if let Some(w) = waiter {
                     self.to_wake.push(w);
                 }
             }
             Event::UnknownResponse { channel, tag } => {
-                tracing::debug!(channel, tag, "response for a request that is not pending: ignored");
+                tracing::debug!(
+                    channel,
+                    tag,
+                    "response for a request that is not pending: ignored"
+                );
             }
             Event::Request(rq) => {
                 let key = (rq.channel, rq.tag);
@@ -677,14 +833,26 @@ where
                     Ok(response) => self.respond(st, key, response),
                     Err(rq) => {
                         let fut = self.handler.handle(rq);
-                        self.running.push(join(fut, futures_util::future::ready(key)));
+                        self.running
+                            .push(join(fut, futures_util::future::ready(key)));
                     }
                 }
             }
-            Event::Reject { channel, tag, reason } => {
+            Event::Reject {
+                channel,
+                tag,
+                reason,
+            } => {
                 tracing::debug!(channel, tag, reason, "request refused");
                 if !self.eof_sent {
-                    let _ = wire::encode_response(&mut self.wbuf, channel, tag, false, 0, reason.as_bytes());
+                    let _ = wire::encode_response(
+                        &mut self.wbuf,
+                        channel,
+                        tag,
+                        false,
+                        0,
+                        reason.as_bytes(),
+                    );
                 }
             }
             Event::PeerErq => tracing::debug!("peer sent ERQ"),
@@ -702,7 +870,8 @@ where
         let reason: Arc<str> = Arc::from(reason);
         st.ended = Some(reason.clone());
         for (key, waker) in st.proto.take_pending() {
-            st.done.insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
+            st.done
+                .insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
             self.to_wake.extend(waker);
         }
         self.start_close(st);
@@ -714,10 +883,16 @@ where
         }
         let mut progress = false;
         if !self.eof_sent {
-            let deadline_passed = self.handler_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+            let deadline_passed = self
+                .handler_deadline
+                .as_mut()
+                .is_some_and(|d| d.as_mut().poll(cx).is_ready());
             if self.running.is_empty() || deadline_passed {
                 if !self.running.is_empty() {
-                    tracing::warn!(abandoned = self.running.len(), "handlers still running at the close timeout");
+                    tracing::warn!(
+                        abandoned = self.running.len(),
+                        "handlers still running at the close timeout"
+                    );
                     self.running = FuturesUnordered::new();
                 }
                 // requests queued before the close go out before EOF
@@ -797,7 +972,10 @@ where
     }
 
     fn finish(&mut self) {
-        let reason: Arc<str> = self.failure.clone().unwrap_or_else(|| Arc::from("connection closed"));
+        let reason: Arc<str> = self
+            .failure
+            .clone()
+            .unwrap_or_else(|| Arc::from("connection closed"));
         self.running = FuturesUnordered::new();
         {
             let mut st = self.shared.lock();
@@ -805,7 +983,8 @@ where
                 st.ended = Some(reason.clone());
             }
             for (key, waker) in st.proto.take_pending() {
-                st.done.insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
+                st.done
+                    .insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
                 self.to_wake.extend(waker);
             }
             st.out.clear();

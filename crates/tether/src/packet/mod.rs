@@ -62,7 +62,7 @@ pub mod varint;
 mod wire;
 
 pub use codec::{PacketCodec, DEFAULT_MAX_BODY_LEN, MAX_LENGTH_PREFIX};
-pub use connection::{PacketConfig, PacketConnection};
+pub use connection::{PacketConfig, PacketConnection, ResponseFuture};
 pub use error::PacketError;
 pub use handler::{
     handler_fn, EchoFuture, EchoService, FnHandler, Handler, NoHandler, Service, TypedRequest,

@@ -438,7 +438,9 @@ impl<W> Protocol<W> {
         let w = self.pending.remove(&(channel, tag));
         if w.is_some() {
             self.stats.cancelled.fetch_add(1, Relaxed);
-            self.stats.in_flight.store(self.pending.len() as u64, Relaxed);
+            self.stats
+                .in_flight
+                .store(self.pending.len() as u64, Relaxed);
         }
         w
     }
