@@ -534,3 +534,75 @@ fn blocking_call_against_a_tcp_server() {
     ));
     conn.close().unwrap();
 }
+
+#[tokio::test]
+async fn a_full_send_queue_makes_submit_wait_then_everything_goes_out() {
+    // the peer does not read at first: requests pile up past the 64 KiB
+    // queue, the later submits wait for room, and all are answered once
+    // the peer reads.
+    let (a, b) = memory_pair(4096);
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let payload = Bytes::from(vec![1u8; 4096]);
+    let mut waiters = Vec::new();
+    for i in 0..64u64 {
+        // spawned: a submit that waits for room is a future that must be polled
+        waiters.push(tokio::spawn(client.submit(0, i, payload.clone())));
+    }
+    let mut peer = raw(b);
+    let mut tags = Vec::new();
+    for _ in 0..64 {
+        match next(&mut peer).await {
+            Packet::Request {
+                tag,
+                flags,
+                payload,
+                ..
+            } => {
+                assert_eq!(payload.len(), 4096);
+                tags.push(tag);
+                peer.send(Packet::Response {
+                    channel: 0,
+                    tag,
+                    ok: true,
+                    flags,
+                    payload: Bytes::new(),
+                })
+                .await
+                .unwrap();
+            }
+            p => panic!("{p:?}"),
+        }
+    }
+    tags.sort();
+    assert_eq!(tags, (2..66).collect::<Vec<u64>>(), "every tag once");
+    for (i, w) in waiters.into_iter().enumerate() {
+        assert_eq!(t(w).await.unwrap().unwrap().flags, i as u64);
+    }
+}
+
+#[tokio::test]
+async fn handler_concurrency_is_bounded() {
+    let (a, b) = memory_pair(4096);
+    let gate = Arc::new(Notify::new());
+    let mut c = cfg();
+    c.max_handlers = 2;
+    let server = PacketConnection::spawn(b, gated(gate.clone()), c);
+    let mut peer = raw(a);
+    for tag in 2..5 {
+        t(peer.send(rq(tag, 10, 0, b"held"))).await.unwrap();
+    }
+    t(peer.send(rq(5, 0, 0, b"quick"))).await.unwrap();
+    // two handlers run; the third request and the quick one wait unread
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(server.stats().handlers_running, 2);
+    assert_eq!(server.stats().requests_received, 2);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        gate.notify_one();
+        if let Packet::Response { tag, .. } = next(&mut peer).await {
+            got.push(tag);
+        }
+    }
+    got.sort();
+    assert_eq!(got, [2, 3, 4, 5]);
+}
