@@ -4,6 +4,7 @@ use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::varint::{self, VarintError};
+use super::wire::Header;
 use super::{Packet, PacketError};
 
 /// The default maximum packet body length: 8 MiB.
@@ -92,9 +93,18 @@ impl Decoder for PacketCodec {
         if src.len() - n < len {
             return Ok(None);
         }
-        src.advance(n);
-        let body = src.split_to(len).freeze();
-        Packet::decode_body(body).map(Some)
+        // parse the fields in place, then split off only the payload
+        let (header, pos) = Header::parse(&src[n..n + len])?;
+        src.advance(n + pos);
+        let mut taken = false;
+        let packet = header.with_payload(|| {
+            taken = true;
+            src.split_to(len - pos).freeze()
+        });
+        if !taken {
+            src.advance(len - pos); // an EOF that carries bytes
+        }
+        Ok(Some(packet))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, PacketError> {
@@ -233,6 +243,16 @@ mod tests {
             got.extend(decode_all(&mut codec, &mut buf));
         }
         assert_eq!(got, packets);
+    }
+
+    #[test]
+    fn malformed_eof_with_payload_is_consumed_whole() {
+        let mut codec = PacketCodec::new();
+        // request tag 5, rq_type wire 0, payload "AB": an EOF to the reference
+        let mut buf = BytesMut::from(&b"\x05\x05\x02\x00AB\x03\x01\x02\x00"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Packet::Eof));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Packet::Erq));
+        assert!(buf.is_empty());
     }
 
     #[test]

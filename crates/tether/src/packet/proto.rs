@@ -605,4 +605,18 @@ mod tests {
             Event::UnknownResponse { .. }
         ));
     }
+
+    #[test]
+    fn cancel_forgets_and_counts() {
+        let mut p: Protocol<u64> = Protocol::new();
+        let t = p.start_request(0, 1).unwrap();
+        *p.waiter_mut(0, t).unwrap() = 5;
+        assert_eq!(p.cancel(0, t), Some(5));
+        assert_eq!(p.cancel(0, t), None);
+        assert_eq!(p.stats().snapshot().cancelled, 1);
+        assert!(matches!(
+            p.receive(resp(0, t)),
+            Event::UnknownResponse { .. }
+        ));
+    }
 }

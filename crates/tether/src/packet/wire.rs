@@ -145,40 +145,101 @@ impl Packet {
     ///
     /// The payload shares `body`'s storage: no copy.
     pub fn decode_body(body: Bytes) -> Result<Packet, PacketError> {
+        let (header, pos) = Header::parse(&body)?;
+        Ok(header.with_payload(|| body.slice(pos..)))
+    }
+}
+
+/// The fields of a packet body before its payload.
+pub(crate) enum Header {
+    Request {
+        channel: u64,
+        tag: u64,
+        rq_type: u64,
+        flags: u64,
+    },
+    Response {
+        channel: u64,
+        tag: u64,
+        ok: bool,
+        flags: u64,
+    },
+    Eof,
+    Erq,
+}
+
+impl Header {
+    /// Parses the fields at the start of `body`; returns them and where the
+    /// payload starts.
+    #[inline]
+    pub(crate) fn parse(body: &[u8]) -> Result<(Header, usize), PacketError> {
         let mut pos = 0;
-        let tag = field(&body, &mut pos, "tag")?;
-        let h = field(&body, &mut pos, "header word")?;
+        let tag = field(body, &mut pos, "tag")?;
+        let h = field(body, &mut pos, "header word")?;
         let channel = if h & 1 != 0 {
-            field(&body, &mut pos, "channel")?
+            field(body, &mut pos, "channel")?
         } else {
             0
         };
         let flags = h >> 2;
-        if h & 2 != 0 {
-            let rq_wire = field(&body, &mut pos, "rq_type")?;
+        let header = if h & 2 != 0 {
+            let rq_wire = field(body, &mut pos, "rq_type")?;
             if rq_wire == 0 {
                 let exact = channel == 0 && flags == 0 && pos == body.len();
-                return Ok(if exact && tag == 1 {
-                    Packet::Erq
+                if exact && tag == 1 {
+                    Header::Erq
                 } else {
-                    Packet::Eof
-                });
+                    Header::Eof
+                }
+            } else {
+                Header::Request {
+                    channel,
+                    tag,
+                    rq_type: rq_wire - 1,
+                    flags,
+                }
             }
-            Ok(Packet::Request {
-                channel,
-                tag,
-                rq_type: rq_wire - 1,
-                flags,
-                payload: body.slice(pos..),
-            })
         } else {
-            Ok(Packet::Response {
+            Header::Response {
                 channel,
                 tag,
                 ok: flags & 1 != 0,
                 flags: flags >> 1,
-                payload: body.slice(pos..),
-            })
+            }
+        };
+        Ok((header, pos))
+    }
+
+    /// The packet, with the payload taken only for requests and responses.
+    #[inline]
+    pub(crate) fn with_payload(self, payload: impl FnOnce() -> Bytes) -> Packet {
+        match self {
+            Header::Request {
+                channel,
+                tag,
+                rq_type,
+                flags,
+            } => Packet::Request {
+                channel,
+                tag,
+                rq_type,
+                flags,
+                payload: payload(),
+            },
+            Header::Response {
+                channel,
+                tag,
+                ok,
+                flags,
+            } => Packet::Response {
+                channel,
+                tag,
+                ok,
+                flags,
+                payload: payload(),
+            },
+            Header::Eof => Packet::Eof,
+            Header::Erq => Packet::Erq,
         }
     }
 }
