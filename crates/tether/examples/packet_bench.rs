@@ -101,10 +101,39 @@ fn report_rtt(name: &str, mut lat: Vec<Duration>, total: Duration) {
     );
 }
 
+/// CPU time used so far by every thread of this process (server and
+/// client), from /proc: a figure that other processes' load barely moves.
+fn cpu_ns() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+thread_local! {
+    static CPU_AT_START: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn start_cpu() {
+    CPU_AT_START.with(|c| c.set(cpu_ns()));
+}
+
+fn cpu_ns_per_req(n: usize) -> f64 {
+    (cpu_ns() - CPU_AT_START.with(|c| c.get())) as f64 / n as f64
+}
+
 fn report_pipelined(name: &str, n: usize, total: Duration) {
     println!(
-        "workload=pipelined impl={name} requests={n} in_flight={IN_FLIGHT} req_s={:.0} (two runtimes in one process)",
-        n as f64 / total.as_secs_f64()
+        "workload=pipelined impl={name} requests={n} in_flight={IN_FLIGHT} req_s={:.0} cpu_ns_per_req={:.0} (both ends, two runtimes in one process)",
+        n as f64 / total.as_secs_f64(),
+        cpu_ns_per_req(n)
     );
 }
 
@@ -165,6 +194,7 @@ async fn w3_packet(ep: &Endpoint, n: usize) {
     .await
     .unwrap();
     let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    start_cpu();
     let t0 = Instant::now();
     let mut inflight = FuturesUnordered::new();
     let mut sent = 0;
@@ -194,6 +224,7 @@ async fn w3_packet_in_order(ep: &Endpoint, n: usize) {
     .await
     .unwrap();
     let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    start_cpu();
     let t0 = Instant::now();
     let mut inflight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
     let mut sent = 0;
@@ -219,6 +250,7 @@ async fn w3_framed(ep: &Endpoint, n: usize) {
         .unwrap();
     let mut f = Framed::new(s, LengthDelimitedCodec::new());
     let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    start_cpu();
     let t0 = Instant::now();
     let mut sent = 0;
     for _ in 0..IN_FLIGHT.min(n) {
@@ -273,16 +305,16 @@ fn main() {
         return;
     }
     rt.block_on(async {
-        // alternate the implementations so drift hits both
-        w1_framed(&framed, warm, w1).await;
-        w1_packet(&packet, warm, w1).await;
-        w3_framed(&framed, w3).await;
-        w3_packet(&packet, w3).await;
-        w3_packet_in_order(&packet, w3).await;
-        w1_framed(&framed, warm, w1).await;
-        w1_packet(&packet, warm, w1).await;
-        w3_framed(&framed, w3).await;
-        w3_packet(&packet, w3).await;
-        w3_packet_in_order(&packet, w3).await;
+        // alternate the implementations, several rounds, so that drift and
+        // other processes' load hit all of them
+        for _ in 0..2 {
+            w1_framed(&framed, warm, w1).await;
+            w1_packet(&packet, warm, w1).await;
+        }
+        for _ in 0..3 {
+            w3_framed(&framed, w3).await;
+            w3_packet(&packet, w3).await;
+            w3_packet_in_order(&packet, w3).await;
+        }
     });
 }
