@@ -12,9 +12,7 @@
 //! to do, so a burst of requests or responses goes out in one `write` and a
 //! lone request goes out at once (no grace sleep).
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,7 +30,8 @@ use tracing::Instrument;
 
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
 use super::handler::{Handler, TypedRequest};
-use super::proto::{Event, FxHasher, Protocol, Stats, StatsSnapshot};
+use super::proto::{Event, Protocol, Stats, StatsSnapshot};
+use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
 use super::{Packet, PacketError, Response};
 use crate::transport::{self, Endpoint};
@@ -82,7 +81,6 @@ impl Default for PacketConfig {
 }
 
 type Key = (u64, u64);
-type Fx = BuildHasherDefault<FxHasher>;
 
 /// How the connection ended: `Ok` after an orderly shutdown, or why not.
 type Outcome = Option<Result<(), Arc<str>>>;
@@ -94,7 +92,7 @@ struct State {
     /// Requests (and ERQ) encoded by requesters, not yet taken by the task.
     out: BytesMut,
     /// Results that arrived, until their requester takes them.
-    done: HashMap<Key, Result<Response, PacketError>, Fx>,
+    done: TagTable<Result<Response, PacketError>>,
     /// Set while the task is idle: whoever gives it work wakes it.
     driver_waker: Option<Waker>,
     close_requested: bool,
@@ -210,7 +208,7 @@ impl PacketConnection {
             state: Mutex::new(State {
                 proto,
                 out: BytesMut::new(),
-                done: HashMap::default(),
+                done: TagTable::default(),
                 driver_waker: None,
                 close_requested: false,
                 ended: None,
@@ -474,7 +472,7 @@ impl Future for ResponseFuture {
                 RfState::Waiting(key) => {
                     let key = *key;
                     let mut st = this.shared.lock();
-                    if let Some(r) = st.done.remove(&key) {
+                    if let Some(r) = st.done.remove(key) {
                         drop(st);
                         this.state = RfState::Done;
                         return Poll::Ready(r);
@@ -525,7 +523,7 @@ impl Drop for ResponseFuture {
         if let RfState::Waiting(key) = self.state {
             let mut st = self.shared.lock();
             st.proto.cancel(key.0, key.1);
-            st.done.remove(&key);
+            st.done.remove(key);
         }
     }
 }

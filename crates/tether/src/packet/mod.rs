@@ -58,6 +58,7 @@ mod connection;
 mod error;
 mod handler;
 mod proto;
+mod tag_table;
 pub mod varint;
 mod wire;
 
@@ -72,6 +73,7 @@ pub use proto::{
     Event, IncomingRequest, Protocol, Response, Stats, StatsSnapshot, TagAllocator, Waiter,
     DUPLICATE_TAG,
 };
+pub use tag_table::TagTable;
 pub use wire::{
     encode_request, encode_response, Packet, MAX_REQUEST_FLAGS, MAX_RESPONSE_FLAGS, MAX_RQ_TYPE,
     REQUESTS_NOT_ALLOWED, UNKNOWN_CHANNEL,

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::tag_table::TagTable;
 use super::wire::{REQUESTS_NOT_ALLOWED, UNKNOWN_CHANNEL};
 use super::{Packet, PacketError};
 
@@ -249,7 +250,7 @@ impl TagAllocator {
 #[derive(Debug)]
 pub struct Protocol<W> {
     tags: TagAllocator,
-    pending: HashMap<(u64, u64), W, Fx>,
+    pending: TagTable<W>,
     handling: HashSet<(u64, u64), Fx>,
     local_erq: bool,
     peer_erq: bool,
@@ -268,7 +269,7 @@ impl<W> Protocol<W> {
     pub fn new() -> Self {
         Protocol {
             tags: TagAllocator::new(),
-            pending: HashMap::default(),
+            pending: TagTable::default(),
             handling: HashSet::default(),
             local_erq: false,
             peer_erq: false,
@@ -314,7 +315,7 @@ impl<W> Protocol<W> {
                 ok,
                 flags,
                 payload,
-            } => match self.pending.remove(&(channel, tag)) {
+            } => match self.pending.remove((channel, tag)) {
                 Some(waiter) => {
                     self.stats.responses_received.fetch_add(1, Relaxed);
                     self.stats
@@ -422,20 +423,20 @@ impl<W> Protocol<W> {
     /// Removes and returns every pending waiter with its `(channel, tag)`
     /// (to fail them when the connection ends).
     pub fn take_pending(&mut self) -> Vec<((u64, u64), W)> {
-        let out: Vec<_> = self.pending.drain().collect();
+        let out = self.pending.drain();
         self.stats.in_flight.store(0, Relaxed);
         out
     }
 
     /// The waiter of a pending request, to update it.
     pub fn waiter_mut(&mut self, channel: u64, tag: u64) -> Option<&mut W> {
-        self.pending.get_mut(&(channel, tag))
+        self.pending.get_mut((channel, tag))
     }
 
     /// Forgets a pending request whose requester gave up; its late
     /// response will count as unknown. Returns its waiter if it was pending.
     pub fn cancel(&mut self, channel: u64, tag: u64) -> Option<W> {
-        let w = self.pending.remove(&(channel, tag));
+        let w = self.pending.remove((channel, tag));
         if w.is_some() {
             self.stats.cancelled.fetch_add(1, Relaxed);
             self.stats
@@ -451,7 +452,7 @@ impl<W: Waiter> Protocol<W> {
     /// Their late responses will count as unknown.
     pub fn sweep_cancelled(&mut self) -> usize {
         let before = self.pending.len();
-        self.pending.retain(|_, w| !w.is_cancelled());
+        self.pending.retain(|w| !w.is_cancelled());
         let n = before - self.pending.len();
         self.stats.cancelled.fetch_add(n as u64, Relaxed);
         self.stats

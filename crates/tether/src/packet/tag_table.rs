@@ -1,0 +1,229 @@
+//! [`TagTable`]: a map keyed by `(channel, tag)`, fast for the tags this end
+//! allocates on channel 0 (consecutive numbers), correct for any key.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+
+use super::proto::FxHasher;
+
+/// How many consecutive channel-0 tags the ring spans at most. A request
+/// pending while more than this many later ones were sent moves to the
+/// overflow map, so the ring never holds more than this many slots
+/// (4096 × a small value: tens of KiB at worst).
+const RING_SPAN: u64 = 4096;
+
+/// A map from `(channel, tag)` to `V`.
+///
+/// Channel-0 tags at or after the oldest entry live in a ring indexed by
+/// `tag - base`: no hashing on the hot path. Other keys, and tags that
+/// fall outside the ring's window, live in a hash map.
+#[derive(Debug)]
+pub struct TagTable<V> {
+    base: u64,
+    ring: VecDeque<Option<V>>,
+    in_ring: usize,
+    other: HashMap<(u64, u64), V, BuildHasherDefault<FxHasher>>,
+}
+
+impl<V> Default for TagTable<V> {
+    fn default() -> Self {
+        TagTable {
+            base: 0,
+            ring: VecDeque::new(),
+            in_ring: 0,
+            other: HashMap::default(),
+        }
+    }
+}
+
+impl<V> TagTable<V> {
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.in_ring + self.other.len()
+    }
+
+    /// True if there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    fn ring_index(&self, (channel, tag): (u64, u64)) -> Option<usize> {
+        if channel == 0 && tag >= self.base && tag - self.base < self.ring.len() as u64 {
+            Some((tag - self.base) as usize)
+        } else {
+            None
+        }
+    }
+
+    /// Inserts `value` under `key`, replacing (and returning) any old value.
+    pub fn insert(&mut self, key: (u64, u64), value: V) -> Option<V> {
+        let (channel, tag) = key;
+        if channel == 0 {
+            if self.ring.is_empty() {
+                self.base = tag;
+            }
+            if tag >= self.base {
+                // keep the window at most RING_SPAN wide: old entries move out
+                while tag - self.base >= RING_SPAN {
+                    match self.ring.pop_front() {
+                        Some(front) => {
+                            if let Some(v) = front {
+                                self.in_ring -= 1;
+                                self.other.insert((0, self.base), v);
+                            }
+                            self.base += 1;
+                        }
+                        None => self.base = tag,
+                    }
+                }
+                let idx = (tag - self.base) as usize;
+                if idx >= self.ring.len() {
+                    self.ring.resize_with(idx + 1, || None);
+                }
+                let old = self.ring[idx].replace(value);
+                if old.is_none() {
+                    self.in_ring += 1;
+                }
+                let other = self.other.remove(&key);
+                return old.or(other);
+            }
+        }
+        self.other.insert(key, value)
+    }
+
+    /// The value under `key`.
+    pub fn get_mut(&mut self, key: (u64, u64)) -> Option<&mut V> {
+        match self.ring_index(key) {
+            Some(i) => match self.ring[i].as_mut() {
+                Some(v) => Some(v),
+                None => self.other.get_mut(&key),
+            },
+            None => self.other.get_mut(&key),
+        }
+    }
+
+    /// Removes and returns the value under `key`.
+    pub fn remove(&mut self, key: (u64, u64)) -> Option<V> {
+        if let Some(i) = self.ring_index(key) {
+            if let Some(v) = self.ring[i].take() {
+                self.in_ring -= 1;
+                // drop empty slots at the front
+                while matches!(self.ring.front(), Some(None)) {
+                    self.ring.pop_front();
+                    self.base += 1;
+                }
+                return Some(v);
+            }
+        }
+        if self.other.is_empty() {
+            return None;
+        }
+        self.other.remove(&key)
+    }
+
+    /// Removes every entry that `keep` refuses.
+    pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        for slot in self.ring.iter_mut() {
+            if slot.as_ref().is_some_and(|v| !keep(v)) {
+                *slot = None;
+                self.in_ring -= 1;
+            }
+        }
+        while matches!(self.ring.front(), Some(None)) {
+            self.ring.pop_front();
+            self.base += 1;
+        }
+        self.other.retain(|_, v| keep(v));
+    }
+
+    /// Removes and returns every entry.
+    pub fn drain(&mut self) -> Vec<((u64, u64), V)> {
+        let base = self.base;
+        let mut out: Vec<_> = self
+            .ring
+            .drain(..)
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| ((0, base + i as u64), v)))
+            .collect();
+        out.extend(self.other.drain());
+        self.in_ring = 0;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random operations against a HashMap model.
+    #[test]
+    fn behaves_like_a_hash_map() {
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20 {
+            let mut t = TagTable::default();
+            let mut m: HashMap<(u64, u64), u64> = HashMap::new();
+            let mut next_tag = 2u64;
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for step in 0..20_000u64 {
+                match rnd() % 10 {
+                    0..=3 => {
+                        // a new request: mostly channel 0, consecutive tags,
+                        // sometimes a big jump past the ring span
+                        let key = if rnd() % 20 == 0 {
+                            (rnd() % 3, rnd() % 100)
+                        } else {
+                            next_tag += if rnd() % 50 == 0 {
+                                RING_SPAN + rnd() % 10
+                            } else {
+                                1
+                            };
+                            (0, next_tag)
+                        };
+                        assert_eq!(
+                            t.insert(key, step),
+                            m.insert(key, step),
+                            "round {round} step {step}"
+                        );
+                        live.push(key);
+                    }
+                    4..=7 if !live.is_empty() => {
+                        // complete one, usually an early one (a few stay long)
+                        let i = if round % 2 == 0 {
+                            (rnd() % live.len().min(8) as u64) as usize
+                        } else {
+                            (rnd() % live.len() as u64) as usize
+                        };
+                        let key = live.swap_remove(i);
+                        assert_eq!(t.remove(key), m.remove(&key), "round {round} step {step}");
+                    }
+                    8 => {
+                        let key = (0, next_tag.saturating_sub(rnd() % 10));
+                        assert_eq!(t.get_mut(key).copied(), m.get(&key).copied());
+                        let key = (rnd() % 2, rnd() % 100);
+                        assert_eq!(t.remove(key), m.remove(&key));
+                    }
+                    _ => {
+                        let cut = rnd() % 1000;
+                        t.retain(|v| v % 1000 != cut);
+                        m.retain(|_, v| *v % 1000 != cut);
+                    }
+                }
+                assert_eq!(t.len(), m.len(), "round {round} step {step}");
+                assert!(t.ring.len() as u64 <= RING_SPAN);
+            }
+            let mut all = t.drain();
+            all.sort();
+            let mut want: Vec<_> = m.into_iter().collect();
+            want.sort();
+            assert_eq!(all, want);
+            assert!(t.is_empty());
+        }
+    }
+}
