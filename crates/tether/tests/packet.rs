@@ -606,3 +606,31 @@ async fn handler_concurrency_is_bounded() {
     got.sort();
     assert_eq!(got, [2, 3, 4, 5]);
 }
+
+#[test]
+fn dropping_a_blocking_connection_closes_it_in_order() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ep, done) = rt.block_on(async {
+        let mut l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let ep = l.local_endpoint();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let s = l.accept().await.unwrap();
+            let c = PacketConnection::spawn(s, EchoService, PacketConfig::default());
+            let _ = tx.send(c.closed().await);
+        });
+        (ep, rx)
+    });
+    {
+        let conn = tether::packet::blocking::PacketConnection::connect(&ep, LIMIT).unwrap();
+        assert_eq!(
+            conn.call_timeout(0, 0, "x", LIMIT).unwrap(),
+            Response::ok(0, "x")
+        );
+        // dropped without close()
+    }
+    let outcome = rt.block_on(t(done)).unwrap();
+    assert!(outcome.is_ok(), "the server saw ERQ and EOF: {outcome:?}");
+}

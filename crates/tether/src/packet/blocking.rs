@@ -96,6 +96,12 @@ impl PacketConnection {
         self.rt.block_on(self.inner.close())
     }
 
+    /// Waits until the connection has ended (see
+    /// [`super::PacketConnection::closed`]).
+    pub fn closed(&self) -> Result<(), PacketError> {
+        self.rt.block_on(self.inner.closed())
+    }
+
     /// The connection's counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats()
@@ -110,5 +116,22 @@ impl PacketConnection {
     /// The private runtime.
     pub fn runtime(&self) -> &tokio::runtime::Runtime {
         &self.rt
+    }
+}
+
+/// How long dropping a connection that was not closed may take to close it
+/// in order before its runtime stops.
+const DROP_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Drop for PacketConnection {
+    /// Closes in order (ERQ, EOF; bounded by 2 s) if [`close`](Self::close)
+    /// was not called, so the peer sees an orderly end.
+    fn drop(&mut self) {
+        if !self.inner.is_closed() {
+            let inner = &self.inner;
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(DROP_CLOSE_TIMEOUT, inner.close()).await });
+        }
     }
 }

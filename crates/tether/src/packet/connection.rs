@@ -550,7 +550,8 @@ fn check_request(
     Ok(())
 }
 
-type Running<F> = Join<F, Ready<Key>>;
+/// A running handler, in its own `packet_request` span, with its key.
+type Running<F> = Join<tracing::instrument::Instrumented<F>, Ready<Key>>;
 
 struct Driver<S, H: Handler> {
     io: S,
@@ -830,7 +831,13 @@ where
                 match self.handler.handle_now(rq) {
                     Ok(response) => self.respond(st, key, response),
                     Err(rq) => {
-                        let fut = self.handler.handle(rq);
+                        let span = tracing::debug_span!(
+                            "packet_request",
+                            channel = key.0,
+                            tag = key.1,
+                            rq_type = rq.rq_type
+                        );
+                        let fut = self.handler.handle(rq).instrument(span);
                         self.running
                             .push(join(fut, futures_util::future::ready(key)));
                     }

@@ -19,7 +19,7 @@
 //! }
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -173,6 +173,14 @@ impl Stats {
     }
 }
 
+/// Adds to a counter. Only the protocol (behind `&mut`) writes the
+/// counters, so a plain load and store suffice: no locked instruction on
+/// the hot path. Readers see a recent value.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
 /// Something waiting for a response, that may give up.
 pub trait Waiter {
     /// True if nobody wants the response any more.
@@ -251,7 +259,7 @@ impl TagAllocator {
 pub struct Protocol<W> {
     tags: TagAllocator,
     pending: TagTable<W>,
-    handling: HashSet<(u64, u64), Fx>,
+    handling: TagTable<()>,
     local_erq: bool,
     peer_erq: bool,
     peer_eof: bool,
@@ -270,7 +278,7 @@ impl<W> Protocol<W> {
         Protocol {
             tags: TagAllocator::new(),
             pending: TagTable::default(),
-            handling: HashSet::default(),
+            handling: TagTable::default(),
             local_erq: false,
             peer_erq: false,
             peer_eof: false,
@@ -299,7 +307,7 @@ impl<W> Protocol<W> {
             Err(e) => return Err((e, waiter)),
         };
         self.pending.insert((channel, tag), waiter);
-        self.stats.requests_sent.fetch_add(1, Relaxed);
+        bump(&self.stats.requests_sent, 1);
         self.stats
             .in_flight
             .store(self.pending.len() as u64, Relaxed);
@@ -317,7 +325,7 @@ impl<W> Protocol<W> {
                 payload,
             } => match self.pending.remove((channel, tag)) {
                 Some(waiter) => {
-                    self.stats.responses_received.fetch_add(1, Relaxed);
+                    bump(&self.stats.responses_received, 1);
                     self.stats
                         .in_flight
                         .store(self.pending.len() as u64, Relaxed);
@@ -329,7 +337,7 @@ impl<W> Protocol<W> {
                     }
                 }
                 None => {
-                    self.stats.unknown_responses.fetch_add(1, Relaxed);
+                    bump(&self.stats.unknown_responses, 1);
                     Event::UnknownResponse { channel, tag }
                 }
             },
@@ -340,19 +348,19 @@ impl<W> Protocol<W> {
                 flags,
                 payload,
             } => {
-                self.stats.requests_received.fetch_add(1, Relaxed);
+                bump(&self.stats.requests_received, 1);
                 let reason = if self.peer_erq {
                     Some(REQUESTS_NOT_ALLOWED)
                 } else if channel != 0 {
                     Some(UNKNOWN_CHANNEL)
-                } else if !self.handling.insert((channel, tag)) {
+                } else if self.handling.insert((channel, tag), ()).is_some() {
                     Some(DUPLICATE_TAG)
                 } else {
                     None
                 };
                 match reason {
                     Some(reason) => {
-                        self.stats.requests_rejected.fetch_add(1, Relaxed);
+                        bump(&self.stats.requests_rejected, 1);
                         Event::Reject {
                             channel,
                             tag,
@@ -388,7 +396,7 @@ impl<W> Protocol<W> {
     /// Marks the peer's request `(channel, tag)` as answered (its tag may
     /// be used again by the peer).
     pub fn finish_request(&mut self, channel: u64, tag: u64) {
-        self.handling.remove(&(channel, tag));
+        self.handling.remove((channel, tag));
         self.stats
             .handlers_running
             .store(self.handling.len() as u64, Relaxed);
@@ -438,7 +446,7 @@ impl<W> Protocol<W> {
     pub fn cancel(&mut self, channel: u64, tag: u64) -> Option<W> {
         let w = self.pending.remove((channel, tag));
         if w.is_some() {
-            self.stats.cancelled.fetch_add(1, Relaxed);
+            bump(&self.stats.cancelled, 1);
             self.stats
                 .in_flight
                 .store(self.pending.len() as u64, Relaxed);
@@ -454,7 +462,7 @@ impl<W: Waiter> Protocol<W> {
         let before = self.pending.len();
         self.pending.retain(|w| !w.is_cancelled());
         let n = before - self.pending.len();
-        self.stats.cancelled.fetch_add(n as u64, Relaxed);
+        bump(&self.stats.cancelled, n as u64);
         self.stats
             .in_flight
             .store(self.pending.len() as u64, Relaxed);
@@ -463,7 +471,7 @@ impl<W: Waiter> Protocol<W> {
 
     /// Counts a response delivered to a waiter that had gone.
     pub fn note_cancelled(&self) {
-        self.stats.cancelled.fetch_add(1, Relaxed);
+        bump(&self.stats.cancelled, 1);
     }
 }
 
