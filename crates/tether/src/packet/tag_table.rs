@@ -85,8 +85,10 @@ impl<V> TagTable<V> {
                 if old.is_none() {
                     self.in_ring += 1;
                 }
-                let other = self.other.remove(&key);
-                return old.or(other);
+                if old.is_none() && !self.other.is_empty() {
+                    return self.other.remove(&key);
+                }
+                return old;
             }
         }
         self.other.insert(key, value)

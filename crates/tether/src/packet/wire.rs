@@ -21,7 +21,7 @@
 //! assert_eq!(&buf[..], b"\x08\x00\x02\x04hello");
 //! ```
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::varint;
 use super::PacketError;
@@ -277,18 +277,40 @@ fn put_raw(
     rq_wire: Option<u64>,
     payload: &[u8],
 ) {
-    let len = body_len(tag, h, channel, rq_wire, payload.len());
-    dst.reserve(varint::encoded_len(len) + len as usize);
-    varint::put(dst, len);
-    varint::put(dst, tag);
-    varint::put(dst, h);
+    // the fields first, into a small stack buffer (at most 4 × 10 bytes),
+    // then the length prefix, the fields and the payload in three copies
+    let mut fields = [0u8; 40];
+    let mut n = put_varint_at(&mut fields, 0, tag);
+    n = put_varint_at(&mut fields, n, h);
     if channel != 0 {
-        varint::put(dst, channel);
+        n = put_varint_at(&mut fields, n, channel);
     }
     if let Some(rq) = rq_wire {
-        varint::put(dst, rq);
+        n = put_varint_at(&mut fields, n, rq);
     }
-    dst.put_slice(payload);
+    let len = (n + payload.len()) as u64;
+    let mut prefix = [0u8; 10];
+    let p = put_varint_at(&mut prefix, 0, len);
+    dst.reserve(p + n + payload.len());
+    dst.extend_from_slice(&prefix[..p]);
+    dst.extend_from_slice(&fields[..n]);
+    dst.extend_from_slice(payload);
+}
+
+/// Writes `value` as a varint at `buf[at..]`; returns the end.
+#[inline(always)]
+fn put_varint_at(buf: &mut [u8], at: usize, value: u64) -> usize {
+    if value < 0x80 {
+        buf[at] = value as u8;
+        return at + 1;
+    }
+    let n = varint::encoded_len(value);
+    for i in 0..n {
+        let shift = 7 * (n - 1 - i);
+        let b = ((value >> shift) & 0x7f) as u8;
+        buf[at + i] = if i + 1 == n { b } else { b | 0x80 };
+    }
+    at + n
 }
 
 /// Appends a request packet to `dst` without building a [`Packet`].
