@@ -5,10 +5,12 @@
 //! and responses come back in completion order.
 //!
 //! ```text
-//!  submit()/request() ──► queue ──► connection task ──► write buffer ──► stream
-//!                                   │  Protocol (sans-IO: tags, pending,  │
-//!  response ◄── oneshot ◄───────────┤  ERQ/EOF, refusals)               │
-//!                                   │  Handler futures (bounded) ◄──── decode ◄── stream
+//!  submit() ──► lock: tag, pending entry, encode ──► outgoing bytes ─┐
+//!     │                                                              ▼
+//!  ResponseFuture ◄── result slot ◄── connection task ──► write buffer ──► stream
+//!                                      │ Protocol (sans-IO: tags, pending,
+//!                                      │ ERQ/EOF, refusals, counters)
+//!                                      │ Handler futures (bounded) ◄── decode ◄── stream
 //! ```
 //!
 //! - [`varint`], [`Packet`] and [`PacketCodec`]: the wire format, sans-IO
@@ -18,7 +20,8 @@
 //!   the pending table, refusals after ERQ, duplicate tags, unknown
 //!   channels).
 //! - [`PacketConnection`]: the tokio driver over any `AsyncRead +
-//!   AsyncWrite` (every [`ByteStream`](crate::transport::ByteStream)).
+//!   AsyncWrite` (every [`ByteStream`](crate::transport::ByteStream)); its
+//!   [`submit`](PacketConnection::submit) returns a [`ResponseFuture`].
 //! - [`Handler`], [`handler_fn`], [`TypedRequest`] + [`Service`],
 //!   [`EchoService`]: answering the peer.
 //! - [`blocking::PacketConnection`]: the same for synchronous programs.
@@ -49,8 +52,13 @@
 //! What tether adds to the reference without changing the wire: no grace
 //! sleep before flushing, bounded queues and handler concurrency, a
 //! maximum packet size, and every pending request resolved when the
-//! connection ends. Channels other than 0 get the reference's answer, a
-//! failure `unknown channel`.
+//! connection ends.
+//!
+//! What it deliberately does not do: give channels a meaning (a request on
+//! a channel other than 0 gets the reference's answer, a failure `unknown
+//! channel`); time requests out (wrap the future in
+//! `tokio::time::timeout`: dropping it cancels the request); reconnect
+//! (the message layer above does).
 
 pub mod blocking;
 mod codec;
