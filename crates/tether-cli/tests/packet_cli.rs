@@ -167,3 +167,22 @@ fn serve_packet_serves_connections_at_the_same_time() {
     wait_bounded(&mut slow);
     assert!(terminate(server).success());
 }
+
+#[test]
+fn call_packet_reaches_a_server_on_stdio_as_a_child_process() {
+    let endpoint = format!("exec:{TETHER} serve packet --listen stdio:");
+    let (status, out, err) = call(
+        &[
+            &endpoint,
+            "--packet",
+            "--rq-type",
+            "1",
+            "--",
+            "hello",
+            "world",
+        ],
+        b"",
+    );
+    assert!(status.success(), "{err}");
+    assert_eq!(out, "ok flags=0 olleh\nok flags=0 dlrow\n");
+}

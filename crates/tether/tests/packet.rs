@@ -634,3 +634,28 @@ fn dropping_a_blocking_connection_closes_it_in_order() {
     let outcome = rt.block_on(t(done)).unwrap();
     assert!(outcome.is_ok(), "the server saw ERQ and EOF: {outcome:?}");
 }
+
+#[tokio::test]
+async fn works_over_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("tether-packet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.sock");
+    let _ = std::fs::remove_file(&path);
+    let ep: tether::transport::Endpoint = format!("unix://{}", path.display()).parse().unwrap();
+    let mut l = Listener::bind(&ep).await.unwrap();
+    let server = tokio::spawn(async move {
+        let s = l.accept().await.unwrap();
+        let c = PacketConnection::spawn(s, EchoService, PacketConfig::default());
+        c.closed().await
+    });
+    let client = t(PacketConnection::connect(&ep, LIMIT, NoHandler, cfg()))
+        .await
+        .unwrap();
+    assert_eq!(
+        t(client.submit(1, 0, "unix")).await.unwrap(),
+        Response::ok(0, "xinu")
+    );
+    t(client.close()).await.unwrap();
+    t(server).await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
