@@ -659,3 +659,39 @@ async fn works_over_a_unix_socket() {
     t(server).await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(start_paused = true)]
+async fn close_is_bounded_when_the_peer_never_sends_eof() {
+    let (a, b) = memory_pair(4096);
+    let mut c = cfg();
+    c.close_timeout = Duration::from_secs(1);
+    c.eof_timeout = Duration::from_secs(1);
+    let client = PacketConnection::spawn(a, NoHandler, c);
+    let mut peer = raw(b);
+    let pending = client.submit(0, 0, "never answered");
+    assert_eq!(next(&mut peer).await, rq(2, 0, 0, b"never answered"));
+    let e = t(client.close()).await.unwrap_err();
+    assert!(e.to_string().contains("close timed out"), "{e}");
+    let e = t(pending).await.unwrap_err();
+    assert!(e.is_connection_lost(), "{e}");
+    assert_eq!(next(&mut peer).await, Packet::Erq);
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+}
+
+#[tokio::test(start_paused = true)]
+async fn handlers_still_running_at_the_close_timeout_are_abandoned() {
+    let (a, b) = memory_pair(4096);
+    let mut c = cfg();
+    c.close_timeout = Duration::from_secs(1);
+    let gate = Arc::new(Notify::new());
+    let server = PacketConnection::spawn(b, gated(gate), c);
+    let mut peer = raw(a);
+    t(peer.send(rq(2, 10, 0, b"held forever"))).await.unwrap();
+    t(peer.send(Packet::Eof)).await.unwrap();
+    assert_eq!(next(&mut peer).await, Packet::Erq);
+    // no response for the abandoned handler: straight to EOF
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+    assert!(t(peer.next()).await.is_none());
+    t(server.closed()).await.unwrap();
+    assert_eq!(server.stats().handlers_running, 0);
+}

@@ -899,6 +899,7 @@ where
                         "handlers still running at the close timeout"
                     );
                     self.running = FuturesUnordered::new();
+                    self.shared.lock().proto.abandon_handling();
                 }
                 // requests queued before the close go out before EOF
                 self.take_outgoing();
@@ -994,6 +995,7 @@ where
             }
             st.out.clear();
             st.space_waiters = false;
+            st.proto.abandon_handling();
         }
         self.shared.space.notify_waiters();
         for w in self.to_wake.drain(..) {

@@ -402,6 +402,13 @@ impl<W> Protocol<W> {
             .store(self.handling.len() as u64, Relaxed);
     }
 
+    /// Forgets every request being handled (their handlers were abandoned
+    /// at the close deadline; no response will be sent).
+    pub fn abandon_handling(&mut self) {
+        self.handling = TagTable::default();
+        self.stats.handlers_running.store(0, Relaxed);
+    }
+
     /// Records that this end sends ERQ. Returns true the first time (send
     /// it), false after.
     pub fn end_requests(&mut self) -> bool {
