@@ -695,3 +695,36 @@ async fn handlers_still_running_at_the_close_timeout_are_abandoned() {
     t(server.closed()).await.unwrap();
     assert_eq!(server.stats().handlers_running, 0);
 }
+
+#[tokio::test]
+async fn a_panicking_handler_fails_its_request_and_the_connection_goes_on() {
+    let (a, b) = memory_pair(4096);
+    let _server = PacketConnection::spawn(
+        b,
+        handler_fn(|rq: IncomingRequest| async move {
+            if rq.rq_type == 66 {
+                panic!("handler bug (expected by this test)");
+            }
+            Response::ok(0, rq.payload)
+        }),
+        cfg(),
+    );
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    assert_eq!(t(client.submit(66, 0, "boom")).await.unwrap(), Response::fail(HANDLER_FAILED));
+    assert_eq!(t(client.submit(0, 0, "still here")).await.unwrap(), Response::ok(0, "still here"));
+}
+
+#[test]
+fn pending_requests_resolve_when_the_connection_runtime_shuts_down() {
+    let driver_rt = tokio::runtime::Runtime::new().unwrap();
+    let (conn, _peer) = driver_rt.block_on(async {
+        let (a, b) = memory_pair(4096);
+        (PacketConnection::spawn(a, NoHandler, PacketConfig::default()), b)
+    });
+    let pending = conn.submit(0, 0, "never answered");
+    driver_rt.shutdown_timeout(Duration::from_secs(5));
+    let other = tokio::runtime::Runtime::new().unwrap();
+    let e = other.block_on(t(pending)).unwrap_err();
+    assert!(e.is_connection_lost(), "{e}");
+    assert!(other.block_on(t(conn.closed())).is_err());
+}

@@ -20,8 +20,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::future::{join, Join, Ready};
+use futures_util::future::{join, CatchUnwind, Join, Ready};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 use tokio::time::Sleep;
@@ -29,7 +31,7 @@ use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
-use super::handler::{Handler, TypedRequest};
+use super::handler::{Handler, TypedRequest, HANDLER_FAILED};
 use super::proto::{Event, Protocol, Stats, StatsSnapshot};
 use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
@@ -551,7 +553,8 @@ fn check_request(
 }
 
 /// A running handler, in its own `packet_request` span, with its key.
-type Running<F> = Join<tracing::instrument::Instrumented<F>, Ready<Key>>;
+type Running<F> =
+    Join<CatchUnwind<AssertUnwindSafe<tracing::instrument::Instrumented<F>>>, Ready<Key>>;
 
 struct Driver<S, H: Handler> {
     io: S,
@@ -580,6 +583,55 @@ struct Driver<S, H: Handler> {
     /// order (end of stream without EOF, cut mid-packet).
     unclean: Option<Arc<str>>,
     finished: watch::Sender<Outcome>,
+}
+
+impl<S, H: Handler> Drop for Driver<S, H> {
+    /// A task dropped before it finished (its runtime shut down, or it
+    /// panicked) still resolves every pending request.
+    fn drop(&mut self) {
+        if self.finished.borrow().is_none() {
+            self.failure
+                .get_or_insert_with(|| Arc::from("connection task stopped"));
+            self.finish();
+        }
+    }
+}
+
+impl<S, H: Handler> Driver<S, H> {
+    fn finish(&mut self) {
+        if self.finished.borrow().is_some() {
+            return;
+        }
+        let reason: Arc<str> = self
+            .failure
+            .clone()
+            .unwrap_or_else(|| Arc::from("connection closed"));
+        self.running = FuturesUnordered::new();
+        {
+            let mut st = self.shared.lock();
+            if st.ended.is_none() || self.failure.is_some() {
+                st.ended = Some(reason.clone());
+            }
+            for (key, waker) in st.proto.take_pending() {
+                st.done
+                    .insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
+                self.to_wake.extend(waker);
+            }
+            st.out.clear();
+            st.space_waiters = false;
+            st.proto.abandon_handling();
+        }
+        self.shared.space.notify_waiters();
+        for w in self.to_wake.drain(..) {
+            w.wake();
+        }
+        let outcome = match self.failure.as_ref().or(self.unclean.as_ref()) {
+            None => Ok(()),
+            Some(r) => Err(r.clone()),
+        };
+        tracing::debug!(?outcome, "connection ended");
+        self.finished.send_replace(Some(outcome));
+    }
 }
 
 // The driver never pins its fields (handler futures live in the
@@ -683,7 +735,13 @@ where
         // poll user futures without holding the lock: they may submit
         while !self.running.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
             match self.running.poll_next_unpin(cx) {
-                Poll::Ready(Some((response, key))) => self.completed.push((key, response)),
+                Poll::Ready(Some((outcome, key))) => {
+                    let response = outcome.unwrap_or_else(|_| {
+                        tracing::error!(channel = key.0, tag = key.1, "request handler panicked");
+                        Response::fail(HANDLER_FAILED)
+                    });
+                    self.completed.push((key, response));
+                }
                 _ => break,
             }
         }
@@ -828,18 +886,32 @@ where
                     st.proto.finish_request(key.0, key.1);
                     return;
                 }
-                match self.handler.handle_now(rq) {
-                    Ok(response) => self.respond(st, key, response),
-                    Err(rq) => {
-                        let span = tracing::debug_span!(
-                            "packet_request",
-                            channel = key.0,
-                            tag = key.1,
-                            rq_type = rq.rq_type
-                        );
-                        let fut = self.handler.handle(rq).instrument(span);
+                // a handler that panics fails its request, as the
+                // reference fails a handler that raises; the connection goes on
+                let handler = &self.handler;
+                let started =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| match handler.handle_now(rq) {
+                        Ok(response) => Ok(response),
+                        Err(rq) => {
+                            let span = tracing::debug_span!(
+                                "packet_request",
+                                channel = key.0,
+                                tag = key.1,
+                                rq_type = rq.rq_type
+                            );
+                            Err(handler.handle(rq).instrument(span))
+                        }
+                    }));
+                match started {
+                    Ok(Ok(response)) => self.respond(st, key, response),
+                    Ok(Err(fut)) => {
+                        let fut = AssertUnwindSafe(fut).catch_unwind();
                         self.running
                             .push(join(fut, futures_util::future::ready(key)));
+                    }
+                    Err(_) => {
+                        tracing::error!(channel = key.0, tag = key.1, "request handler panicked");
+                        self.respond(st, key, Response::fail(HANDLER_FAILED));
                     }
                 }
             }
@@ -975,37 +1047,5 @@ where
             self.failure = Some(Arc::from(reason));
         }
         self.read_open = false;
-    }
-
-    fn finish(&mut self) {
-        let reason: Arc<str> = self
-            .failure
-            .clone()
-            .unwrap_or_else(|| Arc::from("connection closed"));
-        self.running = FuturesUnordered::new();
-        {
-            let mut st = self.shared.lock();
-            if st.ended.is_none() || self.failure.is_some() {
-                st.ended = Some(reason.clone());
-            }
-            for (key, waker) in st.proto.take_pending() {
-                st.done
-                    .insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
-                self.to_wake.extend(waker);
-            }
-            st.out.clear();
-            st.space_waiters = false;
-            st.proto.abandon_handling();
-        }
-        self.shared.space.notify_waiters();
-        for w in self.to_wake.drain(..) {
-            w.wake();
-        }
-        let outcome = match self.failure.as_ref().or(self.unclean.as_ref()) {
-            None => Ok(()),
-            Some(r) => Err(r.clone()),
-        };
-        tracing::debug!(?outcome, "connection ended");
-        self.finished.send_replace(Some(outcome));
     }
 }
