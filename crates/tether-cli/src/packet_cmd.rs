@@ -10,56 +10,23 @@ use tether::packet::{
 };
 use tether::transport::{Endpoint, Listener};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::task::JoinSet;
 
 use crate::call::CallArgs;
 use crate::CliResult;
 
-/// How long connections may take to close in order after SIGINT/SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 /// `tether serve packet`: the contract handler ([`EchoService`]) on every
-/// connection, all served at once, until SIGINT/SIGTERM.
+/// connection, all served at once, until SIGINT/SIGTERM; then every
+/// connection closes in order.
 pub async fn serve(listen: Endpoint) -> CliResult {
-    let mut listener = Listener::bind(&listen).await?;
+    let listener = Listener::bind(&listen).await?;
     crate::serve::announce(&listener)?;
-    let mut conns: Vec<PacketConnection> = Vec::new();
-    let mut tasks = JoinSet::new();
-    let interrupted = crate::interrupted();
-    tokio::pin!(interrupted);
-    loop {
-        tokio::select! {
-            _ = &mut interrupted => break,
-            accepted = listener.accept() => match accepted {
-                Ok(stream) => {
-                    let peer = stream.peer();
-                    tracing::debug!(%peer, "packet connection");
-                    let conn = PacketConnection::spawn(stream, EchoService, PacketConfig::default());
-                    conns.retain(|c| !c.is_closed());
-                    conns.push(conn.clone());
-                    tasks.spawn(async move {
-                        if let Err(e) = conn.closed().await {
-                            tracing::info!(%peer, error = %e, "packet connection ended");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-        }
-    }
-    // graceful: every connection closes in order (ERQ, handlers, EOF)
-    let closing = async {
-        let mut all = JoinSet::new();
-        for c in conns {
-            all.spawn(async move { c.close().await });
-        }
-        while all.join_next().await.is_some() {}
-    };
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE * 2, closing).await;
+    tether::packet::serve(
+        listener,
+        EchoService,
+        PacketConfig::default(),
+        crate::interrupted(),
+    )
+    .await;
     Ok(())
 }
 

@@ -51,16 +51,17 @@ where
 
 fn packet_server() -> Endpoint {
     server(|etx| async move {
-        let mut l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        let l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         etx.send(l.local_endpoint()).unwrap();
-        while let Ok(s) = l.accept().await {
-            tokio::spawn(async move {
-                let c = PacketConnection::spawn(s, EchoService, PacketConfig::default());
-                let _ = c.closed().await;
-            });
-        }
+        tether::packet::serve(
+            l,
+            EchoService,
+            PacketConfig::default(),
+            std::future::pending::<()>(),
+        )
+        .await;
     })
 }
 

@@ -427,18 +427,16 @@ async fn dropped_request_is_cancelled_and_its_late_response_discarded() {
 
 #[tokio::test]
 async fn a_bad_connection_does_not_disturb_the_others() {
-    let mut l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+    let l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let ep = l.local_endpoint();
-    tokio::spawn(async move {
-        while let Ok(s) = l.accept().await {
-            tokio::spawn(async move {
-                let c = PacketConnection::spawn(s, EchoService, PacketConfig::default());
-                let _ = c.closed().await;
-            });
-        }
-    });
+    tokio::spawn(tether::packet::serve(
+        l,
+        EchoService,
+        PacketConfig::default(),
+        std::future::pending::<()>(),
+    ));
     let good = t(PacketConnection::connect(&ep, LIMIT, NoHandler, cfg()))
         .await
         .unwrap();
@@ -710,8 +708,14 @@ async fn a_panicking_handler_fails_its_request_and_the_connection_goes_on() {
         cfg(),
     );
     let client = PacketConnection::spawn(a, NoHandler, cfg());
-    assert_eq!(t(client.submit(66, 0, "boom")).await.unwrap(), Response::fail(HANDLER_FAILED));
-    assert_eq!(t(client.submit(0, 0, "still here")).await.unwrap(), Response::ok(0, "still here"));
+    assert_eq!(
+        t(client.submit(66, 0, "boom")).await.unwrap(),
+        Response::fail(HANDLER_FAILED)
+    );
+    assert_eq!(
+        t(client.submit(0, 0, "still here")).await.unwrap(),
+        Response::ok(0, "still here")
+    );
 }
 
 #[test]
@@ -719,7 +723,10 @@ fn pending_requests_resolve_when_the_connection_runtime_shuts_down() {
     let driver_rt = tokio::runtime::Runtime::new().unwrap();
     let (conn, _peer) = driver_rt.block_on(async {
         let (a, b) = memory_pair(4096);
-        (PacketConnection::spawn(a, NoHandler, PacketConfig::default()), b)
+        (
+            PacketConnection::spawn(a, NoHandler, PacketConfig::default()),
+            b,
+        )
     });
     let pending = conn.submit(0, 0, "never answered");
     driver_rt.shutdown_timeout(Duration::from_secs(5));
@@ -727,4 +734,30 @@ fn pending_requests_resolve_when_the_connection_runtime_shuts_down() {
     let e = other.block_on(t(pending)).unwrap_err();
     assert!(e.is_connection_lost(), "{e}");
     assert!(other.block_on(t(conn.closed())).is_err());
+}
+
+#[tokio::test]
+async fn serve_closes_every_connection_in_order_on_shutdown() {
+    let l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ep = l.local_endpoint();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tether::packet::serve(l, EchoService, cfg(), stopped));
+    let a = t(PacketConnection::connect(&ep, LIMIT, NoHandler, cfg()))
+        .await
+        .unwrap();
+    let b = t(PacketConnection::connect(&ep, LIMIT, NoHandler, cfg()))
+        .await
+        .unwrap();
+    let (x, y) = tokio::join!(a.submit(0, 0, "a"), b.submit(1, 0, "ab"));
+    assert_eq!(
+        (x.unwrap(), y.unwrap()),
+        (Response::ok(0, "a"), Response::ok(0, "ba"))
+    );
+    stop.send(()).unwrap();
+    t(server).await.unwrap();
+    // the server sent ERQ and EOF: both clients end in order
+    t(a.closed()).await.unwrap();
+    t(b.closed()).await.unwrap();
 }

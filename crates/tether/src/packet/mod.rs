@@ -24,6 +24,8 @@
 //!   [`submit`](PacketConnection::submit) returns a [`ResponseFuture`].
 //! - [`Handler`], [`handler_fn`], [`TypedRequest`] + [`Service`],
 //!   [`EchoService`]: answering the peer.
+//! - [`serve`]: an accept loop serving every connection at once, with an
+//!   orderly shutdown.
 //! - [`blocking::PacketConnection`]: the same for synchronous programs.
 //!
 //! ```
@@ -66,6 +68,7 @@ mod connection;
 mod error;
 mod handler;
 mod proto;
+mod server;
 mod tag_table;
 pub mod varint;
 mod wire;
@@ -81,6 +84,7 @@ pub use proto::{
     Event, IncomingRequest, Protocol, Response, Stats, StatsSnapshot, TagAllocator, Waiter,
     DUPLICATE_TAG,
 };
+pub use server::serve;
 pub use tag_table::TagTable;
 pub use wire::{
     encode_request, encode_response, Packet, MAX_REQUEST_FLAGS, MAX_RESPONSE_FLAGS, MAX_RQ_TYPE,

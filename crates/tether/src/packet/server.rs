@@ -1,0 +1,71 @@
+//! [`serve`]: accept connections and serve each with a packet connection.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::{Handler, PacketConfig, PacketConnection};
+use crate::transport::Listener;
+
+/// Serves every connection `listener` accepts, all at the same time, each
+/// with a clone of `handler`, until `shutdown` resolves; then closes every
+/// connection in order (ERQ, running handlers finish, EOF; bounded by the
+/// config's `close_timeout + eof_timeout`) and returns.
+///
+/// A connection that fails (protocol error, I/O error) ends alone; the
+/// others go on. A failed `accept` is logged and retried after 50 ms.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tether::packet::{serve, EchoService, PacketConfig};
+/// use tether::transport::Listener;
+///
+/// let listener = Listener::bind(&"tcp://127.0.0.1:0".parse()?).await?;
+/// println!("listening on {}", listener.display_address());
+/// serve(listener, EchoService, PacketConfig::default(), tokio::signal::ctrl_c()).await;
+/// # Ok(()) }
+/// ```
+pub async fn serve<H, F>(mut listener: Listener, handler: H, config: PacketConfig, shutdown: F)
+where
+    H: Handler + Clone,
+    F: Future,
+{
+    let limit = config.close_timeout + config.eof_timeout + Duration::from_secs(1);
+    let mut conns: Vec<PacketConnection> = Vec::new();
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => {
+                    let peer = stream.peer();
+                    tracing::debug!(%peer, "packet connection accepted");
+                    let conn = PacketConnection::spawn(stream, handler.clone(), config.clone());
+                    conns.retain(|c| !c.is_closed());
+                    conns.push(conn.clone());
+                    tasks.spawn(async move {
+                        if let Err(e) = conn.closed().await {
+                            tracing::info!(%peer, error = %e, "packet connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let mut closing = JoinSet::new();
+    for c in conns {
+        closing.spawn(async move { c.close().await });
+    }
+    let _ = tokio::time::timeout(limit, async {
+        while closing.join_next().await.is_some() {}
+    })
+    .await;
+}
