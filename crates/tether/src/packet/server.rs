@@ -23,7 +23,10 @@ use crate::transport::Listener;
 ///
 /// let listener = Listener::bind(&"tcp://127.0.0.1:0".parse()?).await?;
 /// println!("listening on {}", listener.display_address());
-/// serve(listener, EchoService, PacketConfig::default(), tokio::signal::ctrl_c()).await;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// // ... `stop.send(())` from elsewhere (a signal handler) ends it
+/// serve(listener, EchoService, PacketConfig::default(), stopped).await;
+/// # drop(stop);
 /// # Ok(()) }
 /// ```
 pub async fn serve<H, F>(mut listener: Listener, handler: H, config: PacketConfig, shutdown: F)
