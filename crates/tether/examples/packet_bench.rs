@@ -94,11 +94,13 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 fn report_rtt(name: &str, mut lat: Vec<Duration>, total: Duration) {
     lat.sort();
     println!(
-        "workload=rtt impl={name} requests={} req_s={:.0} p50_us={:.1} p99_us={:.1} (server and client: two runtimes in one process)",
+        "workload=rtt impl={name} requests={} req_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.0} (server and client: two runtimes in one process)",
         lat.len(),
         lat.len() as f64 / total.as_secs_f64(),
         percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
+        percentile(&lat, 0.99),
+        percentile(&lat, 0.999),
+        percentile(&lat, 1.0)
     );
 }
 
@@ -292,6 +294,15 @@ fn main() {
     let packet = packet_server();
     let framed = framed_server();
     let rt = runtime();
+    if std::env::args().any(|a| a == "--w1-only") {
+        rt.block_on(async {
+            for _ in 0..3 {
+                w1_framed(&framed, warm, w1).await;
+                w1_packet(&packet, warm, w1).await;
+            }
+        });
+        return;
+    }
     if std::env::args().any(|a| a == "--profile-w3-framed") {
         rt.block_on(w3_framed(&framed, 2_000_000));
         return;
