@@ -761,3 +761,32 @@ async fn serve_closes_every_connection_in_order_on_shutdown() {
     t(a.closed()).await.unwrap();
     t(b.closed()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_handler_may_submit_on_its_own_connection_synchronously() {
+    // the handler calls submit() in its synchronous part (not inside the
+    // async block): the connection must not hold its lock around handlers
+    let (a, b) = memory_pair(4096);
+    let cell: Arc<std::sync::OnceLock<PacketConnection>> = Arc::default();
+    let c2 = cell.clone();
+    let client = PacketConnection::spawn(
+        a,
+        handler_fn(move |rq: IncomingRequest| {
+            let asked = c2.get().map(|c| c.submit(1, 0, rq.payload.clone()));
+            async move {
+                match asked {
+                    Some(f) => match f.await {
+                        Ok(r) => Response::ok(0, r.payload),
+                        Err(e) => Response::fail(e.to_string()),
+                    },
+                    None => Response::fail("no connection yet"),
+                }
+            }
+        }),
+        cfg(),
+    );
+    cell.set(client.clone()).unwrap();
+    let server = PacketConnection::spawn(b, EchoService, cfg());
+    // server → client; the client's handler asks the server to reverse it
+    assert_eq!(t(server.submit(0, 0, "round trip")).await.unwrap(), Response::ok(0, "pirt dnuor"));
+}

@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
 use super::handler::{Handler, TypedRequest, HANDLER_FAILED};
-use super::proto::{Event, Protocol, Stats, StatsSnapshot};
+use super::proto::{Event, IncomingRequest, Protocol, Stats, StatsSnapshot};
 use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
 use super::{Packet, PacketError, Response};
@@ -231,6 +231,7 @@ impl PacketConnection {
             handler,
             running: FuturesUnordered::new(),
             completed: Vec::new(),
+            incoming: Vec::new(),
             to_wake: Vec::new(),
             read_open: true,
             closing: false,
@@ -566,6 +567,8 @@ struct Driver<S, H: Handler> {
     running: FuturesUnordered<Running<H::Future>>,
     /// Handler results collected before taking the lock (reused).
     completed: Vec<(Key, Response)>,
+    /// The peer's requests decoded under the lock, run after it (reused).
+    incoming: Vec<IncomingRequest>,
     /// Requesters to wake after releasing the lock (reused).
     to_wake: Vec<Waker>,
     config: PacketConfig,
@@ -745,6 +748,11 @@ where
                 _ => break,
             }
         }
+        self.flush_completed()
+    }
+
+    /// Encodes the responses in `completed` (one lock for all).
+    fn flush_completed(&mut self) -> bool {
         if self.completed.is_empty() {
             return false;
         }
@@ -756,6 +764,48 @@ where
         }
         self.completed = completed;
         true
+    }
+
+    /// Starts the handlers of the requests decoded in the last batch,
+    /// outside the lock: handler code may submit requests of its own.
+    fn dispatch(&mut self) {
+        if self.incoming.is_empty() {
+            return;
+        }
+        let mut incoming = std::mem::take(&mut self.incoming);
+        for rq in incoming.drain(..) {
+            let key = (rq.channel, rq.tag);
+            // a handler that panics fails its request, as the reference
+            // fails a handler that raises; the connection goes on
+            let handler = &self.handler;
+            let started =
+                std::panic::catch_unwind(AssertUnwindSafe(|| match handler.handle_now(rq) {
+                    Ok(response) => Ok(response),
+                    Err(rq) => {
+                        let span = tracing::debug_span!(
+                            "packet_request",
+                            channel = key.0,
+                            tag = key.1,
+                            rq_type = rq.rq_type
+                        );
+                        Err(handler.handle(rq).instrument(span))
+                    }
+                }));
+            match started {
+                Ok(Ok(response)) => self.completed.push((key, response)),
+                Ok(Err(fut)) => {
+                    let fut = AssertUnwindSafe(fut).catch_unwind();
+                    self.running
+                        .push(join(fut, futures_util::future::ready(key)));
+                }
+                Err(_) => {
+                    tracing::error!(channel = key.0, tag = key.1, "request handler panicked");
+                    self.completed.push((key, Response::fail(HANDLER_FAILED)));
+                }
+            }
+        }
+        self.incoming = incoming;
+        self.flush_completed();
     }
 
     fn respond(&mut self, st: &mut State, (channel, tag): Key, r: Response) {
@@ -793,7 +843,7 @@ where
             if !self.rbuf.is_empty() {
                 let shared = self.shared.clone();
                 let mut st = shared.lock();
-                while self.running.len() < self.config.max_handlers
+                while self.running.len() + self.incoming.len() < self.config.max_handlers
                     && self.wbuf.len() < WRITE_HIGH_WATER
                 {
                     match self.codec.decode(&mut self.rbuf) {
@@ -816,6 +866,7 @@ where
                 for w in self.to_wake.drain(..) {
                     w.wake();
                 }
+                self.dispatch();
                 if !self.read_open {
                     return true;
                 }
@@ -881,38 +932,10 @@ where
                 );
             }
             Event::Request(rq) => {
-                let key = (rq.channel, rq.tag);
                 if self.eof_sent {
-                    st.proto.finish_request(key.0, key.1);
-                    return;
-                }
-                // a handler that panics fails its request, as the
-                // reference fails a handler that raises; the connection goes on
-                let handler = &self.handler;
-                let started =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| match handler.handle_now(rq) {
-                        Ok(response) => Ok(response),
-                        Err(rq) => {
-                            let span = tracing::debug_span!(
-                                "packet_request",
-                                channel = key.0,
-                                tag = key.1,
-                                rq_type = rq.rq_type
-                            );
-                            Err(handler.handle(rq).instrument(span))
-                        }
-                    }));
-                match started {
-                    Ok(Ok(response)) => self.respond(st, key, response),
-                    Ok(Err(fut)) => {
-                        let fut = AssertUnwindSafe(fut).catch_unwind();
-                        self.running
-                            .push(join(fut, futures_util::future::ready(key)));
-                    }
-                    Err(_) => {
-                        tracing::error!(channel = key.0, tag = key.1, "request handler panicked");
-                        self.respond(st, key, Response::fail(HANDLER_FAILED));
-                    }
+                    st.proto.finish_request(rq.channel, rq.tag);
+                } else {
+                    self.incoming.push(rq);
                 }
             }
             Event::Reject {
