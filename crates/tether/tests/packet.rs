@@ -788,5 +788,8 @@ async fn a_handler_may_submit_on_its_own_connection_synchronously() {
     cell.set(client.clone()).unwrap();
     let server = PacketConnection::spawn(b, EchoService, cfg());
     // server → client; the client's handler asks the server to reverse it
-    assert_eq!(t(server.submit(0, 0, "round trip")).await.unwrap(), Response::ok(0, "pirt dnuor"));
+    assert_eq!(
+        t(server.submit(0, 0, "round trip")).await.unwrap(),
+        Response::ok(0, "pirt dnuor")
+    );
 }

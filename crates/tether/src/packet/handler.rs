@@ -28,7 +28,11 @@ pub const NO_HANDLER: &str = "no request handler";
 /// Handlers of one connection run concurrently (up to
 /// [`PacketConfig::max_handlers`](super::PacketConfig::max_handlers)) on
 /// the connection's task, and their responses go out in completion order.
-/// Put CPU-heavy work in `tokio::task::spawn_blocking`.
+/// Put CPU-heavy work in `tokio::task::spawn_blocking`. A handler may send
+/// requests of its own on any connection, its own included (clone a
+/// [`PacketConnection`](super::PacketConnection) into it). A handler that
+/// panics fails its request with `exception during handler`, like the
+/// reference's handler that raises; the connection goes on.
 ///
 /// ```
 /// use std::future::{ready, Ready};
