@@ -591,7 +591,13 @@ async fn handler_concurrency_is_bounded() {
     }
     t(peer.send(rq(5, 0, 0, b"quick"))).await.unwrap();
     // two handlers run; the third request and the quick one wait unread
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    t(async {
+        while server.stats().handlers_running < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await; // give it a chance to misbehave
     assert_eq!(server.stats().handlers_running, 2);
     assert_eq!(server.stats().requests_received, 2);
     let mut got = Vec::new();
