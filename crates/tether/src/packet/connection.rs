@@ -6,7 +6,8 @@
 //! registers itself in the pending table and encodes its request straight
 //! into the outgoing buffer, waking the task only if it was idle; the task
 //! stores each response beside the table and wakes its requester. No
-//! channel, no per-request allocation beyond the payload.
+//! channel, no per-request allocation beyond the payload. Handlers (user
+//! code) never run under that lock.
 //!
 //! The task writes whatever has accumulated as soon as it has nothing else
 //! to do, so a burst of requests or responses goes out in one `write` and a
@@ -47,7 +48,9 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Bytes reserved for each read. 16 KiB amortises the syscall over many
 /// small packets without holding much memory per idle connection.
 const READ_CHUNK: usize = 16 * 1024;
-/// Loop rounds before the task yields to the scheduler voluntarily.
+/// Loop rounds before the task yields to the scheduler voluntarily, so one
+/// busy connection cannot starve others on its worker thread; each round
+/// moves up to a full write buffer, so 64 rounds is several MiB.
 const MAX_ROUNDS: usize = 64;
 
 /// Limits and timeouts of one connection.
