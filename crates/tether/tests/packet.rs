@@ -799,3 +799,27 @@ async fn a_handler_may_submit_on_its_own_connection_synchronously() {
         Response::ok(0, "pirt dnuor")
     );
 }
+
+#[tokio::test]
+async fn random_bytes_never_hang_or_panic_a_connection() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..100 {
+        let mut bytes = Vec::new();
+        for _ in 0..(round * 7 % 300) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bytes.push(x as u8);
+        }
+        let (a, b) = memory_pair(4096);
+        let conn = PacketConnection::spawn(b, EchoService, cfg());
+        let mut s = a;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(&bytes).await.unwrap();
+        s.shutdown().await.unwrap();
+        // whatever it makes of the bytes, the connection ends, in bounded time
+        let _ = t(conn.closed()).await;
+        let mut rest = Vec::new();
+        let _ = t(s.read_to_end(&mut rest)).await;
+    }
+}
