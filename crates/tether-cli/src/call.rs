@@ -83,11 +83,10 @@ pub async fn run(args: CallArgs) -> CliResult {
         .into());
     }
     let timeout = Duration::from_secs_f64(args.timeout);
-    let mut options = ClientOptions::default()
     if args.packet {
         return crate::packet_cmd::call(args, timeout).await;
     }
-    let options = ClientOptions::default()
+    let mut options = ClientOptions::default()
         .connect_timeout(timeout)
         .request_timeout(Some(timeout));
     if let Some(config) = args.tls.config()? {

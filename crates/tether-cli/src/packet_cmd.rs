@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tether::packet::{
     handler_fn, EchoService, IncomingRequest, NoHandler, PacketConfig, PacketConnection, Response,
 };
-use tether::transport::{Endpoint, Listener};
+use tether::transport::{ConnectOptions, Listener};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::call::CallArgs;
@@ -17,8 +17,7 @@ use crate::CliResult;
 /// `tether serve packet`: the contract handler ([`EchoService`]) on every
 /// connection, all served at once, until SIGINT/SIGTERM; then every
 /// connection closes in order.
-pub async fn serve(listen: Endpoint) -> CliResult {
-    let listener = Listener::bind(&listen).await?;
+pub async fn serve(listener: Listener) -> CliResult {
     crate::serve::announce(&listener)?;
     tether::packet::serve(
         listener,
@@ -35,9 +34,17 @@ pub async fn serve(listen: Endpoint) -> CliResult {
 /// each: `ok flags=<F> <payload>` or `fail flags=<F> <payload>`.
 pub async fn call(args: CallArgs, timeout: Duration) -> CliResult {
     let rq_type = args.rq_type.ok_or("--packet needs --rq-type N")?;
-    let conn =
-        PacketConnection::connect(&args.endpoint, timeout, NoHandler, PacketConfig::default())
-            .await?;
+    let mut options = ConnectOptions::new(timeout);
+    if let Some(tls) = args.tls.config()? {
+        options = options.tls(tls);
+    }
+    let conn = PacketConnection::connect_with(
+        &args.endpoint,
+        &options,
+        NoHandler,
+        PacketConfig::default(),
+    )
+    .await?;
     let one = |payload: Bytes| {
         let conn = &conn;
         async move {

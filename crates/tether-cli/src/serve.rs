@@ -37,6 +37,8 @@ pub enum Service {
         /// Where to listen.
         #[arg(long, default_value = "tcp://127.0.0.1:0")]
         listen: Endpoint,
+        #[command(flatten)]
+        tls: crate::tls_args::ServeTls,
     },
 }
 
@@ -56,7 +58,7 @@ pub async fn run(service: Service) -> CliResult {
             Ok(())
         }
         Service::Mount(args) => crate::mount_cmd::serve(args).await,
-        Service::Packet { listen } => crate::packet_cmd::serve(listen).await,
+        Service::Packet { listen, tls } => crate::packet_cmd::serve(tls.bind(&listen).await?).await,
     }
 }
 

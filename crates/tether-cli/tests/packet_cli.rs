@@ -186,3 +186,37 @@ fn call_packet_reaches_a_server_on_stdio_as_a_child_process() {
     assert!(status.success(), "{err}");
     assert_eq!(out, "ok flags=0 olleh\nok flags=0 dlrow\n");
 }
+
+#[test]
+fn serve_packet_and_call_packet_over_tls() {
+    let dir = std::env::temp_dir().join(format!("tether-packet-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    let ca_s = ca.to_str().unwrap().to_string();
+    let (server, addr) = serve(&[
+        "packet",
+        "--listen",
+        "tls://127.0.0.1:0",
+        "--tls-self-signed",
+        "--tls-write-ca",
+        &ca_s,
+    ]);
+    let endpoint = format!("tls://{addr}");
+    let (status, out, err) = call(
+        &[
+            &endpoint,
+            "--tls-ca",
+            &ca_s,
+            "--packet",
+            "--rq-type",
+            "1",
+            "--",
+            "secure",
+        ],
+        b"",
+    );
+    assert!(status.success(), "{err}");
+    assert_eq!(out, "ok flags=0 eruces\n");
+    assert!(terminate(server).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,7 +37,7 @@ use super::proto::{Event, IncomingRequest, Protocol, Stats, StatsSnapshot};
 use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
 use super::{Packet, PacketError, Response};
-use crate::transport::{self, Endpoint};
+use crate::transport::{self, ConnectOptions, Endpoint};
 
 /// Write-buffer level above which the connection stops taking new work
 /// (commands, handler results, incoming requests) until the socket drains.
@@ -261,6 +261,19 @@ impl PacketConnection {
         config: PacketConfig,
     ) -> Result<PacketConnection, PacketError> {
         let stream = transport::connect(endpoint, timeout).await?;
+        let peer = stream.peer().to_string();
+        Ok(Self::spawn_named(stream, handler, config, &peer))
+    }
+
+    /// Connects to `endpoint` with `options` (the timeout, and for
+    /// `tls://` which servers to trust) and starts a connection.
+    pub async fn connect_with<H: Handler>(
+        endpoint: &Endpoint,
+        options: &ConnectOptions,
+        handler: H,
+        config: PacketConfig,
+    ) -> Result<PacketConnection, PacketError> {
+        let stream = transport::connect_with(endpoint, options).await?;
         let peer = stream.peer().to_string();
         Ok(Self::spawn_named(stream, handler, config, &peer))
     }
