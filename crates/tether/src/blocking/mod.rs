@@ -1,7 +1,7 @@
 //! The same clients and servers for synchronous programs.
 //!
 //! Names mirror the async API: [`Client`], [`Session`], [`Server`],
-//! [`Pair`], [`OneClientServer`]. A plain
+//! [`Pair`], [`OneClientServer`], [`PacketConnection`]. A plain
 //! `fn main` talks to a device in three lines:
 //!
 //! ```no_run
@@ -24,6 +24,7 @@
 mod server;
 mod session;
 
+pub use crate::packet::blocking::PacketConnection;
 pub use crate::pair::blocking::{OneClientServer, Pair};
 pub use server::{RunningServer, Server};
 pub use session::{Client, Session};
