@@ -7,7 +7,9 @@
 //! only the layer below it.
 //!
 //! ```text
-//!   your program ──► session (Client / Session / Server)  │ pair (Pair, OneClientServer):
+//!   your program ──► packet (PacketConnection, Service): either end asks, many
+//!                      │  requests in flight, tagged; wire-compatible with cs.packetstream
+//!                    session (Client / Session / Server)  │ pair (Pair, OneClientServer):
 //!                      │  requests and replies,           │ two one-way sockets as one
 //!                      │  deadlines, concurrency          │ link, retrying connect
 //!                    framing (SentinelCodec, FixedLengthCodec, LengthCodec, MapCodec)
