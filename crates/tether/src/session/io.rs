@@ -89,7 +89,9 @@ where
     /// to `max_bytes`, until `max_wait`), so that closing does not reset the
     /// connection and destroy the refusal before the peer reads it.
     pub(crate) async fn discard_input(&mut self, max_bytes: usize, max_wait: std::time::Duration) {
-        let mut scratch = [0u8; 8192];
+        // On the heap: an array here would live in every connection's future
+        // and make each idle connection 8 KiB bigger.
+        let mut scratch = vec![0u8; 8192];
         let mut seen = 0;
         let _ = tokio::time::timeout(max_wait, async {
             while seen < max_bytes {
