@@ -69,8 +69,8 @@ impl<C: Clone> Client<C> {
 }
 
 enum Io {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+    Tcp(TcpStream, SocketTimeouts),
+    Unix(UnixStream, SocketTimeouts),
     // Telnet, TLS, stdio, exec: the async stream driven by a private runtime.
     Bridged(tokio::runtime::Runtime, Box<ByteStream>),
 }
@@ -86,9 +86,12 @@ impl Io {
             Endpoint::Tcp { .. } => {
                 let stream = connect_tcp(endpoint, timeout)?;
                 stream.set_nodelay(true).map_err(named)?;
-                Ok(Io::Tcp(stream))
+                Ok(Io::Tcp(stream, SocketTimeouts::default()))
             }
-            Endpoint::Unix(path) => Ok(Io::Unix(UnixStream::connect(path).map_err(named)?)),
+            Endpoint::Unix(path) => Ok(Io::Unix(
+                UnixStream::connect(path).map_err(named)?,
+                SocketTimeouts::default(),
+            )),
             _ => {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -108,12 +111,12 @@ impl Io {
         let remaining = remaining(deadline)?;
         buf.reserve(READ_CHUNK);
         match self {
-            Io::Tcp(s) => {
-                s.set_read_timeout(remaining)?;
+            Io::Tcp(s, set) => {
+                set.read(remaining, |t| s.set_read_timeout(t))?;
                 read_into(s, buf)
             }
-            Io::Unix(s) => {
-                s.set_read_timeout(remaining)?;
+            Io::Unix(s, set) => {
+                set.read(remaining, |t| s.set_read_timeout(t))?;
                 read_into(s, buf)
             }
             Io::Bridged(rt, s) => rt.block_on(async {
@@ -130,12 +133,12 @@ impl Io {
     fn write_all(&mut self, data: &[u8], deadline: Option<Instant>) -> io::Result<()> {
         let remaining = remaining(deadline)?;
         match self {
-            Io::Tcp(s) => {
-                s.set_write_timeout(remaining)?;
+            Io::Tcp(s, set) => {
+                set.write(remaining, |t| s.set_write_timeout(t))?;
                 s.write_all(data)
             }
-            Io::Unix(s) => {
-                s.set_write_timeout(remaining)?;
+            Io::Unix(s, set) => {
+                set.write(remaining, |t| s.set_write_timeout(t))?;
                 s.write_all(data)
             }
             Io::Bridged(rt, s) => rt.block_on(async {
@@ -155,11 +158,59 @@ impl Io {
 
     fn shutdown(&mut self) -> io::Result<()> {
         match self {
-            Io::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
-            Io::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Io::Tcp(s, _) => s.shutdown(std::net::Shutdown::Write),
+            Io::Unix(s, _) => s.shutdown(std::net::Shutdown::Write),
             Io::Bridged(rt, s) => rt.block_on(s.shutdown()),
         }
     }
+}
+
+/// The socket timeouts last set. A request's deadline gives every read and
+/// write a slightly shorter timeout than the one before; setting it each time
+/// cost two extra syscalls per request. The kernel keeps these timeouts in
+/// scheduler ticks (1 to 10 ms), so a change smaller than [`TIMEOUT_SLACK`]
+/// is skipped: a deadline may fire that much early or late, no more.
+#[derive(Debug, Default)]
+struct SocketTimeouts {
+    read: Option<Option<Duration>>,
+    write: Option<Option<Duration>>,
+}
+
+const TIMEOUT_SLACK: Duration = Duration::from_millis(1);
+
+impl SocketTimeouts {
+    fn read(
+        &mut self,
+        wanted: Option<Duration>,
+        set: impl FnOnce(Option<Duration>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        update(&mut self.read, wanted, set)
+    }
+
+    fn write(
+        &mut self,
+        wanted: Option<Duration>,
+        set: impl FnOnce(Option<Duration>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        update(&mut self.write, wanted, set)
+    }
+}
+
+fn update(
+    current: &mut Option<Option<Duration>>,
+    wanted: Option<Duration>,
+    set: impl FnOnce(Option<Duration>) -> io::Result<()>,
+) -> io::Result<()> {
+    let close_enough = match (*current, wanted) {
+        (Some(Some(now)), Some(want)) => now.abs_diff(want) <= TIMEOUT_SLACK,
+        (Some(None), None) => true,
+        _ => false,
+    };
+    if !close_enough {
+        set(wanted)?;
+        *current = Some(wanted);
+    }
+    Ok(())
 }
 
 fn connect_tcp(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, TransportError> {
@@ -378,5 +429,32 @@ impl<C: Decoder<Error = FramingError>> Session<C> {
                 SessionError::Transport(e.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_timeouts_change_only_when_the_deadline_has_moved() {
+        let mut timeouts = SocketTimeouts::default();
+        let mut calls = Vec::new();
+        let mut set = |wanted| {
+            timeouts.read(wanted, |t| {
+                calls.push(t);
+                Ok(())
+            })
+        };
+        let second = Duration::from_secs(1);
+        set(Some(second)).unwrap();
+        set(Some(second - Duration::from_micros(20))).unwrap(); // the next request
+        set(Some(second - Duration::from_millis(5))).unwrap(); // late in a slow reply
+        set(None).unwrap();
+        set(None).unwrap();
+        assert_eq!(
+            calls,
+            [Some(second), Some(second - Duration::from_millis(5)), None]
+        );
     }
 }
