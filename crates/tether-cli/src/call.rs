@@ -18,7 +18,7 @@ use crate::CliResult;
 pub struct CallArgs {
     /// Where to connect (tcp://host:port, host:port, tls://host:port, unix://path, telnet://, stdio:, exec:…).
     pub endpoint: Endpoint,
-    /// How requests and replies are framed: lines, sentinel:<escaped>, fixed:<n> or length.
+    /// How requests and replies are framed: lines, sentinel:SEQ (escapes such as \r\n), fixed:N or length.
     #[arg(long, default_value = "lines")]
     pub framing: Framing,
     /// Seconds to wait for the connection and for each reply.
