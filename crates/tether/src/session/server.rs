@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::{debug, info, warn, Instrument};
@@ -242,12 +242,12 @@ where
                         info,
                         on_bad_frame: self.on_bad_frame.clone(),
                         stop: stop.clone(),
+                        _slot: slot,
                     };
                     let span = tracing::debug_span!("connection", id = %info.id, peer = %info.peer);
-                    connections.spawn(async move {
-                        conn.serve().await;
-                        drop(slot);
-                    }.instrument(span));
+                    // Spawned as is: wrapped in another async block, the
+                    // connection would be stored twice in the task.
+                    connections.spawn(conn.serve().instrument(span));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -274,6 +274,8 @@ struct Connection<C, H: Handler<Req>, Req> {
     info: ConnectionInfo,
     on_bad_frame: Option<BadFrameReply<H::Response>>,
     stop: watch::Receiver<Option<Duration>>,
+    // Held for the connection's life: counts it against `max_connections`.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl<C, H, Req> Connection<C, H, Req>
@@ -421,9 +423,10 @@ mod tests {
             },
             on_bad_frame: None,
             stop,
+            _slot: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
         };
         let size = std::mem::size_of_val(&conn.serve());
         eprintln!("connection future: {size} bytes");
-        assert!(size <= 1280, "connection future is {size} bytes");
+        assert!(size <= 1152, "connection future is {size} bytes");
     }
 }

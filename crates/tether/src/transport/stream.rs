@@ -59,7 +59,9 @@ enum Inner {
     Unix(UnixStream),
     Telnet(Box<TelnetStream<TcpStream>>),
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
-    Stdio(tokio::io::Join<tokio::io::Stdin, tokio::io::Stdout>),
+    // Boxed, like the other large variants: every TCP stream is as big as
+    // the largest variant, and a server holds thousands of them.
+    Stdio(Box<tokio::io::Join<tokio::io::Stdin, tokio::io::Stdout>>),
     Child(Box<ChildStream>),
     Memory(DuplexStream),
 }
@@ -124,7 +126,10 @@ impl ByteStream {
     /// This process's standard input and output.
     pub fn stdio() -> Self {
         ByteStream {
-            inner: Inner::Stdio(tokio::io::join(tokio::io::stdin(), tokio::io::stdout())),
+            inner: Inner::Stdio(Box::new(tokio::io::join(
+                tokio::io::stdin(),
+                tokio::io::stdout(),
+            ))),
             peer: PeerAddr::Stdio,
         }
     }
