@@ -202,7 +202,7 @@ fn update(
     set: impl FnOnce(Option<Duration>) -> io::Result<()>,
 ) -> io::Result<()> {
     let close_enough = match (*current, wanted) {
-        (Some(Some(now)), Some(want)) => now.abs_diff(want) <= TIMEOUT_SLACK,
+        (Some(Some(now)), Some(want)) => now.max(want) - now.min(want) <= TIMEOUT_SLACK,
         (Some(None), None) => true,
         _ => false,
     };

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::{debug, info, warn, Instrument};
 
-use super::io::FrameIo;
+use super::io::{Buffers, FrameIo};
 use super::HandlerError;
 use crate::framing::FramingError;
 use crate::transport::{Endpoint, Listener, PeerAddr, TransportError};
@@ -237,7 +237,7 @@ where
                     };
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let conn = Connection {
-                        io: FrameIo::new(stream, self.codec.clone()),
+                        io: FrameIo::new(stream, self.codec.clone(), Buffers::Lazy),
                         handler: self.handler.clone(),
                         info,
                         on_bad_frame: self.on_bad_frame.clone(),
@@ -285,62 +285,69 @@ where
 {
     async fn serve(mut self) {
         debug!("connected");
-        loop {
-            // Requests already buffered are answered before anything is flushed,
-            // so a pipelined burst gets its replies in one write.
-            let next = match self.io.buffered_frame() {
-                Ok(Some(request)) => Ok(Some(request)),
-                Ok(None) => {
-                    if let Err(e) = self.io.flush().await {
-                        debug!(error = %e, "write failed");
-                        return;
-                    }
-                    if self.stop.borrow().is_some() {
-                        break;
-                    }
-                    tokio::select! {
-                        next = self.io.read_frame() => next,
-                        _ = self.stop.changed() => break,
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            match next {
-                Ok(Some(request)) => match self.handler.handle(request, &self.info).await {
-                    Ok(Some(reply)) => {
-                        if let Err(e) = self.io.queue(reply) {
-                            warn!(error = %e, "reply could not be encoded; closing the connection");
-                            break;
+        // One wait for the stop signal for the connection's life, rather than
+        // a new one (registered, then dropped) at every request.
+        let mut stop = self.stop.clone();
+        let stopping = stop.changed();
+        tokio::pin!(stopping);
+        let stopped_already = self.stop.borrow().is_some();
+        if !stopped_already {
+            loop {
+                // Requests already buffered are answered before anything is flushed,
+                // so a pipelined burst gets its replies in one write.
+                let next = match self.io.buffered_frame() {
+                    Ok(Some(request)) => Ok(Some(request)),
+                    Ok(None) => {
+                        if let Err(e) = self.io.flush().await {
+                            debug!(error = %e, "write failed");
+                            return;
+                        }
+                        tokio::select! {
+                            biased;
+                            _ = &mut stopping => break,
+                            next = self.io.read_frame() => next,
                         }
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        warn!(error = %e, "handler failed; closing the connection");
+                    Err(e) => Err(e),
+                };
+                match next {
+                    Ok(Some(request)) => match self.handler.handle(request, &self.info).await {
+                        Ok(Some(reply)) => {
+                            if let Err(e) = self.io.queue(reply) {
+                                warn!(error = %e, "reply could not be encoded; closing the connection");
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(error = %e, "handler failed; closing the connection");
+                            break;
+                        }
+                    },
+                    Ok(None) => {
+                        debug!("peer closed the connection");
                         break;
                     }
-                },
-                Ok(None) => {
-                    debug!("peer closed the connection");
-                    break;
-                }
-                Err(FramingError::Io(e)) => {
-                    debug!(error = %e, "connection lost");
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "bad request; closing the connection");
-                    if let Some(reply) = self.on_bad_frame.as_ref().and_then(|f| f(&e)) {
-                        let _ = self.io.queue(reply);
+                    Err(FramingError::Io(e)) => {
+                        debug!(error = %e, "connection lost");
+                        return;
                     }
-                    // Boxed: this rare path's state would otherwise sit in
-                    // every idle connection's future.
-                    Box::pin(async {
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
-                        self.io.discard_input(LINGER_BYTES, LINGER_TIME).await;
-                    })
-                    .await;
-                    return;
+                    Err(e) => {
+                        warn!(error = %e, "bad request; closing the connection");
+                        if let Some(reply) = self.on_bad_frame.as_ref().and_then(|f| f(&e)) {
+                            let _ = self.io.queue(reply);
+                        }
+                        // Boxed: this rare path's state would otherwise sit in
+                        // every idle connection's future.
+                        Box::pin(async {
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(1), self.io.shutdown())
+                                    .await;
+                            self.io.discard_input(LINGER_BYTES, LINGER_TIME).await;
+                        })
+                        .await;
+                        return;
+                    }
                 }
             }
         }
@@ -413,7 +420,7 @@ mod tests {
         let (a, _b) = crate::transport::memory_pair(64);
         let (_tx, stop) = watch::channel(None);
         let conn = Connection {
-            io: FrameIo::new(a, LengthCodec::new()),
+            io: FrameIo::new(a, LengthCodec::new(), Buffers::Lazy),
             handler: Arc::new(|request: BytesMut, _: &ConnectionInfo| async move {
                 Ok::<_, HandlerError>(Some(request.freeze()))
             }),
@@ -427,6 +434,6 @@ mod tests {
         };
         let size = std::mem::size_of_val(&conn.serve());
         eprintln!("connection future: {size} bytes");
-        assert!(size <= 1152, "connection future is {size} bytes");
+        assert!(size <= 1280, "connection future is {size} bytes");
     }
 }
