@@ -203,6 +203,37 @@ async fn a_timeout_closes_the_session_so_the_late_reply_is_never_misread() {
     server.shutdown(LIMIT).await;
 }
 
+/// The deadline timer is reused from request to request: each request gets
+/// the whole deadline afresh (not what was left of the first one), and the
+/// timer still fires after many requests have moved it.
+#[tokio::test]
+async fn every_request_gets_the_whole_deadline_and_it_still_fires_later() {
+    let server = lines_server(1 << 20).await;
+    let client = Client::new(
+        server.local_endpoint().clone(),
+        text(SentinelCodec::lines()),
+        ClientOptions::default().request_timeout(Some(Duration::from_millis(300))),
+    );
+    let mut session = client.connect().await.unwrap();
+    // Together well past one deadline; each alone well within it.
+    for _ in 0..5 {
+        assert_eq!(
+            session.request("SLEEP 100".to_string()).await.unwrap(),
+            "OK"
+        );
+    }
+    let started = std::time::Instant::now();
+    let late = timeout(LIMIT, session.request("SLEEP 2000".to_string()))
+        .await
+        .expect("the deadline fired");
+    assert!(
+        matches!(late, Err(SessionError::Timeout { .. })),
+        "{late:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(290));
+    server.shutdown(LIMIT).await;
+}
+
 #[tokio::test]
 async fn a_cancelled_request_poisons_the_session() {
     let server = lines_server(1 << 20).await;

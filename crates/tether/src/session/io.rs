@@ -45,6 +45,9 @@ pub(crate) struct FrameIo<C> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     buffers: Buffers,
+    // The read buffer grew past KEEP_AT_MOST. (Its capacity can't tell once
+    // a frame is split off: the rest may be a few bytes of a big allocation.)
+    rbuf_grown: bool,
 }
 
 impl<C> FrameIo<C> {
@@ -55,14 +58,15 @@ impl<C> FrameIo<C> {
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             buffers,
+            rbuf_grown: false,
         }
     }
 
-    /// Whether an emptied buffer of this capacity should be given back.
-    fn release(&self, capacity: usize) -> bool {
+    /// Whether an emptied buffer that grew (or not) should be given back.
+    fn release(&self, grown: bool) -> bool {
         match self.buffers {
             Buffers::Lazy => true,
-            Buffers::Kept => capacity > KEEP_AT_MOST,
+            Buffers::Kept => grown,
         }
     }
 }
@@ -77,9 +81,10 @@ where
             return Ok(None);
         }
         let frame = self.codec.decode(&mut self.rbuf);
-        if self.rbuf.is_empty() && self.release(self.rbuf.capacity()) {
+        if self.rbuf.is_empty() && self.release(self.rbuf_grown) {
             // The frame keeps what it needs of the allocation; drop our share.
             self.rbuf = BytesMut::new();
+            self.rbuf_grown = false;
         }
         frame
     }
@@ -98,6 +103,7 @@ where
                 Buffers::Lazy => LAZY_READ_CHUNK,
                 Buffers::Kept => READ_CHUNK,
             });
+            self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return self.codec.decode_eof(&mut self.rbuf);
             }
@@ -116,6 +122,7 @@ where
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
         // A plain write loop: `write_all_buf` prepares 64 I/O slices for a
         // vectored write on every call, costing more than the frame itself.
+        let grown = self.wbuf.capacity() > KEEP_AT_MOST;
         while !self.wbuf.is_empty() {
             let n = self.stream.write(&self.wbuf).await?;
             if n == 0 {
@@ -123,7 +130,7 @@ where
             }
             self.wbuf.advance(n);
         }
-        if self.release(self.wbuf.capacity()) {
+        if self.release(grown) {
             self.wbuf = BytesMut::new();
         } else {
             self.wbuf.clear();
@@ -154,5 +161,43 @@ where
     pub(crate) async fn shutdown(&mut self) -> std::io::Result<()> {
         self.flush().await?;
         self.stream.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::LengthCodec;
+    use crate::transport::memory_pair;
+
+    async fn read_one(io: &mut FrameIo<LengthCodec>, peer: &mut ByteStream, len: usize) {
+        let mut frame = (len as u32).to_be_bytes().to_vec();
+        frame.resize(4 + len, b'x');
+        peer.write_all(&frame).await.unwrap();
+        let got = io.read_frame().await.unwrap().unwrap();
+        assert_eq!(got.len(), len);
+    }
+
+    #[tokio::test]
+    async fn lazy_buffers_are_given_back_kept_ones_only_after_bulk() {
+        let (a, mut peer) = memory_pair(1 << 20);
+        let mut lazy = FrameIo::new(a, LengthCodec::new(), Buffers::Lazy);
+        read_one(&mut lazy, &mut peer, 64).await;
+        assert_eq!(
+            lazy.rbuf.capacity(),
+            0,
+            "an idle server connection holds no buffer"
+        );
+
+        let (a, mut peer) = memory_pair(1 << 20);
+        let mut kept = FrameIo::new(a, LengthCodec::new(), Buffers::Kept);
+        read_one(&mut kept, &mut peer, 64).await;
+        assert!(kept.rbuf.capacity() > 0, "a client keeps its buffer");
+        read_one(&mut kept, &mut peer, 4 * KEEP_AT_MOST).await;
+        assert_eq!(
+            kept.rbuf.capacity(),
+            0,
+            "but not one grown for a bulk frame"
+        );
     }
 }
