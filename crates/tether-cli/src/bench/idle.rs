@@ -1,0 +1,187 @@
+//! W8 idle: how much resident memory the server spends per idle session.
+//!
+//! The server runs in this process, on the server runtime. The clients are
+//! held by a child process (this executable again, with the hidden
+//! subcommand `bench-hold-clients IMPL ADDR N`), so that 10,000 sockets on
+//! each side fit the open-file limit and the clients' memory is not
+//! counted. Each client sends one 64-byte echo first, so its connection
+//! has really been served (buffers allocated), then goes idle; the child
+//! prints `ready` and waits for its stdin to close.
+//!
+//! Figure: (server-process RSS once the sessions are idle − RSS before
+//! they connected) / N. Free heap pages are returned to the system
+//! (`malloc_trim`) before the first reading, so memory freed by earlier
+//! workloads is not silently reused and the difference is this
+//! implementation's own.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use super::conn::Conn;
+use super::report::Record;
+use super::rig::{bounded, current_thread, payload, Ctx};
+use super::workloads::with_echo_server;
+use super::{Impl, Workload};
+use crate::CliResult;
+
+/// How long the child may take to connect every client.
+const READY_LIMIT: Duration = Duration::from_secs(180);
+/// Time given to the server to finish with the clients' requests and
+/// settle before the second reading.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Arguments of the hidden `tether bench-hold-clients`.
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    /// Which implementation's client to open.
+    #[arg(value_enum)]
+    implementation: Impl,
+    /// The server's address.
+    addr: SocketAddr,
+    /// How many clients.
+    sessions: u64,
+}
+
+/// Runs W8 for `imp`.
+pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
+    let n = ctx.count(10_000);
+    let exe = std::env::current_exe()?;
+    let (before, after) = with_echo_server(ctx, imp, false, |server| {
+        std::thread::sleep(Duration::from_millis(100));
+        trim_heap();
+        let before = rss_bytes()?;
+        let mut child = Command::new(&exe)
+            .arg("bench-hold-clients")
+            .arg(imp.name())
+            .arg(server.addr().to_string())
+            .arg(n.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout from the child")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(read);
+        });
+        let ready = match rx.recv_timeout(READY_LIMIT) {
+            Ok(Ok(line)) if line.trim() == "ready" => Ok(()),
+            Ok(Ok(line)) => Err(format!("the client holder said {:?}", line.trim())),
+            Ok(Err(e)) => Err(format!("the client holder's output: {e}")),
+            Err(_) => Err(format!(
+                "the client holder was not ready within {READY_LIMIT:?}"
+            )),
+        };
+        let after = ready.map_err(Into::into).and_then(|()| {
+            std::thread::sleep(SETTLE);
+            rss_bytes()
+        });
+        // closing its stdin tells the child to let go
+        drop(child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((before, after?))
+    })?;
+    let per_session = (after as f64 - before as f64) / n as f64;
+    Ok(Record::new(Workload::Idle, imp, "bytes_per_session")
+        .int("sessions", n)
+        .int("rss_before", before)
+        .int("rss_after", after)
+        .float("bytes_per_session", per_session, 0))
+}
+
+/// The hidden `tether bench-hold-clients`: opens the clients, says `ready`,
+/// holds them until stdin closes.
+pub fn hold_clients(args: HoldArgs) -> ExitCode {
+    raise_open_file_limit();
+    let held = current_thread().and_then(|rt| {
+        let conns = rt.block_on(bounded("connecting the idle clients", async {
+            let p = payload(64);
+            let mut conns = Vec::with_capacity(args.sessions as usize);
+            for _ in 0..args.sessions {
+                let mut c = Conn::connect(args.implementation, args.addr, None).await?;
+                c.echo(&p).await?;
+                conns.push(c);
+            }
+            Ok(conns)
+        }))?;
+        Ok((rt, conns))
+    });
+    match held {
+        Ok(held) => {
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "ready").and_then(|()| out.flush());
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            drop(held);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tether: bench-hold-clients: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// This process's resident set size in bytes, from /proc/self/status.
+pub fn rss_bytes() -> CliResult<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    parse_vm_rss(&status).ok_or_else(|| "no VmRSS in /proc/self/status".into())
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Returns free heap pages to the system (glibc only; elsewhere nothing).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it
+    // has no preconditions and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: W8 opens 10,000
+/// sockets on each side. Failure is ignored (the workload then reports
+/// the connect error).
+pub fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write only the struct we
+    // pass, which lives on this stack frame for the whole call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\ttether\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert!(rss_bytes().unwrap() > 0);
+    }
+}
