@@ -164,7 +164,7 @@ pub enum BlockingConn {
     /// The std-blocking baseline.
     Std(StdClient),
     /// tether's blocking session over the length prefix.
-    Tether(tether::blocking::Session<LengthCodec>),
+    Tether(Box<tether::blocking::Session<LengthCodec>>),
 }
 
 impl BlockingConn {
@@ -176,7 +176,7 @@ impl BlockingConn {
                 let endpoint = Endpoint::tcp(addr.ip().to_string(), addr.port());
                 let options = ClientOptions::default().connect_timeout(CONNECT_TIMEOUT);
                 let client = tether::blocking::Client::new(endpoint, LengthCodec::new(), options);
-                Ok(BlockingConn::Tether(client.connect()?))
+                Ok(BlockingConn::Tether(Box::new(client.connect()?)))
             }
             _ => Err(format!("{} is async: use Conn", imp.name()).into()),
         }
@@ -195,7 +195,7 @@ impl BlockingConn {
     pub fn close(self) -> CliResult<()> {
         match self {
             BlockingConn::Std(_) => {}
-            BlockingConn::Tether(s) => s.close()?,
+            BlockingConn::Tether(s) => (*s).close()?,
         }
         Ok(())
     }
