@@ -182,9 +182,13 @@ pub async fn framed_server(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let _ = ready.send(listener.local_addr()?);
     tokio::pin!(stop);
+    // connection tasks are kept, so that stopping waits for them: nothing
+    // from this workload is left running into the next one
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, _) = tokio::select! {
-            _ = &mut stop => return Ok(()),
+            _ = &mut stop => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(_) => {
@@ -197,7 +201,7 @@ pub async fn framed_server(
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             match tls {
                 None => serve_framed(stream, service).await,
                 Some(acceptor) => {
@@ -208,6 +212,18 @@ pub async fn framed_server(
             }
         });
     }
+    drain(conns).await;
+    Ok(())
+}
+
+/// Waits up to 5 s for a server's connection tasks to end (their clients
+/// have gone), then aborts what is left.
+pub async fn drain(mut conns: tokio::task::JoinSet<()>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.shutdown().await;
 }
 
 async fn serve_framed<S>(stream: S, service: FramedService)

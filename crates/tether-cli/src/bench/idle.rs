@@ -49,9 +49,7 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let n = ctx.count(10_000);
     let exe = std::env::current_exe()?;
     let (before, after) = with_echo_server(ctx, imp, false, |server| {
-        std::thread::sleep(Duration::from_millis(100));
-        trim_heap();
-        let before = rss_bytes()?;
+        let before = quiet_rss()?;
         let mut child = Command::new(&exe)
             .arg("bench-hold-clients")
             .arg(imp.name())
@@ -130,6 +128,24 @@ pub fn hold_clients(args: HoldArgs) -> ExitCode {
             eprintln!("tether: bench-hold-clients: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The RSS once it has stopped moving: free heap returned to the system,
+/// then read every 100 ms until two readings agree within 64 KiB (at most
+/// 3 s), so memory still being freed from an earlier workload neither
+/// inflates this reading nor gets reused by the sessions measured next.
+fn quiet_rss() -> CliResult<u64> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut last = u64::MAX;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        trim_heap();
+        let now = rss_bytes()?;
+        if now.abs_diff(last) < 64 * 1024 || Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
     }
 }
 

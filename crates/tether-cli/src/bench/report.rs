@@ -189,7 +189,7 @@ pub fn ratio_table(records: &[Record]) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<10} {:<16} {:<10} {:>14} {:>14}",
+        "{:<10} {:<16} {:<17} {:>16} {:>16}",
         "workload", "impl", "metric", "vs std-blocking", "vs tokio-framed"
     );
     let mut rows: Vec<(Workload, Impl, &str)> = Vec::new();
@@ -213,7 +213,7 @@ pub fn ratio_table(records: &[Record]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<10} {:<16} {:<10} {:>15} {:>15}",
+            "{:<10} {:<16} {:<17} {:>16} {:>16}",
             w.name(),
             t.name(),
             metric,

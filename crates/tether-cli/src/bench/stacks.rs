@@ -28,6 +28,7 @@ use tether::transport::{Endpoint, Listener, TlsServerConfig};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::baselines::drain;
 use super::rig::payload;
 use crate::CliResult;
 
@@ -124,9 +125,11 @@ pub async fn packet_push_server(
     let (mut listener, addr) = bind(None).await?;
     let _ = ready.send(addr);
     tokio::pin!(stop);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let stream = tokio::select! {
-            _ = &mut stop => return Ok(()),
+            _ = &mut stop => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(_) => {
@@ -136,8 +139,10 @@ pub async fn packet_push_server(
             },
         };
         let conn = PacketConnection::spawn(stream, NoHandler, PacketConfig::default());
-        tokio::spawn(push_to(conn, n));
+        conns.spawn(push_to(conn, n));
     }
+    drain(conns).await;
+    Ok(())
 }
 
 async fn push_to(conn: PacketConnection, n: u64) {
