@@ -2,7 +2,8 @@
 //! ratios, one bar per (workload, tether impl, baseline), drawn from a
 //! vertical line at 1.0 on a log₂ scale, so 2× better and 2× worse are
 //! bars of the same length on either side. Green bars (right) are where
-//! tether is better, red bars (left) where it is worse; each bar carries
+//! tether is better, red bars (left) where it is worse (dark against
+//! std-blocking, light against tokio-framed); each bar carries
 //! its value.
 
 use std::fmt::Write as _;
@@ -14,7 +15,7 @@ const WIDTH: f64 = 960.0;
 const LABEL_W: f64 = 360.0;
 const PLOT_W: f64 = 540.0;
 const ROW_H: f64 = 24.0;
-const TOP: f64 = 70.0;
+const TOP: f64 = 90.0;
 const BOTTOM: f64 = 50.0;
 
 /// The chart of `ratios` as an SVG document.
@@ -130,27 +131,30 @@ pub fn svg(ratios: &[Ratio]) -> String {
         );
         let clipped = r.ratio.log2().abs() > span;
         let value = format!("{:.2}x{}", r.ratio, if clipped { " ▸" } else { "" });
-        let (tx, anchor) = if r.ratio >= 1.0 {
-            (x + 4.0, "start")
+        // a worse bar's value goes just right of the 1.0 line, where that
+        // row is empty, so a long bar never pushes it into the labels
+        let tx = if r.ratio >= 1.0 {
+            x + 4.0
         } else {
-            (x - 4.0, "end")
+            center + 4.0
         };
+        let anchor = "start";
         let _ = writeln!(
             s,
             r##"<text x="{tx:.1}" y="{:.1}" text-anchor="{anchor}">{value}</text>"##,
             y + ROW_H * 0.65
         );
     }
-    // legend
-    let ly = TOP - 16.0;
-    for (i, (fill, text)) in [
-        ("#2e7d32", "vs std-blocking"),
-        ("#66bb6a", "vs tokio-framed"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let lx = 12.0 + i as f64 * 140.0;
+    // legend: the colour says which baseline, and which side won
+    let ly = 70.0;
+    let legend = [
+        ("#2e7d32", "better than std-blocking"),
+        ("#66bb6a", "better than tokio-framed"),
+        ("#c62828", "worse than std-blocking"),
+        ("#ef5350", "worse than tokio-framed"),
+    ];
+    for (i, (fill, text)) in legend.iter().enumerate() {
+        let lx = 60.0 + i as f64 * 220.0;
         let _ = writeln!(
             s,
             r##"<rect x="{lx}" y="{}" width="12" height="12" fill="{fill}"/><text x="{}" y="{ly}">{text}</text>"##,
@@ -205,7 +209,7 @@ mod tests {
         assert!(svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("1.50x") && svg.contains("0.25x"));
         assert!(svg.contains("rtt · tether-packet vs tokio-framed"));
-        assert_eq!(svg.matches("<rect").count(), 1 + 2 + 2);
+        assert_eq!(svg.matches("<rect").count(), 1 + 2 + 4);
     }
 
     #[test]
