@@ -40,6 +40,9 @@ enum Command {
     /// (internal) Hold idle clients for the bench's idle workload.
     #[command(name = "bench-hold-clients", hide = true)]
     BenchHoldClients(bench::HoldArgs),
+    /// (internal) Serve and measure the bench's idle workload in a fresh process.
+    #[command(name = "bench-idle-server", hide = true)]
+    BenchIdleServer(bench::IdleServerArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
     let command = match cli.command {
         Command::Bench(args) => return bench::run(args),
         Command::BenchHoldClients(args) => return bench::hold_clients(args),
+        Command::BenchIdleServer(args) => return bench::idle_server(args),
         other => other,
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -75,7 +79,9 @@ fn main() -> ExitCode {
             Command::Demo => demo::run().await,
             Command::Serve(service) => serve::run(service).await,
             Command::Call(args) => call::run(args).await,
-            Command::Bench(_) | Command::BenchHoldClients(_) => unreachable!("handled above"),
+            Command::Bench(_) | Command::BenchHoldClients(_) | Command::BenchIdleServer(_) => {
+                unreachable!("handled above")
+            }
         }
     });
     match outcome {

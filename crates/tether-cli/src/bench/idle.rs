@@ -1,7 +1,11 @@
 //! W8 idle: how much resident memory the server spends per idle session.
 //!
-//! The server runs in this process, on the server runtime. The clients are
-//! held by a child process (this executable again, with the hidden
+//! Three processes, so that nothing else is in the measured one: the bench
+//! starts a fresh server process (this executable again, with the hidden
+//! subcommand `bench-idle-server IMPL N`, the same two runtimes as every
+//! workload), where memory freed by earlier workloads can neither inflate
+//! the first reading nor be reused by the sessions measured. The clients
+//! are held by a third process (this executable again, with the hidden
 //! subcommand `bench-hold-clients IMPL ADDR N`), so that 10,000 sockets on
 //! each side fit the open-file limit and the clients' memory is not
 //! counted. Each client sends one 64-byte echo first, so its connection
@@ -44,11 +48,95 @@ pub struct HoldArgs {
     sessions: u64,
 }
 
-/// Runs W8 for `imp`.
+/// Arguments of the hidden `tether bench-idle-server`.
+#[derive(Debug, clap::Args)]
+pub struct IdleServerArgs {
+    /// Which implementation's server to measure.
+    #[arg(value_enum)]
+    implementation: Impl,
+    /// How many idle sessions.
+    sessions: u64,
+}
+
+/// Runs W8 for `imp`: measures in a fresh server process.
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let n = ctx.count(10_000);
+    let output = run_bounded(
+        Command::new(std::env::current_exe()?)
+            .arg("bench-idle-server")
+            .arg(imp.name())
+            .arg(n.to_string()),
+        READY_LIMIT + Duration::from_secs(60),
+    )?;
+    let figure = |key: &str| -> CliResult<u64> {
+        output
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .ok_or_else(|| format!("the idle server printed no {key}: {output:?}").into())
+    };
+    let (before, after) = (figure("rss_before")?, figure("rss_after")?);
+    let per_session = (after as f64 - before as f64) / n as f64;
+    Ok(Record::new(Workload::Idle, imp, "bytes_per_session")
+        .int("sessions", n)
+        .int("rss_before", before)
+        .int("rss_after", after)
+        .float("bytes_per_session", per_session, 0))
+}
+
+/// Runs `cmd` with its stdout captured (stderr passed through), killing it
+/// after `limit`; its stdout if it succeeded.
+fn run_bounded(cmd: &mut Command, limit: Duration) -> CliResult<String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut stdout = child.stdout.take().ok_or("no stdout from the child")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the idle server did not finish within {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = reader.join().unwrap_or_default();
+    if status.success() {
+        Ok(out)
+    } else {
+        Err(format!("the idle server failed ({status})").into())
+    }
+}
+
+/// The hidden `tether bench-idle-server`: serves, has the clients held,
+/// prints `rss_before=… rss_after=…`.
+pub fn idle_server(args: IdleServerArgs) -> ExitCode {
+    raise_open_file_limit();
+    match Ctx::new(1).and_then(|ctx| measure(&ctx, args.implementation, args.sessions)) {
+        Ok((before, after)) => {
+            println!("rss_before={before} rss_after={after}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tether: bench-idle-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// In the server process: RSS before the clients connect and once they idle.
+fn measure(ctx: &Ctx, imp: Impl, n: u64) -> CliResult<(u64, u64)> {
     let exe = std::env::current_exe()?;
-    let (before, after) = with_echo_server(ctx, imp, false, |server| {
+    with_echo_server(ctx, imp, false, |server| {
         let before = quiet_rss()?;
         let mut child = Command::new(&exe)
             .arg("bench-hold-clients")
@@ -90,13 +178,7 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok((before, after?))
-    })?;
-    let per_session = (after as f64 - before as f64) / n as f64;
-    Ok(Record::new(Workload::Idle, imp, "bytes_per_session")
-        .int("sessions", n)
-        .int("rss_before", before)
-        .int("rss_after", after)
-        .float("bytes_per_session", per_session, 0))
+    })
 }
 
 /// The hidden `tether bench-hold-clients`: opens the clients, says `ready`,
@@ -133,8 +215,7 @@ pub fn hold_clients(args: HoldArgs) -> ExitCode {
 
 /// The RSS once it has stopped moving: free heap returned to the system,
 /// then read every 100 ms until two readings agree within 64 KiB (at most
-/// 3 s), so memory still being freed from an earlier workload neither
-/// inflates this reading nor gets reused by the sessions measured next.
+/// 3 s): the server's start-up is over.
 fn quiet_rss() -> CliResult<u64> {
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut last = u64::MAX;

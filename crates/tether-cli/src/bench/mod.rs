@@ -23,9 +23,11 @@
 //! stealing between threads to blur the figures, and the same shape for
 //! every async implementation, baseline or tether. Blocking clients run on
 //! the main thread; the std-blocking server uses a thread per connection,
-//! as such servers do. W8 keeps its idle clients in a child process (a
-//! hidden `bench-hold-clients` subcommand) so that 10,000 sockets on each
-//! side stay under the open-file limit and out of the measured RSS.
+//! as such servers do. W8 measures in a fresh server process (hidden
+//! `bench-idle-server`, the same two runtimes) and keeps its idle clients in
+//! a third (hidden `bench-hold-clients`), so that 10,000 sockets on each
+//! side stay under the open-file limit and only the server's sessions are
+//! in the measured RSS.
 //!
 //! Layout: [`rig`] (runtimes, servers' lifetimes, counts), [`baselines`]
 //! and [`stacks`] (the servers of each implementation), [`conn`] (one
@@ -48,7 +50,7 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use idle::{hold_clients, HoldArgs};
+pub use idle::{hold_clients, idle_server, HoldArgs, IdleServerArgs};
 use report::Record;
 use rig::Ctx;
 
