@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod call;
 mod demo;
 mod mount_cmd;
@@ -34,6 +35,14 @@ enum Command {
     Serve(serve::Service),
     /// Send each line of stdin (or each argument after `--`) as a request and print the replies.
     Call(call::CallArgs),
+    /// Run the workloads of BENCHMARKS.md beside the std-blocking and tokio-framed baselines.
+    Bench(bench::BenchArgs),
+    /// (internal) Hold idle clients for the bench's idle workload.
+    #[command(name = "bench-hold-clients", hide = true)]
+    BenchHoldClients(bench::HoldArgs),
+    /// (internal) Serve and measure the bench's idle workload in a fresh process.
+    #[command(name = "bench-idle-server", hide = true)]
+    BenchIdleServer(bench::IdleServerArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +60,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
+    // The bench builds its own runtimes (server and client apart).
+    let command = match cli.command {
+        Command::Bench(args) => return bench::run(args),
+        Command::BenchHoldClients(args) => return bench::hold_clients(args),
+        Command::BenchIdleServer(args) => return bench::idle_server(args),
+        other => other,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -59,10 +75,13 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Demo => demo::run().await,
             Command::Serve(service) => serve::run(service).await,
             Command::Call(args) => call::run(args).await,
+            Command::Bench(_) | Command::BenchHoldClients(_) | Command::BenchIdleServer(_) => {
+                unreachable!("handled above")
+            }
         }
     });
     match outcome {

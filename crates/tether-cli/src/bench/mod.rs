@@ -1,0 +1,290 @@
+//! `tether bench`: the workloads of BENCHMARKS.md (W1–W8), tether's stacks
+//! beside two baselines measured in the same run.
+//!
+//! Implementations (`impl=` in the output):
+//!
+//! | impl | what | workloads |
+//! |---|---|---|
+//! | `std-blocking` | baseline: blocking `std::net`, a thread per connection, 4-byte big-endian length prefix | rtt, connect, bulk |
+//! | `tokio-framed` | baseline: tokio + tokio-util `LengthDelimitedCodec` (over tokio-rustls for tls) | all |
+//! | `tether-sentinel` | async `session` over `SentinelCodec` (`\n`; payloads are printable bytes) | rtt, connect, fanin, bulk, idle |
+//! | `tether-length` | async `session` over `LengthCodec` | rtt, connect, fanin, bulk, tls, idle |
+//! | `tether-blocking` | the blocking session API (`LengthCodec`) against tether's async session server | rtt, connect, bulk |
+//! | `tether-packet` | the packet layer: tagged, multiplexed (`submit`) | all |
+//!
+//! Left out on purpose: std-blocking where it would need a thread per
+//! request in flight or per idle session (pipelined, fanin, push, idle: 10,000
+//! threads measure the kernel, not a protocol); the sessions where a
+//! workload needs tags (pipelined) or server push.
+//!
+//! **Runtimes.** The server and the client run in one process (`procs=1`)
+//! on two separate current-thread tokio runtimes, each on its own thread:
+//! on a two-core machine that gives each side one core, with no work
+//! stealing between threads to blur the figures, and the same shape for
+//! every async implementation, baseline or tether. Blocking clients run on
+//! the main thread; the std-blocking server uses a thread per connection,
+//! as such servers do. W8 measures in a fresh server process (hidden
+//! `bench-idle-server`, the same two runtimes) and keeps its idle clients in
+//! a third (hidden `bench-hold-clients`), so that 10,000 sockets on each
+//! side stay under the open-file limit and only the server's sessions are
+//! in the measured RSS.
+//!
+//! Layout: [`rig`] (runtimes, servers' lifetimes, counts), [`baselines`]
+//! and [`stacks`] (the servers of each implementation), [`conn`] (one
+//! client connection of any implementation),
+//! [`workloads`] (W1–W7), [`idle`] (W8), [`report`] (lines, ratios, JSON),
+//! [`plot`] (the SVG chart).
+
+mod baselines;
+mod conn;
+mod idle;
+mod plot;
+mod report;
+mod rig;
+mod stacks;
+mod workloads;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use idle::{hold_clients, idle_server, HoldArgs, IdleServerArgs};
+use report::Record;
+use rig::Ctx;
+
+use crate::CliResult;
+
+/// Arguments of `tether bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Workloads to run, by name or id (w1..w8); none runs them all.
+    #[arg(value_enum, value_name = "WORKLOAD")]
+    workloads: Vec<Workload>,
+    /// Divide every count by 10 (a smoke run of a few seconds).
+    #[arg(long)]
+    quick: bool,
+    /// Write every result and ratio to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write an SVG bar chart of the tether/baseline ratios to FILE.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Run each workload N times and report the median run (by its headline figure).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+    runs: u32,
+    /// Divide every count by this too (tests use it to run in seconds).
+    #[arg(long, hide = true, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    scale: u64,
+}
+
+/// A workload of BENCHMARKS.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Workload {
+    /// W1: sequential 64-byte echoes on one session.
+    #[value(alias = "w1")]
+    Rtt,
+    /// W2: a new connection per request.
+    #[value(alias = "w2", alias = "connect-per-request")]
+    Connect,
+    /// W3: 64 requests in flight on one connection.
+    #[value(alias = "w3")]
+    Pipelined,
+    /// W4: 64 concurrent sequential sessions.
+    #[value(alias = "w4", alias = "fan-in")]
+    Fanin,
+    /// W5: 1 MiB echoes.
+    #[value(alias = "w5")]
+    Bulk,
+    /// W6: the server pushes to 16 clients.
+    #[value(alias = "w6")]
+    Push,
+    /// W7: W1 and W2 over TLS 1.3.
+    #[value(alias = "w7")]
+    Tls,
+    /// W8: server memory per idle session.
+    #[value(alias = "w8")]
+    Idle,
+}
+
+impl Workload {
+    /// Every workload, in BENCHMARKS.md order.
+    pub const ALL: [Workload; 8] = [
+        Workload::Rtt,
+        Workload::Connect,
+        Workload::Pipelined,
+        Workload::Fanin,
+        Workload::Bulk,
+        Workload::Push,
+        Workload::Tls,
+        Workload::Idle,
+    ];
+
+    /// The name in `workload=` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Rtt => "rtt",
+            Workload::Connect => "connect",
+            Workload::Pipelined => "pipelined",
+            Workload::Fanin => "fanin",
+            Workload::Bulk => "bulk",
+            Workload::Push => "push",
+            Workload::Tls => "tls",
+            Workload::Idle => "idle",
+        }
+    }
+
+    /// The implementations this workload measures, baselines first.
+    pub fn impls(self) -> &'static [Impl] {
+        use Impl::*;
+        match self {
+            Workload::Rtt | Workload::Connect | Workload::Bulk => &[
+                StdBlocking,
+                TokioFramed,
+                TetherSentinel,
+                TetherLength,
+                TetherBlocking,
+                TetherPacket,
+            ],
+            Workload::Pipelined | Workload::Push => &[TokioFramed, TetherPacket],
+            Workload::Fanin | Workload::Idle => {
+                &[TokioFramed, TetherSentinel, TetherLength, TetherPacket]
+            }
+            Workload::Tls => &[TokioFramed, TetherLength, TetherPacket],
+        }
+    }
+}
+
+/// An implementation measured by the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Impl {
+    /// Baseline: blocking std::net, thread per connection, 4-byte prefix.
+    StdBlocking,
+    /// Baseline: tokio-util's LengthDelimitedCodec.
+    TokioFramed,
+    /// tether's async session over the `\n` sentinel codec.
+    TetherSentinel,
+    /// tether's async session over the length-prefix codec.
+    TetherLength,
+    /// tether's blocking session API (length prefix).
+    TetherBlocking,
+    /// tether's packet layer.
+    TetherPacket,
+}
+
+impl Impl {
+    /// The name in `impl=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Impl::StdBlocking => "std-blocking",
+            Impl::TokioFramed => "tokio-framed",
+            Impl::TetherSentinel => "tether-sentinel",
+            Impl::TetherLength => "tether-length",
+            Impl::TetherBlocking => "tether-blocking",
+            Impl::TetherPacket => "tether-packet",
+        }
+    }
+
+    /// A baseline rather than one of tether's stacks.
+    pub fn is_baseline(self) -> bool {
+        matches!(self, Impl::StdBlocking | Impl::TokioFramed)
+    }
+
+    /// The client side is blocking (runs on the main thread, no runtime).
+    pub fn is_blocking(self) -> bool {
+        matches!(self, Impl::StdBlocking | Impl::TetherBlocking)
+    }
+}
+
+/// Runs `tether bench`. Outside any tokio runtime: the bench builds its own.
+pub fn run(args: BenchArgs) -> ExitCode {
+    match run_inner(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("tether: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Creates an output file at once, so a bad path fails before minutes of measuring.
+fn create_output(flag: &str, path: &Path) -> CliResult<std::fs::File> {
+    std::fs::File::create(path)
+        .map_err(|e| format!("cannot write {flag} {}: {e}", path.display()).into())
+}
+
+/// Returns whether every workload succeeded.
+fn run_inner(args: BenchArgs) -> CliResult<bool> {
+    let json_file = args
+        .json
+        .as_deref()
+        .map(|p| create_output("--json", p))
+        .transpose()?;
+    let plot_file = args
+        .plot
+        .as_deref()
+        .map(|p| create_output("--plot", p))
+        .transpose()?;
+    let mut workloads = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        args.workloads.clone()
+    };
+    // BENCHMARKS.md order, so that connect can quote rtt's figure.
+    workloads.sort();
+    workloads.dedup();
+    let divisor = if args.quick { 10 } else { 1 } * args.scale;
+    let runs = args.runs as usize;
+    idle::raise_open_file_limit();
+    let ctx = Ctx::new(divisor)?;
+
+    let steps: usize = workloads.iter().map(|w| w.impls().len() * runs).sum();
+    let bar = ProgressBar::new(steps as u64);
+    if let Ok(style) = ProgressStyle::with_template("[{bar:30}] {pos}/{len} {elapsed} {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let mut records: Vec<Record> = Vec::new();
+    let mut all_ok = true;
+    for &w in &workloads {
+        for &imp in w.impls() {
+            bar.set_message(format!("{} {}", w.name(), imp.name()));
+            let mut results = Vec::new();
+            for _ in 0..runs {
+                match workloads::run(&ctx, w, imp, &records) {
+                    Ok(r) => results.push(r),
+                    Err(e) => {
+                        all_ok = false;
+                        bar.suspend(|| {
+                            eprintln!("tether: bench {} {} failed: {e}", w.name(), imp.name())
+                        });
+                    }
+                }
+                bar.inc(1);
+            }
+            if let Some(r) = report::median_run(results) {
+                bar.suspend(|| {
+                    println!("{}", r.line());
+                    let _ = std::io::stdout().flush();
+                });
+                records.push(r);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    drop(ctx);
+    println!();
+    print!("{}", report::ratio_table(&records));
+    if let (Some(mut f), Some(p)) = (json_file, args.json.as_deref()) {
+        let doc = report::to_json(&records, divisor, runs);
+        serde_json::to_writer_pretty(&mut f, &doc)
+            .map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
+        writeln!(f).map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
+    }
+    if let (Some(mut f), Some(p)) = (plot_file, args.plot.as_deref()) {
+        f.write_all(plot::svg(&report::ratios(&records)).as_bytes())
+            .map_err(|e| format!("cannot write --plot {}: {e}", p.display()))?;
+    }
+    Ok(all_ok)
+}

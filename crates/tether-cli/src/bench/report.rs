@@ -1,0 +1,385 @@
+//! What a bench run prints and writes: the `key=value` line of each
+//! result, the table of tether/baseline ratios, the JSON file, and the
+//! small statistics (percentiles, median of runs) behind them.
+//!
+//! Ratio convention: every ratio is oriented so that **> 1 means tether is
+//! better** than the baseline: tether/baseline for throughput figures
+//! (req/s, MiB/s, messages/s), baseline/tether for figures where less is
+//! better (rtt's p50 latency, idle's bytes per session).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value as Json};
+
+use super::{Impl, Workload};
+
+/// One figure of a result line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A count or a size, printed as an integer.
+    Int(u64),
+    /// A measurement, printed with the given number of decimals.
+    Float(f64, usize),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Float(v, decimals) => write!(f, "{v:.decimals$}"),
+        }
+    }
+}
+
+impl Value {
+    fn to_json(&self) -> Json {
+        match self {
+            Value::Int(v) => json!(v),
+            Value::Float(v, _) => json!(v),
+        }
+    }
+}
+
+/// Which way a headline figure improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// Throughput: more is better.
+    Higher,
+    /// Latency, memory: less is better.
+    Lower,
+}
+
+/// The result of one workload for one implementation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Which workload.
+    pub workload: Workload,
+    /// Which implementation.
+    pub implementation: Impl,
+    /// The figures, in printing order (after `workload`, `impl`, `procs`).
+    pub fields: Vec<(&'static str, Value)>,
+    /// The key of the figure ratios and medians are taken on.
+    pub headline: &'static str,
+    /// Which way that figure improves.
+    pub better: Better,
+}
+
+impl Record {
+    /// A record with no figures yet.
+    pub fn new(workload: Workload, implementation: Impl, headline: &'static str) -> Self {
+        let better = match workload {
+            Workload::Rtt | Workload::Idle => Better::Lower,
+            _ => Better::Higher,
+        };
+        Record {
+            workload,
+            implementation,
+            fields: Vec::new(),
+            headline,
+            better,
+        }
+    }
+
+    /// Appends an integer figure.
+    pub fn int(mut self, key: &'static str, v: u64) -> Self {
+        self.fields.push((key, Value::Int(v)));
+        self
+    }
+
+    /// Appends a measured figure printed with `decimals` decimals.
+    pub fn float(mut self, key: &'static str, v: f64, decimals: usize) -> Self {
+        self.fields.push((key, Value::Float(v, decimals)));
+        self
+    }
+
+    /// The value of figure `key`, if present.
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.fields
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| match v {
+                Value::Int(i) => *i as f64,
+                Value::Float(f, _) => *f,
+            })
+    }
+
+    /// The headline figure (NaN if missing, which sorts it last).
+    pub fn headline_value(&self) -> f64 {
+        self.get(self.headline).unwrap_or(f64::NAN)
+    }
+
+    /// The `key=value` line: `workload=… impl=… procs=1 …`.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "workload={} impl={} procs=1",
+            self.workload.name(),
+            self.implementation.name()
+        );
+        for (k, v) in &self.fields {
+            let _ = write!(s, " {k}={v}");
+        }
+        s
+    }
+
+    /// The record as a JSON object (same keys as the line).
+    pub fn to_json(&self) -> Json {
+        let mut m = Map::new();
+        m.insert("workload".into(), json!(self.workload.name()));
+        m.insert("impl".into(), json!(self.implementation.name()));
+        m.insert("procs".into(), json!(1));
+        for (k, v) in &self.fields {
+            m.insert((*k).into(), v.to_json());
+        }
+        m.insert("headline".into(), json!(self.headline));
+        Json::Object(m)
+    }
+}
+
+/// One cell of the ratio table: a tether result against a baseline result
+/// of the same workload, measured in the same run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ratio {
+    /// The workload.
+    pub workload: Workload,
+    /// The tether implementation.
+    pub tether: Impl,
+    /// The baseline.
+    pub baseline: Impl,
+    /// The figure compared.
+    pub metric: &'static str,
+    /// Oriented so that > 1 means tether is better.
+    pub ratio: f64,
+}
+
+/// Every tether-vs-baseline ratio among `records`, in record order.
+pub fn ratios(records: &[Record]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for t in records.iter().filter(|r| !r.implementation.is_baseline()) {
+        for b in records
+            .iter()
+            .filter(|r| r.implementation.is_baseline() && r.workload == t.workload)
+        {
+            let (tv, bv) = (t.headline_value(), b.headline_value());
+            let ratio = match t.better {
+                Better::Higher => tv / bv,
+                Better::Lower => bv / tv,
+            };
+            if ratio.is_finite() {
+                out.push(Ratio {
+                    workload: t.workload,
+                    tether: t.implementation,
+                    baseline: b.implementation,
+                    metric: t.headline,
+                    ratio,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The compact ratio table printed after the result lines: one row per
+/// tether result, one column per baseline.
+pub fn ratio_table(records: &[Record]) -> String {
+    let ratios = ratios(records);
+    let baselines = [Impl::StdBlocking, Impl::TokioFramed];
+    let mut s = String::from(
+        "ratios tether/baseline (>1 = tether better; rtt: p50 latency, idle: bytes/session, others: throughput)\n",
+    );
+    let _ = writeln!(
+        s,
+        "{:<10} {:<16} {:<17} {:>16} {:>16}",
+        "workload", "impl", "metric", "vs std-blocking", "vs tokio-framed"
+    );
+    let mut rows: Vec<(Workload, Impl, &str)> = Vec::new();
+    for r in &ratios {
+        if !rows
+            .iter()
+            .any(|(w, i, _)| *w == r.workload && *i == r.tether)
+        {
+            rows.push((r.workload, r.tether, r.metric));
+        }
+    }
+    if rows.is_empty() {
+        s.push_str("(no tether result with a baseline beside it)\n");
+    }
+    for (w, t, metric) in rows {
+        let cell = |b: Impl| {
+            ratios
+                .iter()
+                .find(|r| r.workload == w && r.tether == t && r.baseline == b)
+                .map_or_else(|| "-".to_string(), |r| format!("{:.2}x", r.ratio))
+        };
+        let _ = writeln!(
+            s,
+            "{:<10} {:<16} {:<17} {:>16} {:>16}",
+            w.name(),
+            t.name(),
+            metric,
+            cell(baselines[0]),
+            cell(baselines[1])
+        );
+    }
+    s
+}
+
+/// The whole run as JSON: settings, every result, every ratio.
+pub fn to_json(records: &[Record], divisor: u64, runs: usize) -> Json {
+    json!({
+        "procs": 1,
+        "divisor": divisor,
+        "runs": runs,
+        "ratio_convention": "greater than 1 means tether is better: tether/baseline for throughput, baseline/tether for rtt p50 latency and idle bytes per session",
+        "results": records.iter().map(Record::to_json).collect::<Vec<_>>(),
+        "ratios": ratios(records).iter().map(|r| json!({
+            "workload": r.workload.name(),
+            "impl": r.tether.name(),
+            "baseline": r.baseline.name(),
+            "metric": r.metric,
+            "ratio": r.ratio,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The `p`-th quantile (0..=1) of sorted latencies, in microseconds, by the
+/// nearest rank. `NaN` for no samples.
+pub fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p.clamp(0.0, 1.0)).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+/// The median of several runs of one workload and implementation, by the
+/// headline figure (for an even count, the lower middle: a real run, never
+/// an average of two). The chosen record gets a `runs=N` figure when N > 1.
+pub fn median_run(mut runs: Vec<Record>) -> Option<Record> {
+    let n = runs.len();
+    runs.sort_by(|a, b| a.headline_value().total_cmp(&b.headline_value()));
+    let mut chosen = runs.into_iter().nth(n.checked_sub(1)? / 2)?;
+    if n > 1 {
+        chosen.fields.push(("runs", Value::Int(n as u64)));
+    }
+    Some(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(w: Workload, i: Impl, key: &'static str, v: f64) -> Record {
+        Record::new(w, i, key).float(key, v, 1)
+    }
+
+    #[test]
+    fn percentile_by_nearest_rank() {
+        let lat: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(percentile_us(&lat, 0.5), 51.0);
+        assert_eq!(percentile_us(&lat, 0.99), 99.0);
+        assert_eq!(percentile_us(&lat, 0.0), 1.0);
+        assert_eq!(percentile_us(&lat, 1.0), 100.0);
+        assert_eq!(percentile_us(&lat[..1], 0.99), 1.0);
+        assert!(percentile_us(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn median_takes_the_middle_run_by_headline() {
+        let runs = vec![
+            rec(Workload::Bulk, Impl::TetherLength, "mib_s", 300.0),
+            rec(Workload::Bulk, Impl::TetherLength, "mib_s", 100.0),
+            rec(Workload::Bulk, Impl::TetherLength, "mib_s", 200.0),
+        ];
+        let m = median_run(runs).unwrap();
+        assert_eq!(m.get("mib_s"), Some(200.0));
+        assert_eq!(m.get("runs"), Some(3.0));
+        // even count: the lower middle, a real run
+        let runs = vec![
+            rec(Workload::Push, Impl::TetherPacket, "msgs_s", 4.0),
+            rec(Workload::Push, Impl::TetherPacket, "msgs_s", 1.0),
+        ];
+        assert_eq!(median_run(runs).unwrap().get("msgs_s"), Some(1.0));
+        // one run: no runs= figure
+        let one = median_run(vec![rec(Workload::Rtt, Impl::TokioFramed, "p50_us", 3.0)]).unwrap();
+        assert_eq!(one.get("runs"), None);
+        assert!(median_run(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn line_is_key_value_pairs_in_order() {
+        let r = Record::new(Workload::Rtt, Impl::TokioFramed, "p50_us")
+            .int("requests", 20000)
+            .float("req_s", 61234.4, 0)
+            .float("p50_us", 15.84, 1);
+        assert_eq!(
+            r.line(),
+            "workload=rtt impl=tokio-framed procs=1 requests=20000 req_s=61234 p50_us=15.8"
+        );
+        assert_eq!(r.to_json()["p50_us"], json!(15.84));
+        assert_eq!(r.to_json()["impl"], json!("tokio-framed"));
+    }
+
+    #[test]
+    fn ratios_are_oriented_so_more_is_better_for_tether() {
+        let records = vec![
+            rec(Workload::Rtt, Impl::StdBlocking, "p50_us", 20.0),
+            rec(Workload::Rtt, Impl::TokioFramed, "p50_us", 40.0),
+            rec(Workload::Rtt, Impl::TetherPacket, "p50_us", 25.0),
+            rec(Workload::Pipelined, Impl::TokioFramed, "req_s", 100.0),
+            rec(Workload::Pipelined, Impl::TetherPacket, "req_s", 150.0),
+            rec(
+                Workload::Idle,
+                Impl::TokioFramed,
+                "bytes_per_session",
+                9000.0,
+            ),
+            rec(
+                Workload::Idle,
+                Impl::TetherLength,
+                "bytes_per_session",
+                3000.0,
+            ),
+        ];
+        let r = ratios(&records);
+        let get = |w, t, b| {
+            r.iter()
+                .find(|x| x.workload == w && x.tether == t && x.baseline == b)
+                .map(|x| x.ratio)
+        };
+        assert_eq!(
+            get(Workload::Rtt, Impl::TetherPacket, Impl::StdBlocking),
+            Some(0.8)
+        );
+        assert_eq!(
+            get(Workload::Rtt, Impl::TetherPacket, Impl::TokioFramed),
+            Some(1.6)
+        );
+        assert_eq!(
+            get(Workload::Pipelined, Impl::TetherPacket, Impl::TokioFramed),
+            Some(1.5)
+        );
+        assert_eq!(
+            get(Workload::Idle, Impl::TetherLength, Impl::TokioFramed),
+            Some(3.0)
+        );
+        assert_eq!(r.len(), 4);
+        let table = ratio_table(&records);
+        assert!(table.contains("1.60x"), "{table}");
+        let row = table.lines().find(|l| l.starts_with("pipelined")).unwrap();
+        assert!(row.contains(" - ") || row.contains("-  "), "{row}");
+        assert!(row.ends_with("1.50x"), "{row}");
+    }
+
+    #[test]
+    fn json_holds_results_and_ratios() {
+        let records = vec![
+            rec(Workload::Bulk, Impl::TokioFramed, "mib_s", 100.0),
+            rec(Workload::Bulk, Impl::TetherLength, "mib_s", 90.0),
+        ];
+        let j = to_json(&records, 10, 1);
+        assert_eq!(j["results"].as_array().unwrap().len(), 2);
+        assert_eq!(j["ratios"][0]["baseline"], json!("tokio-framed"));
+        assert!((j["ratios"][0]["ratio"].as_f64().unwrap() - 0.9).abs() < 1e-9);
+    }
+}

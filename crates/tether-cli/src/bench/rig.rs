@@ -1,0 +1,210 @@
+//! The bench's machinery: the two runtimes, a server's lifetime, the
+//! scaled counts, payloads, and bounded waits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tether::transport::tls::{self, SelfSigned};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::oneshot;
+
+use super::baselines::StdServer;
+use crate::CliResult;
+
+/// How long any single step (a connect, a server start, a whole
+/// workload's client side) may take before the bench gives up on it with
+/// an error instead of hanging. Far above any full-size run here.
+pub const STEP_LIMIT: Duration = Duration::from_secs(300);
+
+/// Everything a workload needs: the two runtimes, the counts, the TLS
+/// material.
+pub struct Ctx {
+    /// The client side: a current-thread runtime driven by the main thread.
+    pub client: Runtime,
+    /// The server side: a current-thread runtime on its own thread.
+    pub server: ServerRuntime,
+    /// The divisor applied to every count (`--quick`, `--scale`).
+    pub divisor: u64,
+    tls: std::sync::OnceLock<SelfSigned>,
+}
+
+impl Ctx {
+    /// Builds both runtimes.
+    pub fn new(divisor: u64) -> CliResult<Ctx> {
+        Ok(Ctx {
+            client: current_thread()?,
+            server: ServerRuntime::start()?,
+            divisor,
+            tls: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// A count of BENCHMARKS.md divided by the divisor, at least 1.
+    pub fn count(&self, full: u64) -> u64 {
+        (full / self.divisor).max(1)
+    }
+
+    /// A self-signed certificate for 127.0.0.1, made once per run.
+    pub fn tls(&self) -> CliResult<&SelfSigned> {
+        if let Some(t) = self.tls.get() {
+            return Ok(t);
+        }
+        let made = tls::self_signed(&["127.0.0.1"])?;
+        Ok(self.tls.get_or_init(|| made))
+    }
+
+    /// Runs `fut` on the client runtime within [`STEP_LIMIT`].
+    pub fn block_on<T>(&self, fut: impl Future<Output = CliResult<T>>) -> CliResult<T> {
+        self.client.block_on(bounded("the client side", fut))
+    }
+}
+
+/// `fut`, or an error naming `what` after [`STEP_LIMIT`].
+pub async fn bounded<T>(what: &str, fut: impl Future<Output = CliResult<T>>) -> CliResult<T> {
+    match tokio::time::timeout(STEP_LIMIT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("{what} did not finish within {STEP_LIMIT:?}").into()),
+    }
+}
+
+/// A current-thread runtime with timers and I/O.
+pub fn current_thread() -> CliResult<Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// A current-thread runtime running on a thread of its own until dropped;
+/// servers are spawned onto it through its handle.
+pub struct ServerRuntime {
+    handle: Handle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerRuntime {
+    fn start() -> CliResult<ServerRuntime> {
+        let rt = current_thread()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-server".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Connections still open end here, without waiting.
+                rt.shutdown_background();
+            })?;
+        Ok(ServerRuntime {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts a tokio server: `serve` binds, sends its address on `ready`,
+    /// and serves until `stop` resolves (or fails before `ready`).
+    pub async fn spawn<F, Fut>(&self, serve: F) -> CliResult<Running>
+    where
+        F: FnOnce(oneshot::Sender<SocketAddr>, oneshot::Receiver<()>) -> Fut,
+        Fut: Future<Output = CliResult<()>> + Send + 'static,
+    {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = self.handle.spawn(serve(ready_tx, stop_rx));
+        match tokio::time::timeout(Duration::from_secs(10), ready_rx).await {
+            Ok(Ok(addr)) => Ok(Running::Tokio {
+                addr,
+                stop: stop_tx,
+                task,
+            }),
+            Ok(Err(_)) => match task.await {
+                Ok(Err(e)) => Err(e),
+                _ => Err("the server stopped before it was ready".into()),
+            },
+            Err(_) => {
+                task.abort();
+                Err("the server was not ready within 10 s".into())
+            }
+        }
+    }
+}
+
+impl Drop for ServerRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A server started for one workload; [`stop`](Self::stop) ends it.
+pub enum Running {
+    /// A task on the server runtime.
+    Tokio {
+        /// Where it listens.
+        addr: SocketAddr,
+        stop: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<CliResult<()>>,
+    },
+    /// The thread-per-connection baseline.
+    Std(StdServer),
+}
+
+impl Running {
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Running::Tokio { addr, .. } => *addr,
+            Running::Std(s) => s.addr(),
+        }
+    }
+
+    /// Stops accepting; connections still open close with their clients.
+    /// Waits up to 10 s for the server to finish.
+    pub async fn stop(self) {
+        match self {
+            Running::Tokio { stop, task, .. } => {
+                let _ = stop.send(());
+                let abort = task.abort_handle();
+                if tokio::time::timeout(Duration::from_secs(10), task)
+                    .await
+                    .is_err()
+                {
+                    abort.abort();
+                }
+            }
+            Running::Std(s) => s.stop(),
+        }
+    }
+}
+
+/// A payload of `len` printable bytes (`a`..`z`): valid for every framing,
+/// the `\n` sentinel included.
+pub fn payload(len: usize) -> Bytes {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// Requests per second.
+pub fn per_sec(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_printable_and_sentinel_free() {
+        let p = payload(64);
+        assert_eq!(p.len(), 64);
+        assert!(p.iter().all(|b| b.is_ascii_lowercase()));
+        assert!(!p.contains(&b'\n'));
+    }
+}

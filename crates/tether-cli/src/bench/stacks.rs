@@ -1,0 +1,214 @@
+//! tether's servers as the bench runs them, and the client handler of the
+//! push workload.
+//!
+//! - sessions (`tether-sentinel`, `tether-length`, and the server of
+//!   `tether-blocking`): `session::Server` with an echo handler;
+//! - `tether-packet`: `packet::serve` with the contract's `EchoService`
+//!   (rq_type 0 echoes), or, for push, an accept loop that submits
+//!   requests to each client as it connects.
+//!
+//! Every server binds 127.0.0.1 on a free port, reports its address, and
+//! serves until told to stop; TLS ones use `Listener::bind_tls`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tether::framing::FramingError;
+use tether::packet::{
+    EchoService, Handler as PacketHandler, IncomingRequest, NoHandler, PacketConfig,
+    PacketConnection, Response,
+};
+use tether::session::{ConnectionInfo, Handler, HandlerError, Server, ServerOptions};
+use tether::transport::{Endpoint, Listener, TlsServerConfig};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::baselines::drain;
+use super::rig::payload;
+use crate::CliResult;
+
+/// Sessions a bench server accepts at once: above W8's 10,000 idle ones.
+const MAX_CONNECTIONS: usize = 65_536;
+/// Pushes the packet server keeps unanswered per client in the push
+/// workload: enough to keep a 64 KiB write buffer full of 64-byte requests
+/// while acknowledgements come back, small next to the pending limit.
+pub const PUSH_WINDOW: usize = 256;
+
+/// Binds a tether listener on 127.0.0.1 (TLS when `tls` is given).
+pub async fn bind(tls: Option<TlsServerConfig>) -> CliResult<(Listener, SocketAddr)> {
+    let listener = match tls {
+        None => Listener::bind(&Endpoint::tcp("127.0.0.1", 0)).await?,
+        Some(cfg) => {
+            let ep = Endpoint::Tls {
+                host: "127.0.0.1".into(),
+                port: 0,
+            };
+            Listener::bind_tls(&ep, cfg).await?
+        }
+    };
+    let addr = listener
+        .local_endpoint()
+        .host_port()
+        .and_then(|hp| hp.parse().ok())
+        .ok_or("the listener has no IP address")?;
+    Ok((listener, addr))
+}
+
+/// A session server echoing every frame of `codec`.
+pub async fn session_server<C>(
+    ready: oneshot::Sender<SocketAddr>,
+    stop: oneshot::Receiver<()>,
+    codec: C,
+    tls: Option<TlsServerConfig>,
+) -> CliResult<()>
+where
+    C: Decoder<Item = BytesMut, Error = FramingError>
+        + Encoder<BytesMut, Error = FramingError>
+        + Clone
+        + Send
+        + 'static,
+{
+    let (listener, addr) = bind(tls).await?;
+    let server = Server::with_listener(listener, codec, Echo)
+        .options(ServerOptions::default().max_connections(MAX_CONNECTIONS));
+    let _ = ready.send(addr);
+    server
+        .run(
+            async {
+                let _ = stop.await;
+            },
+            Duration::from_secs(1),
+        )
+        .await;
+    Ok(())
+}
+
+/// The session servers' handler: every request comes back as it is. A
+/// struct rather than a closure, so the server's future is plainly `Send`.
+struct Echo;
+
+impl Handler<BytesMut> for Echo {
+    type Response = BytesMut;
+    fn handle(
+        &self,
+        request: BytesMut,
+        _conn: &ConnectionInfo,
+    ) -> impl std::future::Future<Output = Result<Option<BytesMut>, HandlerError>> + Send {
+        std::future::ready(Ok(Some(request)))
+    }
+}
+
+/// The packet server of the contract (`EchoService`).
+pub async fn packet_server(
+    ready: oneshot::Sender<SocketAddr>,
+    stop: oneshot::Receiver<()>,
+    tls: Option<TlsServerConfig>,
+) -> CliResult<()> {
+    let (listener, addr) = bind(tls).await?;
+    let _ = ready.send(addr);
+    tether::packet::serve(listener, EchoService, PacketConfig::default(), stop).await;
+    Ok(())
+}
+
+/// The push workload's packet server: as each client connects, submits
+/// `n` 64-byte requests to it, [`PUSH_WINDOW`] at most unanswered.
+pub async fn packet_push_server(
+    ready: oneshot::Sender<SocketAddr>,
+    stop: oneshot::Receiver<()>,
+    n: u64,
+) -> CliResult<()> {
+    let (mut listener, addr) = bind(None).await?;
+    let _ = ready.send(addr);
+    tokio::pin!(stop);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stop => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let conn = PacketConnection::spawn(stream, NoHandler, PacketConfig::default());
+        conns.spawn(push_to(conn, n));
+    }
+    drain(conns).await;
+    Ok(())
+}
+
+async fn push_to(conn: PacketConnection, n: u64) {
+    let msg = payload(64);
+    let mut inflight = FuturesUnordered::new();
+    let mut sent = 0;
+    while sent < n || !inflight.is_empty() {
+        while sent < n && inflight.len() < PUSH_WINDOW {
+            inflight.push(conn.submit(0, 0, msg.clone()));
+            sent += 1;
+        }
+        match inflight.next().await {
+            Some(Ok(r)) if r.ok => {}
+            _ => return,
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// The push client's handler: acknowledges each pushed request at once
+/// (empty ok response) and counts it; wakes the waiter at the target.
+#[derive(Clone)]
+pub struct PushCounter {
+    got: Arc<AtomicU64>,
+    want: u64,
+    done: Arc<Notify>,
+}
+
+impl PushCounter {
+    /// A counter that signals after `want` requests.
+    pub fn new(want: u64) -> Self {
+        PushCounter {
+            got: Arc::new(AtomicU64::new(0)),
+            want,
+            done: Arc::new(Notify::new()),
+        }
+    }
+
+    /// How many have arrived.
+    pub fn got(&self) -> u64 {
+        self.got.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once `want` requests have arrived.
+    pub async fn finished(&self) {
+        while self.got() < self.want {
+            // notify_one stores a permit: a count reached before this wait
+            // still wakes it
+            self.done.notified().await;
+        }
+    }
+
+    fn count(&self) -> Response {
+        if self.got.fetch_add(1, Ordering::Relaxed) + 1 == self.want {
+            self.done.notify_one();
+        }
+        Response::ok(0, Bytes::new())
+    }
+}
+
+impl PacketHandler for PushCounter {
+    type Future = std::future::Ready<Response>;
+    fn handle(&self, _request: IncomingRequest) -> Self::Future {
+        std::future::ready(self.count())
+    }
+    fn handle_now(&self, _request: IncomingRequest) -> Result<Response, IncomingRequest> {
+        Ok(self.count())
+    }
+}

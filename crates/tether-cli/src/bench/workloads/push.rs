@@ -1,0 +1,111 @@
+//! W6 push: 16 clients connect; the server sends each 100,000 64-byte
+//! messages. The figure is messages delivered per second, all clients
+//! together, from the first connect to the last message.
+//!
+//! - tokio-framed: raw one-way frames from server to client (`feed`, so
+//!   writes are batched), the client counts frames.
+//! - tether-packet: the packet layer has requests, not one-way sends: the
+//!   server submits requests to each client, keeping
+//!   [`PUSH_WINDOW`](crate::bench::stacks::PUSH_WINDOW) unanswered; the
+//!   client's handler acknowledges each at once (empty response).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tether::packet::{PacketConfig, PacketConnection};
+use tether::transport::Endpoint;
+use tokio::task::JoinSet;
+
+use crate::bench::baselines::{framed_connect, framed_server, FramedService};
+use crate::bench::report::Record;
+use crate::bench::rig::{per_sec, Ctx};
+use crate::bench::stacks::{packet_push_server, PushCounter};
+use crate::bench::{Impl, Workload};
+use crate::CliResult;
+
+/// Connected clients.
+pub const CLIENTS: u64 = 16;
+
+/// Runs W6 for `imp` (tokio-framed or tether-packet).
+pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
+    let per_client = ctx.count(100_000);
+    let server = ctx.block_on(async {
+        match imp {
+            Impl::TokioFramed => {
+                ctx.server
+                    .spawn(|r, s| framed_server(r, s, FramedService::Push(per_client), None))
+                    .await
+            }
+            Impl::TetherPacket => {
+                ctx.server
+                    .spawn(|r, s| packet_push_server(r, s, per_client))
+                    .await
+            }
+            _ => Err(format!("{} has no push server", imp.name()).into()),
+        }
+    })?;
+    let addr = server.addr();
+    let elapsed = ctx.block_on(clients(imp, addr, per_client));
+    ctx.client.block_on(server.stop());
+    let total = per_client * CLIENTS;
+    Ok(Record::new(Workload::Push, imp, "msgs_s")
+        .int("clients", CLIENTS)
+        .int("messages_per_client", per_client)
+        .float("msgs_s", per_sec(total, elapsed?), 0))
+}
+
+async fn clients(imp: Impl, addr: SocketAddr, per_client: u64) -> CliResult<Duration> {
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..CLIENTS {
+        tasks.spawn(async move {
+            match imp {
+                Impl::TokioFramed => framed_client(addr, per_client).await,
+                _ => packet_client(addr, per_client).await,
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(start.elapsed())
+}
+
+async fn framed_client(addr: SocketAddr, n: u64) -> CliResult<()> {
+    let mut f = framed_connect(addr).await?;
+    let mut got = 0;
+    while got < n {
+        match f.next().await {
+            Some(frame) => {
+                frame?;
+                got += 1;
+            }
+            None => return Err(format!("the server stopped pushing after {got} of {n}").into()),
+        }
+    }
+    Ok(())
+}
+
+async fn packet_client(addr: SocketAddr, n: u64) -> CliResult<()> {
+    let counter = PushCounter::new(n);
+    let ep = Endpoint::tcp(addr.ip().to_string(), addr.port());
+    let conn = PacketConnection::connect(
+        &ep,
+        Duration::from_secs(5),
+        counter.clone(),
+        PacketConfig::default(),
+    )
+    .await?;
+    tokio::select! {
+        _ = counter.finished() => {}
+        ended = conn.closed() => {
+            ended?;
+            if counter.got() < n {
+                return Err(format!("the server stopped pushing after {} of {n}", counter.got()).into());
+            }
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}
