@@ -1,12 +1,18 @@
-//! W1 (sequential round trips) and W3 (64 in flight) of BENCHMARKS.md over
-//! the packet layer, beside the `tokio-framed` baseline (tokio-util's
-//! `LengthDelimitedCodec`, in-order pipeline) measured in the same run.
+//! W1 (sequential round trips), W3 (64 in flight) and W6 (push) of
+//! BENCHMARKS.md over the packet layer, beside the `tokio-framed` baseline
+//! (tokio-util's `LengthDelimitedCodec`) measured in the same run.
 //!
 //! The server and the client run on two single-threaded runtimes in one
 //! process, over TCP on 127.0.0.1.
 //!
+//! W6: the server pushes 64-byte messages to 16 connected clients. The
+//! baseline writes length-delimited frames that the clients read (one way,
+//! nothing answered). The packet layer has no one-way message: each push
+//! is a request that the client's handler acknowledges with an empty
+//! response, which the server reads and discards.
+//!
 //! ```text
-//! cargo run --release -p tether --example packet_bench [--quick]
+//! cargo run --release -p tether --example packet_bench [--quick] [--w1-only | --w3-only | --w6-only]
 //! ```
 
 use std::time::{Duration, Instant};
@@ -14,13 +20,25 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tether::packet::{EchoService, NoHandler, PacketConfig, PacketConnection};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tether::packet::{
+    EchoService, IncomingRequest, NoHandler, PacketConfig, PacketConnection, Response,
+    ResponseFuture,
+};
 use tether::transport::{self, Endpoint, Listener};
 use tokio::net::TcpListener;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 const PAYLOAD: usize = 64;
 const IN_FLIGHT: usize = 64;
+/// W6: connected clients, each receiving the same number of messages.
+const PUSH_CLIENTS: usize = 16;
+/// W6 over `submit`: requests in flight per client connection.
+const PUSH_WINDOW: usize = 1024;
+/// W6: the rq_type of a pushed message.
+const PUSH_RQ_TYPE: u64 = 9;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -284,16 +302,174 @@ async fn w3_framed(ep: &Endpoint, n: usize) {
     report_pipelined("tokio-framed", n, t0.elapsed());
 }
 
+/// The W6 baseline server: on each connection, reads the count `n` (one
+/// frame, decimal ASCII), then writes `n` 64-byte frames and closes.
+fn framed_push_server() -> Endpoint {
+    server(|etx| async move {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        etx.send(
+            format!("tcp://{}", l.local_addr().unwrap())
+                .parse()
+                .unwrap(),
+        )
+        .unwrap();
+        while let Ok((s, _)) = l.accept().await {
+            s.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut f = Framed::new(s, LengthDelimitedCodec::new());
+                let Some(Ok(count)) = f.next().await else {
+                    return;
+                };
+                let n: usize = std::str::from_utf8(&count).unwrap().parse().unwrap();
+                let msg = Bytes::from(vec![7u8; PAYLOAD]);
+                // feed() writes out whenever the buffer passes 8 KiB
+                for _ in 0..n {
+                    f.feed(msg.clone()).await.unwrap();
+                }
+                SinkExt::<Bytes>::close(&mut f).await.unwrap();
+            });
+        }
+    })
+}
+
+/// How the packet server pushes in W6.
+#[derive(Clone, Copy, PartialEq)]
+enum PushMode {
+    /// `submit` with a window of [`PUSH_WINDOW`] responses awaited.
+    Submit,
+}
+
+/// The W6 packet server: on each connection, waits for the client's
+/// request carrying the count `n` (decimal ASCII), answers it, pushes `n`
+/// 64-byte messages and closes.
+fn packet_push_server(mode: PushMode) -> Endpoint {
+    server(move |etx| async move {
+        let mut l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        etx.send(l.local_endpoint()).unwrap();
+        while let Ok(stream) = l.accept().await {
+            let (count_tx, count_rx) = tokio::sync::oneshot::channel::<usize>();
+            let count_tx = std::sync::Mutex::new(Some(count_tx));
+            let handler = tether::packet::handler_fn(move |rq: IncomingRequest| {
+                if let Some(tx) = count_tx.lock().unwrap().take() {
+                    let _ = tx.send(std::str::from_utf8(&rq.payload).unwrap().parse().unwrap());
+                }
+                std::future::ready(Response::ok(0, Bytes::new()))
+            });
+            let c = PacketConnection::spawn(stream, handler, PacketConfig::default());
+            tokio::spawn(async move {
+                let n = count_rx.await.unwrap();
+                let msg = Bytes::from(vec![7u8; PAYLOAD]);
+                match mode {
+                    PushMode::Submit => {
+                        let mut inflight: FuturesUnordered<ResponseFuture> =
+                            FuturesUnordered::new();
+                        for _ in 0..n {
+                            if inflight.len() >= PUSH_WINDOW {
+                                let r: Response = inflight.next().await.unwrap().expect("push");
+                                assert!(r.ok);
+                            }
+                            inflight.push(c.submit(PUSH_RQ_TYPE, 0, msg.clone()));
+                        }
+                        while let Some(r) = inflight.next().await {
+                            assert!(r.unwrap().ok);
+                        }
+                    }
+                }
+                c.close().await.unwrap();
+            });
+        }
+    })
+}
+
+fn report_push(name: &str, n: usize, total: Duration) {
+    println!(
+        "workload=push impl={name} clients={PUSH_CLIENTS} messages={n} msg_s={:.0} cpu_ns_per_msg={:.0} (both ends, two runtimes in one process)",
+        n as f64 / total.as_secs_f64(),
+        cpu_ns_per_req(n)
+    );
+}
+
+async fn w6_framed(ep: &Endpoint, per_client: usize) {
+    start_cpu();
+    let t0 = Instant::now();
+    let clients = (0..PUSH_CLIENTS).map(|_| async {
+        let s = transport::connect(ep, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut f = Framed::new(s, LengthDelimitedCodec::new());
+        f.send(Bytes::from(per_client.to_string())).await.unwrap();
+        let mut got = 0;
+        while let Some(m) = f.next().await {
+            debug_assert_eq!(m.unwrap().len(), PAYLOAD);
+            got += 1;
+        }
+        got
+    });
+    let got: usize = futures_util::future::join_all(clients)
+        .await
+        .into_iter()
+        .sum();
+    assert_eq!(got, per_client * PUSH_CLIENTS);
+    report_push("tokio-framed", got, t0.elapsed());
+}
+
+async fn w6_packet(name: &str, ep: &Endpoint, per_client: usize) {
+    start_cpu();
+    let t0 = Instant::now();
+    let clients = (0..PUSH_CLIENTS).map(|_| async {
+        let got = Arc::new(AtomicUsize::new(0));
+        let counter = got.clone();
+        // the client's handler acknowledges each message with an empty response
+        let ack = tether::packet::handler_fn(move |rq: IncomingRequest| {
+            debug_assert_eq!(rq.payload.len(), PAYLOAD);
+            counter.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Response::ok(0, Bytes::new()))
+        });
+        let c = PacketConnection::connect(ep, Duration::from_secs(5), ack, PacketConfig::default())
+            .await
+            .unwrap();
+        let r = c.submit(0, 0, per_client.to_string()).await.unwrap();
+        assert!(r.ok);
+        // the server closes after its last message is acknowledged
+        c.closed().await.unwrap();
+        got.load(Ordering::Relaxed)
+    });
+    let got: usize = futures_util::future::join_all(clients)
+        .await
+        .into_iter()
+        .sum();
+    assert_eq!(got, per_client * PUSH_CLIENTS);
+    report_push(name, got, t0.elapsed());
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (warm, w1, w3) = if quick {
-        (100, 2_000, 20_000)
+    let (warm, w1, w3, w6) = if quick {
+        (100, 2_000, 20_000, 10_000)
     } else {
-        (1_000, 20_000, 200_000)
+        (1_000, 20_000, 200_000, 100_000)
     };
+    let only = |w: &str| std::env::args().any(|a| a == format!("--{w}-only"));
     let packet = packet_server();
     let framed = framed_server();
     let rt = runtime();
+    if only("w6") || std::env::args().any(|a| a == "--profile-w6") {
+        let framed_push = framed_push_server();
+        let packet_push = packet_push_server(PushMode::Submit);
+        if std::env::args().any(|a| a == "--profile-w6") {
+            rt.block_on(w6_packet("tether-packet-submit", &packet_push, w6));
+            return;
+        }
+        rt.block_on(async {
+            for _ in 0..3 {
+                w6_framed(&framed_push, w6).await;
+                w6_packet("tether-packet-submit", &packet_push, w6).await;
+            }
+        });
+        return;
+    }
     if std::env::args().any(|a| a == "--w1-only") {
         rt.block_on(async {
             for _ in 0..3 {
