@@ -705,23 +705,36 @@ async fn a_panicking_handler_fails_its_request_and_the_connection_goes_on() {
     let (a, b) = memory_pair(4096);
     let _server = PacketConnection::spawn(
         b,
-        handler_fn(|rq: IncomingRequest| async move {
-            if rq.rq_type == 66 {
+        handler_fn(|rq: IncomingRequest| {
+            // 65: panics before making its future; 66: in its first poll
+            // (run in place); 67: after a pause (in the running set)
+            if rq.rq_type == 65 {
                 panic!("handler bug (expected by this test)");
             }
-            Response::ok(0, rq.payload)
+            async move {
+                if rq.rq_type == 66 {
+                    panic!("handler bug (expected by this test)");
+                }
+                if rq.rq_type == 67 {
+                    tokio::task::yield_now().await;
+                    panic!("handler bug (expected by this test)");
+                }
+                Response::ok(0, rq.payload)
+            }
         }),
         cfg(),
     );
     let client = PacketConnection::spawn(a, NoHandler, cfg());
-    assert_eq!(
-        t(client.submit(66, 0, "boom")).await.unwrap(),
-        Response::fail(HANDLER_FAILED)
-    );
-    assert_eq!(
-        t(client.submit(0, 0, "still here")).await.unwrap(),
-        Response::ok(0, "still here")
-    );
+    for rq_type in [65, 66, 67] {
+        assert_eq!(
+            t(client.submit(rq_type, 0, "boom")).await.unwrap(),
+            Response::fail(HANDLER_FAILED)
+        );
+        assert_eq!(
+            t(client.submit(0, 0, "still here")).await.unwrap(),
+            Response::ok(0, "still here")
+        );
+    }
 }
 
 #[test]

@@ -21,9 +21,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::future::{join, CatchUnwind, Join, Ready};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
@@ -233,6 +231,7 @@ impl PacketConnection {
             shared: shared.clone(),
             handler,
             running: FuturesUnordered::new(),
+            slot: Box::pin(None),
             completed: Vec::new(),
             incoming: Vec::new(),
             to_wake: Vec::new(),
@@ -569,9 +568,40 @@ fn check_request(
     Ok(())
 }
 
+/// A handler future pinned in its own box, so it can be polled once in
+/// place and move to the running set only if it did not finish.
+type Slot<F> = Pin<Box<Option<F>>>;
+
 /// A running handler, in its own `packet_request` span, with its key.
-type Running<F> =
-    Join<CatchUnwind<AssertUnwindSafe<tracing::instrument::Instrumented<F>>>, Ready<Key>>;
+/// Resolves to the key and the response, or the panic's payload.
+struct Running<F> {
+    fut: Slot<F>,
+    key: Key,
+    span: tracing::Span,
+}
+
+type Panic = Box<dyn std::any::Any + Send>;
+
+impl<F: Future<Output = Response>> Future for Running<F> {
+    type Output = (Key, Result<Response, Panic>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        let fut = &mut this.fut;
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            fut.as_mut().as_pin_mut().map(|f| f.poll(cx))
+        }));
+        let outcome = match polled {
+            Ok(Some(Poll::Pending)) => return Poll::Pending,
+            Ok(Some(Poll::Ready(response))) => Ok(response),
+            Ok(None) => Ok(Response::fail(HANDLER_FAILED)), // polled after completion
+            Err(panic) => Err(panic),
+        };
+        this.fut.as_mut().set(None);
+        Poll::Ready((this.key, outcome))
+    }
+}
 
 struct Driver<S, H: Handler> {
     io: S,
@@ -581,6 +611,9 @@ struct Driver<S, H: Handler> {
     shared: Arc<Shared>,
     handler: H,
     running: FuturesUnordered<Running<H::Future>>,
+    /// Where the next handler future is polled first (reused while
+    /// handlers finish at once).
+    slot: Slot<H::Future>,
     /// Handler results collected before taking the lock (reused).
     completed: Vec<(Key, Response)>,
     /// The peer's requests decoded under the lock, run after it (reused).
@@ -754,7 +787,7 @@ where
         // poll user futures without holding the lock: they may submit
         while !self.running.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
             match self.running.poll_next_unpin(cx) {
-                Poll::Ready(Some((outcome, key))) => {
+                Poll::Ready(Some((key, outcome))) => {
                     let response = outcome.unwrap_or_else(|_| {
                         tracing::error!(channel = key.0, tag = key.1, "request handler panicked");
                         Response::fail(HANDLER_FAILED)
@@ -784,44 +817,71 @@ where
 
     /// Starts the handlers of the requests decoded in the last batch,
     /// outside the lock: handler code may submit requests of its own.
-    fn dispatch(&mut self) {
+    fn dispatch(&mut self, cx: &mut Context<'_>) {
         if self.incoming.is_empty() {
             return;
         }
         let mut incoming = std::mem::take(&mut self.incoming);
         for rq in incoming.drain(..) {
             let key = (rq.channel, rq.tag);
-            // a handler that panics fails its request, as the reference
-            // fails a handler that raises; the connection goes on
-            let handler = &self.handler;
-            let started =
-                std::panic::catch_unwind(AssertUnwindSafe(|| match handler.handle_now(rq) {
-                    Ok(response) => Ok(response),
-                    Err(rq) => {
-                        let span = tracing::debug_span!(
-                            "packet_request",
-                            channel = key.0,
-                            tag = key.1,
-                            rq_type = rq.rq_type
-                        );
-                        Err(handler.handle(rq).instrument(span))
-                    }
-                }));
-            match started {
-                Ok(Ok(response)) => self.completed.push((key, response)),
-                Ok(Err(fut)) => {
-                    let fut = AssertUnwindSafe(fut).catch_unwind();
-                    self.running
-                        .push(join(fut, futures_util::future::ready(key)));
-                }
-                Err(_) => {
-                    tracing::error!(channel = key.0, tag = key.1, "request handler panicked");
-                    self.completed.push((key, Response::fail(HANDLER_FAILED)));
-                }
+            if let Some(response) = self.start_handler(rq, cx) {
+                self.completed.push((key, response));
             }
         }
         self.incoming = incoming;
         self.flush_completed();
+    }
+
+    /// Runs one request's handler as far as it goes at once: its
+    /// [`Handler::handle_now`], else its future polled once, in place. Only
+    /// a future still pending joins `running` (no task, no allocation for
+    /// a handler that answers at once). A handler that panics fails its
+    /// request, as the reference fails a handler that raises; the
+    /// connection goes on.
+    fn start_handler(&mut self, rq: IncomingRequest, cx: &mut Context<'_>) -> Option<Response> {
+        let key = (rq.channel, rq.tag);
+        let handler = &self.handler;
+        let slot = &mut self.slot;
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let rq = match handler.handle_now(rq) {
+                Ok(response) => return Ok(response),
+                Err(rq) => rq,
+            };
+            let span = tracing::debug_span!(
+                "packet_request",
+                channel = key.0,
+                tag = key.1,
+                rq_type = rq.rq_type
+            );
+            let polled = {
+                let _entered = span.enter();
+                slot.as_mut().set(Some(handler.handle(rq)));
+                slot.as_mut().as_pin_mut().map(|f| f.poll(cx))
+            };
+            match polled {
+                Some(Poll::Ready(response)) => {
+                    slot.as_mut().set(None);
+                    Ok(response)
+                }
+                _ => Err(span),
+            }
+        }));
+        match started {
+            Ok(Ok(response)) => Some(response),
+            Ok(Err(span)) => {
+                // still running: it moves out with its slot (a new one for the next)
+                let fut = std::mem::replace(&mut self.slot, Box::pin(None));
+                self.running.push(Running { fut, key, span });
+                None
+            }
+            Err(_) => {
+                tracing::error!(channel = key.0, tag = key.1, "request handler panicked");
+                // the slot may hold a half-polled future: drop it apart
+                let old = std::mem::replace(&mut self.slot, Box::pin(None));
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(old)));
+                Some(Response::fail(HANDLER_FAILED))
+            }
+        }
     }
 
     fn respond(&mut self, st: &mut State, (channel, tag): Key, r: Response) {
@@ -882,7 +942,7 @@ where
                 for w in self.to_wake.drain(..) {
                     w.wake();
                 }
-                self.dispatch();
+                self.dispatch(cx);
                 if !self.read_open {
                     return true;
                 }
