@@ -335,6 +335,8 @@ fn framed_push_server() -> Endpoint {
 /// How the packet server pushes in W6.
 #[derive(Clone, Copy, PartialEq)]
 enum PushMode {
+    /// `PacketConnection::push`: queued, the responses discarded.
+    Push,
     /// `submit` with a window of [`PUSH_WINDOW`] responses awaited.
     Submit,
 }
@@ -362,6 +364,11 @@ fn packet_push_server(mode: PushMode) -> Endpoint {
                 let n = count_rx.await.unwrap();
                 let msg = Bytes::from(vec![7u8; PAYLOAD]);
                 match mode {
+                    PushMode::Push => {
+                        for _ in 0..n {
+                            c.push(PUSH_RQ_TYPE, 0, msg.clone()).await.unwrap();
+                        }
+                    }
                     PushMode::Submit => {
                         let mut inflight: FuturesUnordered<ResponseFuture> =
                             FuturesUnordered::new();
@@ -377,7 +384,9 @@ fn packet_push_server(mode: PushMode) -> Endpoint {
                         }
                     }
                 }
+                // close() sends EOF once every push is answered
                 c.close().await.unwrap();
+                assert_eq!(c.stats().push_failures, 0);
             });
         }
     })
@@ -457,15 +466,17 @@ fn main() {
     let rt = runtime();
     if only("w6") || std::env::args().any(|a| a == "--profile-w6") {
         let framed_push = framed_push_server();
-        let packet_push = packet_push_server(PushMode::Submit);
+        let packet_push = packet_push_server(PushMode::Push);
+        let packet_submit = packet_push_server(PushMode::Submit);
         if std::env::args().any(|a| a == "--profile-w6") {
-            rt.block_on(w6_packet("tether-packet-submit", &packet_push, w6));
+            rt.block_on(w6_packet("tether-packet", &packet_push, w6));
             return;
         }
         rt.block_on(async {
             for _ in 0..3 {
                 w6_framed(&framed_push, w6).await;
-                w6_packet("tether-packet-submit", &packet_push, w6).await;
+                w6_packet("tether-packet", &packet_push, w6).await;
+                w6_packet("tether-packet-submit", &packet_submit, w6).await;
             }
         });
         return;

@@ -308,6 +308,142 @@ async fn unknown_tag_response_is_ignored_and_counted() {
 }
 
 #[tokio::test]
+async fn many_requests_then_eof_in_one_write_are_all_answered() {
+    // more requests than max_handlers in one read: the batches after the
+    // first are decoded from the buffer, not mistaken for a cut stream
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::Encoder;
+    let (a, b) = tcp_pair().await;
+    let mut bytes = bytes::BytesMut::new();
+    let n = 1000u64;
+    for tag in 2..2 + n {
+        PacketCodec::new()
+            .encode(rq(tag, 0, 0, b"0123456789"), &mut bytes)
+            .unwrap();
+    }
+    PacketCodec::new().encode(Packet::Eof, &mut bytes).unwrap();
+    let mut peer = raw(a);
+    t(peer.get_mut().write_all(&bytes)).await.unwrap();
+    t(peer.get_mut().shutdown()).await.unwrap(); // the stream ends after EOF
+                                                 // all of it, and the end of stream, wait in the socket for the first read
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let server = PacketConnection::spawn(b, EchoService, cfg());
+    for tag in 2..2 + n {
+        assert_eq!(next(&mut peer).await, rs(tag, true, 0, b"0123456789"));
+    }
+    assert_eq!(next(&mut peer).await, Packet::Erq);
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+    t(server.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn pushes_are_answered_and_discarded_and_all_go_out_before_eof() {
+    // 4 MiB of pushes over a narrow pipe, then close at once: every one
+    // reaches the peer's handler before EOF, even those still queued
+    // behind a full write buffer
+    for (pipe, size) in [(64 * 1024, 1024), (4096, 16 * 1024)] {
+        let (a, b) = memory_pair(pipe);
+        let got = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = got.clone();
+        let client = PacketConnection::spawn(
+            a,
+            handler_fn(move |rq: IncomingRequest| {
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(rq.payload.len(), size);
+                // every 64th fails: counted at the pushing end
+                std::future::ready(if n % 64 == 63 {
+                    Response::fail("no")
+                } else {
+                    Response::ok(0, "")
+                })
+            }),
+            cfg(),
+        );
+        let server = PacketConnection::spawn(b, NoHandler, cfg());
+        let payload = Bytes::from(vec![1u8; size]);
+        let n = (4 << 20) / size as u64 + 3;
+        for _ in 0..n {
+            t(server.push(7, 3, payload.clone())).await.unwrap();
+        }
+        t(server.close()).await.unwrap();
+        t(client.closed()).await.unwrap();
+        assert_eq!(got.load(std::sync::atomic::Ordering::Relaxed), n);
+        let stats = server.stats();
+        assert_eq!(stats.requests_sent, n);
+        assert_eq!(stats.responses_received, n);
+        assert_eq!(stats.push_failures, n / 64);
+        assert_eq!((stats.in_flight, stats.unknown_responses), (0, 0));
+        // after close, a push fails at once
+        assert!(server.push(7, 0, "late").await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn requests_queued_behind_a_full_write_buffer_go_out_before_eof() {
+    // the peer reads nothing until the close: the write buffer is full and
+    // more requests wait behind it; close() must send them all, then ERQ
+    // and EOF, in that order
+    let (a, b) = memory_pair(4096);
+    let conn = PacketConnection::spawn(a, NoHandler, cfg());
+    let payload = Bytes::from(vec![1u8; 16 * 1024]);
+    let mut queued = 0u64;
+    loop {
+        let push = conn.push(7, 0, payload.clone());
+        match tokio::time::timeout(Duration::from_millis(20), push).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => break, // no room: dropped before it was queued
+        }
+        queued += 1;
+        assert!(queued < 1000, "push never waited for room");
+    }
+    let closing = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.close().await }
+    });
+    let mut peer = raw(b);
+    let mut requests = 0;
+    loop {
+        match next(&mut peer).await {
+            Packet::Request { .. } => requests += 1,
+            Packet::Erq => break,
+            p => panic!("{p:?} before ERQ"),
+        }
+    }
+    assert_eq!(requests, queued);
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+    t(peer.send(Packet::Eof)).await.unwrap();
+    t(closing).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn push_waits_for_room_when_max_pending_are_in_flight() {
+    let (a, b) = memory_pair(64 * 1024);
+    let gate = Arc::new(Notify::new());
+    let _client = PacketConnection::spawn(a, gated(gate.clone()), cfg());
+    let mut config = cfg();
+    config.max_pending = 4;
+    let server = PacketConnection::spawn(b, NoHandler, config);
+    for _ in 0..4 {
+        t(server.push(10, 0, "held")).await.unwrap();
+    }
+    // the fifth waits until one of the four is answered
+    let fifth = server.push(0, 0, "next");
+    tokio::pin!(fifth);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), fifth.as_mut())
+            .await
+            .is_err()
+    );
+    gate.notify_one();
+    t(fifth).await.unwrap();
+    assert!(server.stats().requests_sent == 5);
+    gate.notify_waiters();
+    for _ in 0..3 {
+        gate.notify_one();
+    }
+}
+
+#[tokio::test]
 async fn every_pending_request_resolves_when_the_stream_is_cut() {
     for cut_mid_packet in [false, true] {
         let (a, b) = tcp_pair().await;
@@ -530,6 +666,12 @@ fn blocking_call_against_a_tcp_server() {
         conn.call_timeout(4, 0, "1000", Duration::from_millis(20)),
         Err(PacketError::Timeout)
     ));
+    // pushes: an echo answers them; rq_type 3 fails, counted
+    conn.push(0, 0, "one").unwrap();
+    conn.push(3, 0, "two").unwrap();
+    conn.call_timeout(0, 0, "after", LIMIT).unwrap(); // answered in order
+    let stats = conn.stats();
+    assert_eq!((stats.push_failures, stats.in_flight), (1, 0));
     conn.close().unwrap();
 }
 

@@ -81,6 +81,17 @@ impl PacketConnection {
         })
     }
 
+    /// Pushes a message whose response nobody awaits; returns once it is
+    /// queued (see [`super::PacketConnection::push`]).
+    pub fn push(
+        &self,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), PacketError> {
+        self.rt.block_on(self.inner.push(rq_type, flags, payload))
+    }
+
     /// Sends a typed request (see [`super::PacketConnection::request`]).
     pub fn request<R: TypedRequest>(&self, request: &R) -> Result<R::Response, PacketError> {
         self.rt.block_on(self.inner.request(request))

@@ -88,10 +88,20 @@ type Key = (u64, u64);
 /// How the connection ended: `Ok` after an orderly shutdown, or why not.
 type Outcome = Option<Result<(), Arc<str>>>;
 
+/// Who takes the response of a pending request.
+#[derive(Debug)]
+enum Waiting {
+    /// A [`ResponseFuture`], with its waker once it has been polled.
+    Requester(Option<Waker>),
+    /// Nobody: a [`PacketConnection::push`]. The response is discarded (a
+    /// failure is counted).
+    Detached,
+}
+
 /// What requesters and the connection task share.
 struct State {
-    /// Tags, the pending table (each entry: the requester's waker), ERQ.
-    proto: Protocol<Option<Waker>>,
+    /// Tags, the pending table (each entry: who takes the response), ERQ.
+    proto: Protocol<Waiting>,
     /// Requests (and ERQ) encoded by requesters, not yet taken by the task.
     out: BytesMut,
     /// Results that arrived, until their requester takes them.
@@ -306,7 +316,7 @@ impl PacketConnection {
     ) -> ResponseFuture {
         let payload: Bytes = payload.into();
         let state = match check_request(rq_type, flags, payload.len(), self.shared.max_body_len)
-            .and_then(|()| try_enqueue(&self.shared, channel, rq_type, flags, &payload))
+            .and_then(|()| try_enqueue(&self.shared, channel, rq_type, flags, &payload, false))
         {
             Ok(Some(tag)) => RfState::Waiting((channel, tag)),
             Ok(None) => RfState::Queued(
@@ -317,6 +327,7 @@ impl PacketConnection {
                     rq_type,
                     flags,
                     payload,
+                    false,
                 )),
             ),
             Err(e) => RfState::Failed(Some(e)),
@@ -339,6 +350,69 @@ impl PacketConnection {
             });
         }
         R::decode_response(r.flags, r.payload).map_err(PacketError::BadResponse)
+    }
+
+    /// Pushes a message to the peer: a request on channel 0 whose response
+    /// nobody awaits. Resolves once the request is queued: at once, unless
+    /// 64 KiB are already waiting to be written or
+    /// [`PacketConfig::max_pending`] requests are in flight; then when
+    /// there is room, so a loop of pushes goes at the pace of the peer.
+    ///
+    /// The wire has no one-way message, so a push is an ordinary request
+    /// that the peer's handler answers (an empty `ok` response is the
+    /// cheapest answer); the response is read and discarded here, a
+    /// failure response counted in [`StatsSnapshot::push_failures`]. `Ok`
+    /// means queued, not delivered: use [`submit`](Self::submit) when the
+    /// answer matters. A push costs less than a `submit`: no future to
+    /// poll, no result to hand over, no wake-up.
+    ///
+    /// Errors: [`PacketError::RequestsEnded`] after
+    /// [`end_requests`](Self::end_requests) or
+    /// [`close`](Self::close), [`PacketError::ConnectionEnded`] once the
+    /// connection has ended, and the checks of `submit`.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), tether::packet::PacketError> {
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use tether::packet::{handler_fn, IncomingRequest, NoHandler, PacketConfig, PacketConnection, Response};
+    /// use tether::transport::memory_pair;
+    ///
+    /// let (a, b) = memory_pair(64 * 1024);
+    /// let server = PacketConnection::spawn(a, NoHandler, PacketConfig::default());
+    /// // the client counts what it is sent and acknowledges it with an empty response
+    /// let received = Arc::new(AtomicU64::new(0));
+    /// let count = received.clone();
+    /// let client = PacketConnection::spawn(
+    ///     b,
+    ///     handler_fn(move |_rq: IncomingRequest| {
+    ///         count.fetch_add(1, Ordering::Relaxed);
+    ///         std::future::ready(Response::ok(0, ""))
+    ///     }),
+    ///     PacketConfig::default(),
+    /// );
+    /// for i in 0..1000u32 {
+    ///     server.push(5, 0, i.to_string()).await?;
+    /// }
+    /// server.close().await?; // the pushes are answered before the peer's EOF
+    /// assert_eq!(received.load(Ordering::Relaxed), 1000);
+    /// assert_eq!(server.stats().push_failures, 0);
+    /// # client.closed().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub async fn push(
+        &self,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), PacketError> {
+        let payload: Bytes = payload.into();
+        check_request(rq_type, flags, payload.len(), self.shared.max_body_len)?;
+        if try_enqueue(&self.shared, 0, rq_type, flags, &payload, true)?.is_none() {
+            enqueue_slow(self.shared.clone(), 0, rq_type, flags, payload, true).await?;
+        }
+        Ok(())
     }
 
     /// Sends ERQ (`03 01 02 00`): this end will send no more requests
@@ -399,12 +473,14 @@ impl PacketConnection {
 }
 
 /// Queues a request if there is room: `Ok(None)` if there is not.
+/// `detached`: nobody will take the response (a push).
 fn try_enqueue(
     shared: &Shared,
     channel: u64,
     rq_type: u64,
     flags: u64,
     payload: &[u8],
+    detached: bool,
 ) -> Result<Option<u64>, PacketError> {
     let mut st = shared.lock();
     if let Some(reason) = &st.ended {
@@ -413,7 +489,15 @@ fn try_enqueue(
     if st.out.len() >= WRITE_HIGH_WATER || st.proto.pending() >= shared.max_pending {
         return Ok(None);
     }
-    let tag = st.proto.start_request(channel, None).map_err(|(e, _)| e)?;
+    let waiting = if detached {
+        Waiting::Detached
+    } else {
+        Waiting::Requester(None)
+    };
+    let tag = st
+        .proto
+        .start_request(channel, waiting)
+        .map_err(|(e, _)| e)?;
     // validated by check_request: cannot fail
     let _ = wire::encode_request(&mut st.out, channel, tag, rq_type, flags, payload);
     shared.wake_driver(st);
@@ -427,6 +511,7 @@ async fn enqueue_slow(
     rq_type: u64,
     flags: u64,
     payload: Bytes,
+    detached: bool,
 ) -> Result<u64, PacketError> {
     loop {
         let notified = shared.space.notified();
@@ -436,7 +521,7 @@ async fn enqueue_slow(
             st.space_waiters = true;
             notified.as_mut().enable();
         }
-        if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload)? {
+        if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload, detached)? {
             return Ok(tag);
         }
         notified.await;
@@ -496,13 +581,13 @@ impl Future for ResponseFuture {
                         return Poll::Ready(r);
                     }
                     return match st.proto.waiter_mut(key.0, key.1) {
-                        Some(slot) => {
+                        Some(Waiting::Requester(slot)) => {
                             if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                                 *slot = Some(cx.waker().clone());
                             }
                             Poll::Pending
                         }
-                        None => {
+                        Some(Waiting::Detached) | None => {
                             let reason = st
                                 .ended
                                 .clone()
@@ -650,6 +735,17 @@ impl<S, H: Handler> Drop for Driver<S, H> {
 }
 
 impl<S, H: Handler> Driver<S, H> {
+    /// Resolves every pending request with a connection-ended error.
+    fn fail_pending(&mut self, st: &mut State, reason: &Arc<str>) {
+        for (key, waiting) in st.proto.take_pending() {
+            if let Waiting::Requester(waker) = waiting {
+                st.done
+                    .insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
+                self.to_wake.extend(waker);
+            }
+        }
+    }
+
     fn finish(&mut self) {
         if self.finished.borrow().is_some() {
             return;
@@ -660,15 +756,12 @@ impl<S, H: Handler> Driver<S, H> {
             .unwrap_or_else(|| Arc::from("connection closed"));
         self.running = FuturesUnordered::new();
         {
-            let mut st = self.shared.lock();
+            let shared = self.shared.clone();
+            let mut st = shared.lock();
             if st.ended.is_none() || self.failure.is_some() {
                 st.ended = Some(reason.clone());
             }
-            for (key, waker) in st.proto.take_pending() {
-                st.done
-                    .insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
-                self.to_wake.extend(waker);
-            }
+            self.fail_pending(&mut st, &reason);
             st.out.clear();
             st.space_waiters = false;
             st.proto.abandon_handling();
@@ -915,7 +1008,9 @@ where
         let mut progress = false;
         while self.read_open {
             // decode what is buffered, while there is room to act on it,
-            // under one lock for the whole batch
+            // under one lock for the whole batch (at most max_handlers
+            // requests: they run after it)
+            let mut whole = false; // rbuf holds no complete packet
             if !self.rbuf.is_empty() {
                 let shared = self.shared.clone();
                 let mut st = shared.lock();
@@ -930,7 +1025,10 @@ where
                                 break;
                             }
                         }
-                        Ok(None) => break,
+                        Ok(None) => {
+                            whole = true;
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "protocol error: closing the connection");
                             self.fail(format!("protocol error: {e}"));
@@ -950,6 +1048,9 @@ where
             if self.running.len() >= self.config.max_handlers || self.wbuf.len() >= WRITE_HIGH_WATER
             {
                 return progress; // woken by a handler or by the writer
+            }
+            if !whole && !self.rbuf.is_empty() {
+                continue; // the batch was full: decode the rest before reading
             }
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
                 self.rbuf.reserve(READ_CHUNK);
@@ -994,12 +1095,17 @@ where
                 tag,
                 waiter,
                 response,
-            } => {
-                st.done.insert((channel, tag), Ok(response));
-                if let Some(w) = waiter {
-                    self.to_wake.push(w);
+            } => match waiter {
+                Waiting::Requester(waker) => {
+                    st.done.insert((channel, tag), Ok(response));
+                    self.to_wake.extend(waker);
                 }
-            }
+                Waiting::Detached if !response.ok => {
+                    tracing::debug!(channel, tag, reason = ?response.payload, "a push failed");
+                    st.proto.stats().note_push_failure();
+                }
+                Waiting::Detached => {}
+            },
             Event::UnknownResponse { channel, tag } => {
                 tracing::debug!(
                     channel,
@@ -1045,11 +1151,7 @@ where
         self.read_open = false;
         let reason: Arc<str> = Arc::from(reason);
         st.ended = Some(reason.clone());
-        for (key, waker) in st.proto.take_pending() {
-            st.done
-                .insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
-            self.to_wake.extend(waker);
-        }
+        self.fail_pending(st, &reason);
         self.start_close(st);
     }
 
@@ -1072,12 +1174,15 @@ where
                     self.running = FuturesUnordered::new();
                     self.shared.lock().proto.abandon_handling();
                 }
-                // requests queued before the close go out before EOF
+                // requests queued before the close go out before EOF (once
+                // the writer has made room for the last of them)
                 self.take_outgoing();
-                tracing::debug!("sending EOF");
-                let _ = Packet::Eof.encode(&mut self.wbuf);
-                self.eof_sent = true;
-                progress = true;
+                if self.shared.lock().out.is_empty() {
+                    tracing::debug!("sending EOF");
+                    let _ = Packet::Eof.encode(&mut self.wbuf);
+                    self.eof_sent = true;
+                    progress = true;
+                }
             }
         }
         if let Some(d) = self.final_deadline.as_mut() {
