@@ -491,16 +491,16 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--profile-w3-framed") {
-        rt.block_on(w3_framed(&framed, 2_000_000));
+        rt.block_on(w3_framed(&framed, w3 * 10));
         return;
     }
     if std::env::args().any(|a| a == "--profile-w3-in-order") {
-        rt.block_on(w3_packet_in_order(&packet, 2_000_000));
+        rt.block_on(w3_packet_in_order(&packet, w3 * 10));
         return;
     }
     if std::env::args().any(|a| a == "--profile-w3") {
         // for a profiler: the packet side of W3 alone, longer
-        rt.block_on(w3_packet(&packet, 2_000_000));
+        rt.block_on(w3_packet(&packet, w3 * 10));
         return;
     }
     rt.block_on(async {

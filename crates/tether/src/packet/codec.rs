@@ -1,6 +1,6 @@
 //! [`PacketCodec`]: a tokio-util `Decoder`/`Encoder` for [`Packet`]s.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::varint::{self, VarintError};
@@ -93,17 +93,17 @@ impl Decoder for PacketCodec {
         if src.len() - n < len {
             return Ok(None);
         }
-        // parse the fields in place, then split off only the payload
+        // parse the fields in place, then split off only the payload (an
+        // empty one, and an EOF's stray bytes, are skipped)
         let (header, pos) = Header::parse(&src[n..n + len])?;
-        src.advance(n + pos);
-        let mut taken = false;
-        let packet = header.with_payload(|| {
-            taken = true;
-            src.split_to(len - pos).freeze()
-        });
-        if !taken {
-            src.advance(len - pos); // an EOF that carries bytes
-        }
+        let payload_len = len - pos;
+        let packet = if payload_len == 0 || matches!(header, Header::Eof | Header::Erq) {
+            src.advance(n + len);
+            header.with_payload(Bytes::new)
+        } else {
+            src.advance(n + pos);
+            header.with_payload(|| src.split_to(payload_len).freeze())
+        };
         Ok(Some(packet))
     }
 
