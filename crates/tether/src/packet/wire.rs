@@ -171,7 +171,7 @@ pub(crate) enum Header {
 impl Header {
     /// Parses the fields at the start of `body`; returns them and where the
     /// payload starts.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn parse(body: &[u8]) -> Result<(Header, usize), PacketError> {
         let mut pos = 0;
         let tag = field(body, &mut pos, "tag")?;
@@ -211,7 +211,7 @@ impl Header {
     }
 
     /// The packet, with the payload taken only for requests and responses.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn with_payload(self, payload: impl FnOnce() -> Bytes) -> Packet {
         match self {
             Header::Request {
