@@ -14,6 +14,15 @@
 //! ```text
 //! cargo run --release -p tether --example packet_bench [--quick] [--w1-only | --w3-only | --w6-only]
 //! ```
+//!
+//! Each workload runs three rounds, alternating the implementations; a
+//! table of ratios to tokio-framed (medians of the rounds) closes the
+//! output. `--profile-w3`, `--profile-w3-in-order`, `--profile-w3-framed`
+//! and `--profile-w6` run one implementation alone, for a profiler:
+//!
+//! ```text
+//! valgrind --tool=callgrind target/release/examples/packet_bench --profile-w6 --quick
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -111,6 +120,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn report_rtt(name: &str, mut lat: Vec<Duration>, total: Duration) {
     lat.sort();
+    record("rtt", name, percentile(&lat, 0.5));
     println!(
         "workload=rtt impl={name} requests={} req_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.0} (server and client: two runtimes in one process)",
         lat.len(),
@@ -151,6 +161,7 @@ fn cpu_ns_per_req(n: usize) -> f64 {
 }
 
 fn report_pipelined(name: &str, n: usize, total: Duration) {
+    record("pipelined", name, n as f64 / total.as_secs_f64());
     println!(
         "workload=pipelined impl={name} requests={n} in_flight={IN_FLIGHT} req_s={:.0} cpu_ns_per_req={:.0} (both ends, two runtimes in one process)",
         n as f64 / total.as_secs_f64(),
@@ -393,6 +404,7 @@ fn packet_push_server(mode: PushMode) -> Endpoint {
 }
 
 fn report_push(name: &str, n: usize, total: Duration) {
+    record("push", name, n as f64 / total.as_secs_f64());
     println!(
         "workload=push impl={name} clients={PUSH_CLIENTS} messages={n} msg_s={:.0} cpu_ns_per_msg={:.0} (both ends, two runtimes in one process)",
         n as f64 / total.as_secs_f64(),
@@ -454,24 +466,58 @@ async fn w6_packet(name: &str, ep: &Endpoint, per_client: usize) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (warm, w1, w3, w6) = if quick {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let (warm, w1, w3, w6) = if flag("--quick") {
         (100, 2_000, 20_000, 10_000)
     } else {
         (1_000, 20_000, 200_000, 100_000)
     };
-    let only = |w: &str| std::env::args().any(|a| a == format!("--{w}-only"));
     let packet = packet_server();
     let framed = framed_server();
     let rt = runtime();
-    if only("w6") || std::env::args().any(|a| a == "--profile-w6") {
+    // for a profiler: one implementation alone, W3 ten times longer
+    if flag("--profile-w3-framed") {
+        return rt.block_on(w3_framed(&framed, w3 * 10));
+    }
+    if flag("--profile-w3-in-order") {
+        return rt.block_on(w3_packet_in_order(&packet, w3 * 10));
+    }
+    if flag("--profile-w3") {
+        return rt.block_on(w3_packet(&packet, w3 * 10));
+    }
+    if flag("--profile-w6") {
+        let packet_push = packet_push_server(PushMode::Push);
+        return rt.block_on(w6_packet("tether-packet", &packet_push, w6));
+    }
+    let only = ["--w1-only", "--w3-only", "--w6-only"]
+        .iter()
+        .find(|f| flag(f))
+        .copied();
+    let run = |w: &str| only.is_none_or(|f| f == format!("--{w}-only"));
+    // alternate the implementations, several rounds, so that drift and
+    // other processes' load hit all of them
+    if run("w1") {
+        rt.block_on(async {
+            for _ in 0..3 {
+                w1_framed(&framed, warm, w1).await;
+                w1_packet(&packet, warm, w1).await;
+            }
+        });
+    }
+    if run("w3") {
+        rt.block_on(async {
+            for _ in 0..3 {
+                w3_framed(&framed, w3).await;
+                w3_packet(&packet, w3).await;
+                w3_packet_in_order(&packet, w3).await;
+            }
+        });
+    }
+    if run("w6") {
         let framed_push = framed_push_server();
         let packet_push = packet_push_server(PushMode::Push);
         let packet_submit = packet_push_server(PushMode::Submit);
-        if std::env::args().any(|a| a == "--profile-w6") {
-            rt.block_on(w6_packet("tether-packet", &packet_push, w6));
-            return;
-        }
         rt.block_on(async {
             for _ in 0..3 {
                 w6_framed(&framed_push, w6).await;
@@ -479,41 +525,56 @@ fn main() {
                 w6_packet("tether-packet-submit", &packet_submit, w6).await;
             }
         });
-        return;
     }
-    if std::env::args().any(|a| a == "--w1-only") {
-        rt.block_on(async {
-            for _ in 0..3 {
-                w1_framed(&framed, warm, w1).await;
-                w1_packet(&packet, warm, w1).await;
-            }
-        });
-        return;
-    }
-    if std::env::args().any(|a| a == "--profile-w3-framed") {
-        rt.block_on(w3_framed(&framed, w3 * 10));
-        return;
-    }
-    if std::env::args().any(|a| a == "--profile-w3-in-order") {
-        rt.block_on(w3_packet_in_order(&packet, w3 * 10));
-        return;
-    }
-    if std::env::args().any(|a| a == "--profile-w3") {
-        // for a profiler: the packet side of W3 alone, longer
-        rt.block_on(w3_packet(&packet, w3 * 10));
-        return;
-    }
-    rt.block_on(async {
-        // alternate the implementations, several rounds, so that drift and
-        // other processes' load hit all of them
-        for _ in 0..2 {
-            w1_framed(&framed, warm, w1).await;
-            w1_packet(&packet, warm, w1).await;
+    print_ratios();
+}
+
+thread_local! {
+    /// (workload, impl, figure) of every line printed, for the summary.
+    static FIGURES: std::cell::RefCell<Vec<(&'static str, String, f64)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn record(workload: &'static str, name: &str, figure: f64) {
+    FIGURES.with(|f| f.borrow_mut().push((workload, name.to_string(), figure)));
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The median of each implementation's rounds over the median of
+/// tokio-framed's, per workload: p50 latency for rtt (baseline / tether,
+/// so above 1 is faster), throughput for the others (tether / baseline).
+fn print_ratios() {
+    let figures = FIGURES.with(|f| f.take());
+    let mut keys: Vec<(&str, String)> = Vec::new();
+    for (w, name, _) in &figures {
+        if !keys.iter().any(|(kw, kn)| kw == w && kn == name) {
+            keys.push((w, name.clone()));
         }
-        for _ in 0..3 {
-            w3_framed(&framed, w3).await;
-            w3_packet(&packet, w3).await;
-            w3_packet_in_order(&packet, w3).await;
+    }
+    let median_of = |w: &str, name: &str| {
+        median(
+            figures
+                .iter()
+                .filter(|(fw, fname, _)| *fw == w && fname == name)
+                .map(|(_, _, v)| *v)
+                .collect(),
+        )
+    };
+    println!("ratio to tokio-framed (medians of the rounds; above 1 is better):");
+    for (w, name) in &keys {
+        if name == "tokio-framed" {
+            continue;
         }
-    });
+        let (base, ours) = (median_of(w, "tokio-framed"), median_of(w, name));
+        let (what, ratio) = if *w == "rtt" {
+            ("p50 latency", base / ours)
+        } else {
+            ("throughput", ours / base)
+        };
+        println!("  {w:<9} {name:<24} {ratio:.2}x ({what})");
+    }
 }

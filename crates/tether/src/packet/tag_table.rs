@@ -8,9 +8,12 @@ use super::proto::FxHasher;
 
 /// How many consecutive channel-0 tags the ring spans at most. A request
 /// pending while more than this many later ones were sent moves to the
-/// overflow map, so the ring never holds more than this many slots
-/// (4096 × a small value: tens of KiB at worst).
-const RING_SPAN: u64 = 4096;
+/// overflow map, so the ring never holds more than this many slots.
+/// 65536, the default `max_pending`: a window of pushes that full stays in
+/// the ring (4096 sent W6's pushes to the hash map, a third more
+/// instructions per push); at worst 65536 × a small value, about what
+/// that many entries would take in the map.
+const RING_SPAN: u64 = 65536;
 
 /// A map from `(channel, tag)` to `V`.
 ///
