@@ -494,7 +494,7 @@ fn main() {
         .iter()
         .find(|f| flag(f))
         .copied();
-    let run = |w: &str| only.is_none_or(|f| f == format!("--{w}-only"));
+    let run = |w: &str| only.map_or(true, |f| f == format!("--{w}-only"));
     // alternate the implementations, several rounds, so that drift and
     // other processes' load hit all of them
     if run("w1") {
