@@ -17,7 +17,8 @@
 //!
 //! Each workload runs three rounds, alternating the implementations; a
 //! table of ratios to tokio-framed (medians of the rounds) closes the
-//! output. `--profile-w3`, `--profile-w3-in-order`, `--profile-w3-framed`
+//! output. `--profile-w3`, `--profile-w3-in-order`, `--profile-w3-pipeline`,
+//! `--profile-w3-framed`
 //! and `--profile-w6` run one implementation alone, for a profiler:
 //!
 //! ```text
@@ -276,6 +277,37 @@ async fn w3_packet_in_order(ep: &Endpoint, n: usize) {
     c.close().await.unwrap();
 }
 
+/// W3 through a `Pipeline`: responses in completion order from one queue,
+/// taken in batches, refilled to 64 in flight.
+async fn w3_packet_pipeline(ep: &Endpoint, n: usize) {
+    let c = PacketConnection::connect(
+        ep,
+        Duration::from_secs(5),
+        NoHandler,
+        PacketConfig::default(),
+    )
+    .await
+    .unwrap();
+    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    start_cpu();
+    let t0 = Instant::now();
+    let mut p = c.pipeline();
+    let mut sent = 0;
+    while sent < n.min(IN_FLIGHT) {
+        p.submit(0, 0, payload.clone()).await.unwrap();
+        sent += 1;
+    }
+    while let Some((_tag, r)) = p.next().await {
+        debug_assert_eq!(r.unwrap().payload.len(), PAYLOAD);
+        if sent < n {
+            p.submit(0, 0, payload.clone()).await.unwrap();
+            sent += 1;
+        }
+    }
+    report_pipelined("tether-packet-pipeline", n, t0.elapsed());
+    c.close().await.unwrap();
+}
+
 async fn w3_framed(ep: &Endpoint, n: usize) {
     let s = transport::connect(ep, Duration::from_secs(5))
         .await
@@ -483,6 +515,9 @@ fn main() {
     if flag("--profile-w3-in-order") {
         return rt.block_on(w3_packet_in_order(&packet, w3 * 10));
     }
+    if flag("--profile-w3-pipeline") {
+        return rt.block_on(w3_packet_pipeline(&packet, w3 * 10));
+    }
     if flag("--profile-w3") {
         return rt.block_on(w3_packet(&packet, w3 * 10));
     }
@@ -511,6 +546,7 @@ fn main() {
                 w3_framed(&framed, w3).await;
                 w3_packet(&packet, w3).await;
                 w3_packet_in_order(&packet, w3).await;
+                w3_packet_pipeline(&packet, w3).await;
             }
         });
     }

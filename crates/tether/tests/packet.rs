@@ -444,6 +444,135 @@ async fn push_waits_for_room_when_max_pending_are_in_flight() {
 }
 
 #[tokio::test]
+async fn a_pipeline_returns_responses_in_completion_order_with_their_tags() {
+    let (a, b) = memory_pair(64 * 1024);
+    let _server = PacketConnection::spawn(b, EchoService, cfg());
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let mut p = client.pipeline();
+    assert!(t(p.next()).await.is_none());
+    // rq_type 4 sleeps for the payload's milliseconds: the later one is first
+    let slow = t(p.submit(4, 0, "60")).await.unwrap();
+    let fast = t(p.submit(4, 0, "1")).await.unwrap();
+    let failing = t(p.submit(3, 0, "x")).await.unwrap();
+    assert_eq!(p.in_flight(), 3);
+    let mut order = Vec::new();
+    while let Some((tag, r)) = t(p.next()).await {
+        let r = r.unwrap();
+        assert_eq!(r.ok, tag != failing);
+        order.push(tag);
+    }
+    assert_eq!(order.last(), Some(&slow));
+    assert!(order.contains(&fast) && order.contains(&failing));
+    assert_eq!(p.in_flight(), 0);
+    // a second pipeline and plain submits share the connection
+    let mut q = client.pipeline();
+    let tag = t(q.submit(1, 0, "abc")).await.unwrap();
+    assert_eq!(
+        t(client.submit(1, 0, "xyz")).await.unwrap(),
+        Response::ok(0, "zyx")
+    );
+    let (got, r) = t(q.next()).await.unwrap();
+    assert_eq!((got, r.unwrap()), (tag, Response::ok(0, "cba")));
+}
+
+#[tokio::test]
+async fn a_pipeline_resolves_every_request_when_the_stream_is_cut() {
+    let (a, b) = tcp_pair().await;
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let mut peer = raw(b);
+    let mut p = client.pipeline();
+    for i in 0..10u64 {
+        t(p.submit(i, 0, "q")).await.unwrap();
+    }
+    for _ in 0..10 {
+        next(&mut peer).await;
+    }
+    t(peer.send(rs(4, true, 0, b"one answer"))).await.unwrap();
+    drop(peer);
+    let mut errors = 0;
+    let mut answered = 0;
+    while let Some((tag, r)) = t(p.next()).await {
+        match r {
+            Ok(r) => {
+                assert_eq!((tag, r), (4, Response::ok(0, "one answer")));
+                answered += 1;
+            }
+            Err(e) => {
+                assert!(e.is_connection_lost(), "{e}");
+                errors += 1;
+            }
+        }
+    }
+    assert_eq!((answered, errors), (1, 9));
+    // after the end, submit fails and nothing is in flight
+    assert!(t(p.submit(0, 0, "late")).await.is_err());
+    assert!(t(p.next()).await.is_none());
+}
+
+#[tokio::test]
+async fn a_dropped_pipeline_discards_its_late_responses() {
+    let (a, b) = memory_pair(64 * 1024);
+    let gate = Arc::new(Notify::new());
+    let server = PacketConnection::spawn(b, gated(gate.clone()), cfg());
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let mut p = client.pipeline();
+    t(p.submit(10, 0, "held")).await.unwrap();
+    t(p.submit(10, 0, "held")).await.unwrap();
+    drop(p);
+    t(async {
+        while server.stats().handlers_running < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    gate.notify_waiters();
+    // the connection goes on; the abandoned responses count as cancelled
+    assert_eq!(
+        t(client.submit(0, 0, "after")).await.unwrap(),
+        Response::ok(0, "after")
+    );
+    let stats = client.stats();
+    assert_eq!((stats.cancelled, stats.in_flight), (2, 0));
+    let mut q = client.pipeline();
+    t(q.submit(0, 0, "again")).await.unwrap();
+    assert_eq!(
+        t(q.next()).await.unwrap().1.unwrap(),
+        Response::ok(0, "again")
+    );
+}
+
+#[tokio::test]
+async fn a_pipeline_submit_waits_for_room() {
+    let (a, b) = memory_pair(64 * 1024);
+    let gate = Arc::new(Notify::new());
+    let _server = PacketConnection::spawn(b, gated(gate.clone()), cfg());
+    let mut config = cfg();
+    config.max_pending = 2;
+    let client = PacketConnection::spawn(a, NoHandler, config);
+    let mut p = client.pipeline();
+    t(p.submit(10, 0, "held")).await.unwrap();
+    t(p.submit(0, 0, "quick")).await.unwrap();
+    let (_, r) = t(p.next()).await.unwrap();
+    assert_eq!(r.unwrap(), Response::ok(0, "quick"));
+    t(p.submit(10, 0, "held")).await.unwrap();
+    // two in flight: the third waits until one is answered
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), p.submit(0, 0, "third"))
+            .await
+            .is_err()
+    );
+    gate.notify_one();
+    gate.notify_one();
+    t(p.submit(0, 0, "third")).await.unwrap();
+    let mut n = 0;
+    while let Some((_, r)) = t(p.next()).await {
+        assert!(r.unwrap().ok);
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
 async fn every_pending_request_resolves_when_the_stream_is_cut() {
     for cut_mid_packet in [false, true] {
         let (a, b) = tcp_pair().await;

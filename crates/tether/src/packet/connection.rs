@@ -90,16 +90,32 @@ type Outcome = Option<Result<(), Arc<str>>>;
 
 /// Who takes the response of a pending request.
 #[derive(Debug)]
-enum Waiting {
+pub(super) enum Waiting {
     /// A [`ResponseFuture`], with its waker once it has been polled.
     Requester(Option<Waker>),
     /// Nobody: a [`PacketConnection::push`]. The response is discarded (a
     /// failure is counted).
     Detached,
+    /// The [`Pipeline`](super::Pipeline) in this slot of
+    /// [`State::pipelines`].
+    Pipeline(usize),
+}
+
+impl super::Waiter for Waiting {}
+
+/// Who will take the response of a request being queued.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Taker {
+    /// A [`ResponseFuture`].
+    Future,
+    /// Nobody (a push).
+    Nobody,
+    /// The pipeline in this slot.
+    Pipeline(usize),
 }
 
 /// What requesters and the connection task share.
-struct State {
+pub(super) struct State {
     /// Tags, the pending table (each entry: who takes the response), ERQ.
     proto: Protocol<Waiting>,
     /// Requests (and ERQ) encoded by requesters, not yet taken by the task.
@@ -113,19 +129,60 @@ struct State {
     ended: Option<Arc<str>>,
     /// A requester waits for room (in `out` or in the pending table).
     space_waiters: bool,
+    /// The pipelines' shared halves, by slot (a freed slot is reused).
+    pub(super) pipelines: Vec<Option<PipeSlot>>,
 }
 
-struct Shared {
+/// The half of a [`Pipeline`](super::Pipeline) that the connection task
+/// fills.
+#[derive(Debug, Default)]
+pub(super) struct PipeSlot {
+    /// Results that arrived, in arrival order, with their tags.
+    pub(super) ready: std::collections::VecDeque<(u64, Result<Response, PacketError>)>,
+    /// The pipeline's waker while it waits for `ready`.
+    pub(super) waker: Option<Waker>,
+    /// Its requests still pending on the wire.
+    pub(super) pending: usize,
+    /// The pipeline was dropped: its late responses are discarded, and the
+    /// slot is freed when the last one is in.
+    pub(super) dropped: bool,
+}
+
+impl State {
+    /// Hands a result to the pipeline in `slot`; returns the waker to wake.
+    fn deliver(
+        &mut self,
+        slot: usize,
+        tag: u64,
+        result: Result<Response, PacketError>,
+    ) -> Option<Waker> {
+        let Some(Some(p)) = self.pipelines.get_mut(slot) else {
+            return None;
+        };
+        p.pending -= 1;
+        if p.dropped {
+            self.proto.note_cancelled();
+            if p.pending == 0 {
+                self.pipelines[slot] = None;
+            }
+            return None;
+        }
+        p.ready.push_back((tag, result));
+        p.waker.take()
+    }
+}
+
+pub(super) struct Shared {
     state: Mutex<State>,
     space: Notify,
     stats: Arc<Stats>,
     handles: AtomicUsize,
-    max_body_len: usize,
+    pub(super) max_body_len: usize,
     max_pending: usize,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // a panic while holding the lock leaves consistent data: go on
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -165,7 +222,7 @@ impl Shared {
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
 pub struct PacketConnection {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     finished: watch::Receiver<Outcome>,
 }
 
@@ -226,6 +283,7 @@ impl PacketConnection {
                 close_requested: false,
                 ended: None,
                 space_waiters: false,
+                pipelines: Vec::new(),
             }),
             space: Notify::new(),
             stats,
@@ -316,8 +374,16 @@ impl PacketConnection {
     ) -> ResponseFuture {
         let payload: Bytes = payload.into();
         let state = match check_request(rq_type, flags, payload.len(), self.shared.max_body_len)
-            .and_then(|()| try_enqueue(&self.shared, channel, rq_type, flags, &payload, false))
-        {
+            .and_then(|()| {
+                try_enqueue(
+                    &self.shared,
+                    channel,
+                    rq_type,
+                    flags,
+                    &payload,
+                    Taker::Future,
+                )
+            }) {
             Ok(Some(tag)) => RfState::Waiting((channel, tag)),
             Ok(None) => RfState::Queued(
                 channel,
@@ -327,7 +393,7 @@ impl PacketConnection {
                     rq_type,
                     flags,
                     payload,
-                    false,
+                    Taker::Future,
                 )),
             ),
             Err(e) => RfState::Failed(Some(e)),
@@ -409,8 +475,16 @@ impl PacketConnection {
     ) -> Result<(), PacketError> {
         let payload: Bytes = payload.into();
         check_request(rq_type, flags, payload.len(), self.shared.max_body_len)?;
-        if try_enqueue(&self.shared, 0, rq_type, flags, &payload, true)?.is_none() {
-            enqueue_slow(self.shared.clone(), 0, rq_type, flags, payload, true).await?;
+        if try_enqueue(&self.shared, 0, rq_type, flags, &payload, Taker::Nobody)?.is_none() {
+            enqueue_slow(
+                self.shared.clone(),
+                0,
+                rq_type,
+                flags,
+                payload,
+                Taker::Nobody,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -473,14 +547,13 @@ impl PacketConnection {
 }
 
 /// Queues a request if there is room: `Ok(None)` if there is not.
-/// `detached`: nobody will take the response (a push).
-fn try_enqueue(
+pub(super) fn try_enqueue(
     shared: &Shared,
     channel: u64,
     rq_type: u64,
     flags: u64,
     payload: &[u8],
-    detached: bool,
+    taker: Taker,
 ) -> Result<Option<u64>, PacketError> {
     let mut st = shared.lock();
     if let Some(reason) = &st.ended {
@@ -489,15 +562,20 @@ fn try_enqueue(
     if st.out.len() >= WRITE_HIGH_WATER || st.proto.pending() >= shared.max_pending {
         return Ok(None);
     }
-    let waiting = if detached {
-        Waiting::Detached
-    } else {
-        Waiting::Requester(None)
+    let waiting = match taker {
+        Taker::Future => Waiting::Requester(None),
+        Taker::Nobody => Waiting::Detached,
+        Taker::Pipeline(slot) => Waiting::Pipeline(slot),
     };
     let tag = st
         .proto
         .start_request(channel, waiting)
         .map_err(|(e, _)| e)?;
+    if let Taker::Pipeline(slot) = taker {
+        if let Some(Some(p)) = st.pipelines.get_mut(slot) {
+            p.pending += 1;
+        }
+    }
     // validated by check_request: cannot fail
     let _ = wire::encode_request(&mut st.out, channel, tag, rq_type, flags, payload);
     shared.wake_driver(st);
@@ -505,13 +583,13 @@ fn try_enqueue(
 }
 
 /// Waits for room, then queues the request.
-async fn enqueue_slow(
+pub(super) async fn enqueue_slow(
     shared: Arc<Shared>,
     channel: u64,
     rq_type: u64,
     flags: u64,
     payload: Bytes,
-    detached: bool,
+    taker: Taker,
 ) -> Result<u64, PacketError> {
     loop {
         let notified = shared.space.notified();
@@ -521,7 +599,7 @@ async fn enqueue_slow(
             st.space_waiters = true;
             notified.as_mut().enable();
         }
-        if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload, detached)? {
+        if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload, taker)? {
             return Ok(tag);
         }
         notified.await;
@@ -587,7 +665,7 @@ impl Future for ResponseFuture {
                             }
                             Poll::Pending
                         }
-                        Some(Waiting::Detached) | None => {
+                        Some(Waiting::Detached | Waiting::Pipeline(_)) | None => {
                             let reason = st
                                 .ended
                                 .clone()
@@ -631,7 +709,7 @@ impl Drop for ResponseFuture {
     }
 }
 
-fn check_request(
+pub(super) fn check_request(
     rq_type: u64,
     flags: u64,
     payload_len: usize,
@@ -738,10 +816,14 @@ impl<S, H: Handler> Driver<S, H> {
     /// Resolves every pending request with a connection-ended error.
     fn fail_pending(&mut self, st: &mut State, reason: &Arc<str>) {
         for (key, waiting) in st.proto.take_pending() {
-            if let Waiting::Requester(waker) = waiting {
-                st.done
-                    .insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
-                self.to_wake.extend(waker);
+            let error = PacketError::ConnectionEnded(reason.clone());
+            match waiting {
+                Waiting::Requester(waker) => {
+                    st.done.insert(key, Err(error));
+                    self.to_wake.extend(waker);
+                }
+                Waiting::Pipeline(slot) => self.to_wake.extend(st.deliver(slot, key.1, Err(error))),
+                Waiting::Detached => {}
             }
         }
     }
@@ -1105,6 +1187,7 @@ where
                     st.proto.stats().note_push_failure();
                 }
                 Waiting::Detached => {}
+                Waiting::Pipeline(slot) => self.to_wake.extend(st.deliver(slot, tag, Ok(response))),
             },
             Event::UnknownResponse { channel, tag } => {
                 tracing::debug!(
