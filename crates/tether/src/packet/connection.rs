@@ -26,7 +26,6 @@ use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 use tokio::time::Sleep;
-use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
@@ -294,6 +293,8 @@ impl PacketConnection {
         let driver = Driver {
             io,
             rbuf: BytesMut::new(),
+            chunk: Bytes::new(),
+            chunk_pos: 0,
             wbuf: BytesMut::new(),
             codec: PacketCodec::with_max_body_len(config.max_body_len),
             shared: shared.clone(),
@@ -769,6 +770,9 @@ impl<F: Future<Output = Response>> Future for Running<F> {
 struct Driver<S, H: Handler> {
     io: S,
     rbuf: BytesMut,
+    /// Whole packets split off `rbuf` at once, decoded from `chunk_pos` on.
+    chunk: Bytes,
+    chunk_pos: usize,
     wbuf: BytesMut,
     codec: PacketCodec,
     shared: Arc<Shared>,
@@ -1086,20 +1090,37 @@ where
         }
     }
 
+    /// The next whole packet received, if any: from the run of whole
+    /// packets split off the read buffer at once (`chunk`), refilled when
+    /// it runs out.
+    fn next_packet(&mut self) -> Result<Option<Packet>, PacketError> {
+        if self.chunk_pos == self.chunk.len() {
+            let run = self.codec.whole_packets_len(&self.rbuf)?;
+            if run == 0 {
+                return Ok(None);
+            }
+            self.chunk = self.rbuf.split_to(run).freeze();
+            self.chunk_pos = 0;
+        }
+        self.codec
+            .decode_whole(&self.chunk, &mut self.chunk_pos)
+            .map(Some)
+    }
+
     fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
         while self.read_open {
             // decode what is buffered, while there is room to act on it,
             // under one lock for the whole batch (at most max_handlers
             // requests: they run after it)
-            let mut whole = false; // rbuf holds no complete packet
-            if !self.rbuf.is_empty() {
+            let mut whole = false; // no complete packet left to decode
+            if !self.rbuf.is_empty() || self.chunk_pos < self.chunk.len() {
                 let shared = self.shared.clone();
                 let mut st = shared.lock();
                 while self.running.len() + self.incoming.len() < self.config.max_handlers
                     && self.wbuf.len() < WRITE_HIGH_WATER
                 {
-                    match self.codec.decode(&mut self.rbuf) {
+                    match self.next_packet() {
                         Ok(Some(packet)) => {
                             progress = true;
                             self.on_packet(&mut st, packet);
@@ -1119,6 +1140,12 @@ where
                     }
                 }
                 drop(st);
+                if self.chunk_pos == self.chunk.len() {
+                    // let the read buffer reuse its storage once the
+                    // payloads handed out are dropped
+                    self.chunk = Bytes::new();
+                    self.chunk_pos = 0;
+                }
                 for w in self.to_wake.drain(..) {
                     w.wake();
                 }
@@ -1131,7 +1158,7 @@ where
             {
                 return progress; // woken by a handler or by the writer
             }
-            if !whole && !self.rbuf.is_empty() {
+            if !whole && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
                 continue; // the batch was full: decode the rest before reading
             }
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -60,6 +61,13 @@ pub struct Pipeline {
     in_flight: usize,
 }
 
+/// Where [`Pipeline::submit`] left a request.
+enum Step {
+    Queued(u64),
+    Wait(Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>),
+    Failed(Box<PacketError>),
+}
+
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
@@ -109,15 +117,16 @@ impl Pipeline {
     ) -> impl Future<Output = Result<u64, PacketError>> + Send + '_ {
         let payload: Bytes = payload.into();
         let taker = Taker::Pipeline(self.slot);
-        // the fast path runs here, not in the future: no state machine
-        // holding the slow path is built and moved for each request
+        // the fast path runs here, not in the future, and the future stays
+        // small (the rare error boxed): it is built and moved per request
         let now = check_request(rq_type, flags, payload.len(), self.shared.max_body_len)
             .and_then(|()| try_enqueue(&self.shared, 0, rq_type, flags, &payload, taker));
-        if let Ok(Some(_)) = now {
-            self.in_flight += 1;
-        }
-        let slow = match now {
-            Ok(None) => Some(Box::pin(enqueue_slow(
+        let step = match now {
+            Ok(Some(tag)) => {
+                self.in_flight += 1;
+                Step::Queued(tag)
+            }
+            Ok(None) => Step::Wait(Box::pin(enqueue_slow(
                 self.shared.clone(),
                 0,
                 rq_type,
@@ -125,18 +134,17 @@ impl Pipeline {
                 payload,
                 taker,
             ))),
-            _ => None,
+            Err(e) => Step::Failed(Box::new(e)),
         };
         async move {
-            match (now, slow) {
-                (Ok(Some(tag)), _) => Ok(tag),
-                (Ok(None), Some(slow)) => {
+            match step {
+                Step::Queued(tag) => Ok(tag),
+                Step::Wait(slow) => {
                     let tag = slow.await?;
                     self.in_flight += 1;
                     Ok(tag)
                 }
-                (Err(e), _) => Err(e),
-                (Ok(None), None) => unreachable!("a slow path for every request without room"),
+                Step::Failed(e) => Err(*e),
             }
         }
     }
