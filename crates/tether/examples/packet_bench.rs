@@ -18,7 +18,7 @@
 //! Each workload runs three rounds, alternating the implementations; a
 //! table of ratios to tokio-framed (medians of the rounds) closes the
 //! output. `--profile-w3`, `--profile-w3-in-order`, `--profile-w3-pipeline`,
-//! `--profile-w3-framed`
+//! `--profile-w3-framed`, `--profile-w6-submit`, `--profile-w6-framed`
 //! and `--profile-w6` run one implementation alone, for a profiler:
 //!
 //! ```text
@@ -520,6 +520,14 @@ fn main() {
     }
     if flag("--profile-w3") {
         return rt.block_on(w3_packet(&packet, w3 * 10));
+    }
+    if flag("--profile-w6-framed") {
+        let framed_push = framed_push_server();
+        return rt.block_on(w6_framed(&framed_push, w6));
+    }
+    if flag("--profile-w6-submit") {
+        let packet_submit = packet_push_server(PushMode::Submit);
+        return rt.block_on(w6_packet("tether-packet-submit", &packet_submit, w6));
     }
     if flag("--profile-w6") {
         let packet_push = packet_push_server(PushMode::Push);

@@ -801,6 +801,16 @@ fn blocking_call_against_a_tcp_server() {
     conn.call_timeout(0, 0, "after", LIMIT).unwrap(); // answered in order
     let stats = conn.stats();
     assert_eq!((stats.push_failures, stats.in_flight), (1, 0));
+    // a pipeline: rq_type 4 sleeps, so the second answer comes first
+    let mut p = conn.pipeline();
+    let slow = p.submit(4, 0, "50").unwrap();
+    let fast = p.submit(1, 0, "ab").unwrap();
+    assert_eq!(p.in_flight(), 2);
+    let (tag, r) = p.next().unwrap();
+    assert_eq!((tag, r.unwrap()), (fast, Response::ok(0, "ba")));
+    assert_eq!(p.next().unwrap().0, slow);
+    assert!(p.next().is_none());
+    drop(p);
     conn.close().unwrap();
 }
 

@@ -311,7 +311,9 @@ fn put_raw(
     put_varint_at(&mut header, start, len);
     dst.reserve(end - start + payload.len());
     dst.extend_from_slice(&header[start..end]);
-    dst.extend_from_slice(payload);
+    if !payload.is_empty() {
+        dst.extend_from_slice(payload); // not for an acknowledgement
+    }
 }
 
 /// Writes `value` as a varint at `buf[at..]`; returns the end. Values
