@@ -191,15 +191,19 @@ impl Pipeline<'_> {
         self.rt.block_on(self.inner.submit(rq_type, flags, payload))
     }
 
-    /// Waits for the next response, with its request's tag; `None` when no
-    /// request is in flight (see [`super::Pipeline::next`]).
-    pub fn next(&mut self) -> Option<(u64, Result<Response, PacketError>)> {
-        self.rt.block_on(self.inner.next())
-    }
-
-    /// Requests submitted whose response [`next`](Self::next) has not
-    /// returned yet.
+    /// Requests submitted whose response `next` has not returned yet.
     pub fn in_flight(&self) -> usize {
         self.inner.in_flight()
+    }
+}
+
+/// Each `next` waits for the next response, with its request's tag; `None`
+/// when no request is in flight (see [`super::Pipeline::next`]). Submitting
+/// more afterwards starts it again.
+impl Iterator for Pipeline<'_> {
+    type Item = (u64, Result<Response, PacketError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rt.block_on(self.inner.next())
     }
 }
