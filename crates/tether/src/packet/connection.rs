@@ -5,13 +5,18 @@
 //! mutex shared with the requesters: a requester allocates its tag,
 //! registers itself in the pending table and encodes its request straight
 //! into the outgoing buffer, waking the task only if it was idle; the task
-//! stores each response beside the table and wakes its requester. No
-//! channel, no per-request allocation beyond the payload. Handlers (user
-//! code) never run under that lock.
+//! stores each response beside the table and wakes its requester (or
+//! appends it to its [`Pipeline`](super::Pipeline)'s queue, or drops it for
+//! a push). No channel, no per-request allocation beyond the payload.
+//! Handlers (user code) never run under that lock; one that answers at
+//! once runs in place, polled once, and only a pending one joins the
+//! running set.
 //!
-//! The task writes whatever has accumulated as soon as it has nothing else
-//! to do, so a burst of requests or responses goes out in one `write` and a
-//! lone request goes out at once (no grace sleep).
+//! The task reads in 16 KiB chunks and decodes each run of whole packets
+//! split off the read buffer at once. It writes whatever has accumulated as
+//! soon as it has nothing else to do, so a burst of requests or responses
+//! goes out in one `write` and a lone request goes out at once (no grace
+//! sleep).
 
 use std::future::Future;
 use std::pin::Pin;
