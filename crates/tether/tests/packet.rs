@@ -308,6 +308,271 @@ async fn unknown_tag_response_is_ignored_and_counted() {
 }
 
 #[tokio::test]
+async fn many_requests_then_eof_in_one_write_are_all_answered() {
+    // more requests than max_handlers in one read: the batches after the
+    // first are decoded from the buffer, not mistaken for a cut stream
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::Encoder;
+    let (a, b) = tcp_pair().await;
+    let mut bytes = bytes::BytesMut::new();
+    let n = 1000u64;
+    for tag in 2..2 + n {
+        PacketCodec::new()
+            .encode(rq(tag, 0, 0, b"0123456789"), &mut bytes)
+            .unwrap();
+    }
+    PacketCodec::new().encode(Packet::Eof, &mut bytes).unwrap();
+    let mut peer = raw(a);
+    t(peer.get_mut().write_all(&bytes)).await.unwrap();
+    t(peer.get_mut().shutdown()).await.unwrap(); // the stream ends after EOF
+                                                 // all of it, and the end of stream, wait in the socket for the first read
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let server = PacketConnection::spawn(b, EchoService, cfg());
+    for tag in 2..2 + n {
+        assert_eq!(next(&mut peer).await, rs(tag, true, 0, b"0123456789"));
+    }
+    assert_eq!(next(&mut peer).await, Packet::Erq);
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+    t(server.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn pushes_are_answered_and_discarded_and_all_go_out_before_eof() {
+    // 4 MiB of pushes over a narrow pipe, then close at once: every one
+    // reaches the peer's handler before EOF, even those still queued
+    // behind a full write buffer
+    for (pipe, size) in [(64 * 1024, 1024), (4096, 16 * 1024)] {
+        let (a, b) = memory_pair(pipe);
+        let got = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = got.clone();
+        let client = PacketConnection::spawn(
+            a,
+            handler_fn(move |rq: IncomingRequest| {
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(rq.payload.len(), size);
+                // every 64th fails: counted at the pushing end
+                std::future::ready(if n % 64 == 63 {
+                    Response::fail("no")
+                } else {
+                    Response::ok(0, "")
+                })
+            }),
+            cfg(),
+        );
+        let server = PacketConnection::spawn(b, NoHandler, cfg());
+        let payload = Bytes::from(vec![1u8; size]);
+        let n = (4 << 20) / size as u64 + 3;
+        for _ in 0..n {
+            t(server.push(7, 3, payload.clone())).await.unwrap();
+        }
+        t(server.close()).await.unwrap();
+        t(client.closed()).await.unwrap();
+        assert_eq!(got.load(std::sync::atomic::Ordering::Relaxed), n);
+        let stats = server.stats();
+        assert_eq!(stats.requests_sent, n);
+        assert_eq!(stats.responses_received, n);
+        assert_eq!(stats.push_failures, n / 64);
+        assert_eq!((stats.in_flight, stats.unknown_responses), (0, 0));
+        // after close, a push fails at once
+        assert!(server.push(7, 0, "late").await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn requests_queued_behind_a_full_write_buffer_go_out_before_eof() {
+    // the peer reads nothing until the close: the write buffer is full and
+    // more requests wait behind it; close() must send them all, then ERQ
+    // and EOF, in that order
+    let (a, b) = memory_pair(4096);
+    let conn = PacketConnection::spawn(a, NoHandler, cfg());
+    let payload = Bytes::from(vec![1u8; 16 * 1024]);
+    let mut queued = 0u64;
+    loop {
+        let push = conn.push(7, 0, payload.clone());
+        match tokio::time::timeout(Duration::from_millis(20), push).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => break, // no room: dropped before it was queued
+        }
+        queued += 1;
+        assert!(queued < 1000, "push never waited for room");
+    }
+    let closing = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.close().await }
+    });
+    let mut peer = raw(b);
+    let mut requests = 0;
+    loop {
+        match next(&mut peer).await {
+            Packet::Request { .. } => requests += 1,
+            Packet::Erq => break,
+            p => panic!("{p:?} before ERQ"),
+        }
+    }
+    assert_eq!(requests, queued);
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+    t(peer.send(Packet::Eof)).await.unwrap();
+    t(closing).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn push_waits_for_room_when_max_pending_are_in_flight() {
+    let (a, b) = memory_pair(64 * 1024);
+    let gate = Arc::new(Notify::new());
+    let _client = PacketConnection::spawn(a, gated(gate.clone()), cfg());
+    let mut config = cfg();
+    config.max_pending = 4;
+    let server = PacketConnection::spawn(b, NoHandler, config);
+    for _ in 0..4 {
+        t(server.push(10, 0, "held")).await.unwrap();
+    }
+    // the fifth waits until one of the four is answered
+    let fifth = server.push(0, 0, "next");
+    tokio::pin!(fifth);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), fifth.as_mut())
+            .await
+            .is_err()
+    );
+    gate.notify_one();
+    t(fifth).await.unwrap();
+    assert!(server.stats().requests_sent == 5);
+    gate.notify_waiters();
+    for _ in 0..3 {
+        gate.notify_one();
+    }
+}
+
+#[tokio::test]
+async fn a_pipeline_returns_responses_in_completion_order_with_their_tags() {
+    let (a, b) = memory_pair(64 * 1024);
+    let _server = PacketConnection::spawn(b, EchoService, cfg());
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let mut p = client.pipeline();
+    assert!(t(p.next()).await.is_none());
+    // rq_type 4 sleeps for the payload's milliseconds: the later one is first
+    let slow = t(p.submit(4, 0, "60")).await.unwrap();
+    let fast = t(p.submit(4, 0, "1")).await.unwrap();
+    let failing = t(p.submit(3, 0, "x")).await.unwrap();
+    assert_eq!(p.in_flight(), 3);
+    let mut order = Vec::new();
+    while let Some((tag, r)) = t(p.next()).await {
+        let r = r.unwrap();
+        assert_eq!(r.ok, tag != failing);
+        order.push(tag);
+    }
+    assert_eq!(order.last(), Some(&slow));
+    assert!(order.contains(&fast) && order.contains(&failing));
+    assert_eq!(p.in_flight(), 0);
+    // a second pipeline and plain submits share the connection
+    let mut q = client.pipeline();
+    let tag = t(q.submit(1, 0, "abc")).await.unwrap();
+    assert_eq!(
+        t(client.submit(1, 0, "xyz")).await.unwrap(),
+        Response::ok(0, "zyx")
+    );
+    let (got, r) = t(q.next()).await.unwrap();
+    assert_eq!((got, r.unwrap()), (tag, Response::ok(0, "cba")));
+}
+
+#[tokio::test]
+async fn a_pipeline_resolves_every_request_when_the_stream_is_cut() {
+    let (a, b) = tcp_pair().await;
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let mut peer = raw(b);
+    let mut p = client.pipeline();
+    for i in 0..10u64 {
+        t(p.submit(i, 0, "q")).await.unwrap();
+    }
+    for _ in 0..10 {
+        next(&mut peer).await;
+    }
+    t(peer.send(rs(4, true, 0, b"one answer"))).await.unwrap();
+    drop(peer);
+    let mut errors = 0;
+    let mut answered = 0;
+    while let Some((tag, r)) = t(p.next()).await {
+        match r {
+            Ok(r) => {
+                assert_eq!((tag, r), (4, Response::ok(0, "one answer")));
+                answered += 1;
+            }
+            Err(e) => {
+                assert!(e.is_connection_lost(), "{e}");
+                errors += 1;
+            }
+        }
+    }
+    assert_eq!((answered, errors), (1, 9));
+    // after the end, submit fails and nothing is in flight
+    assert!(t(p.submit(0, 0, "late")).await.is_err());
+    assert!(t(p.next()).await.is_none());
+}
+
+#[tokio::test]
+async fn a_dropped_pipeline_discards_its_late_responses() {
+    let (a, b) = memory_pair(64 * 1024);
+    let gate = Arc::new(Notify::new());
+    let server = PacketConnection::spawn(b, gated(gate.clone()), cfg());
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let mut p = client.pipeline();
+    t(p.submit(10, 0, "held")).await.unwrap();
+    t(p.submit(10, 0, "held")).await.unwrap();
+    drop(p);
+    t(async {
+        while server.stats().handlers_running < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    gate.notify_waiters();
+    // the connection goes on; the abandoned responses count as cancelled
+    assert_eq!(
+        t(client.submit(0, 0, "after")).await.unwrap(),
+        Response::ok(0, "after")
+    );
+    let stats = client.stats();
+    assert_eq!((stats.cancelled, stats.in_flight), (2, 0));
+    let mut q = client.pipeline();
+    t(q.submit(0, 0, "again")).await.unwrap();
+    assert_eq!(
+        t(q.next()).await.unwrap().1.unwrap(),
+        Response::ok(0, "again")
+    );
+}
+
+#[tokio::test]
+async fn a_pipeline_submit_waits_for_room() {
+    let (a, b) = memory_pair(64 * 1024);
+    let gate = Arc::new(Notify::new());
+    let _server = PacketConnection::spawn(b, gated(gate.clone()), cfg());
+    let mut config = cfg();
+    config.max_pending = 2;
+    let client = PacketConnection::spawn(a, NoHandler, config);
+    let mut p = client.pipeline();
+    t(p.submit(10, 0, "held")).await.unwrap();
+    t(p.submit(0, 0, "quick")).await.unwrap();
+    let (_, r) = t(p.next()).await.unwrap();
+    assert_eq!(r.unwrap(), Response::ok(0, "quick"));
+    t(p.submit(10, 0, "held")).await.unwrap();
+    // two in flight: the third waits until one is answered
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), p.submit(0, 0, "third"))
+            .await
+            .is_err()
+    );
+    gate.notify_one();
+    gate.notify_one();
+    t(p.submit(0, 0, "third")).await.unwrap();
+    let mut n = 0;
+    while let Some((_, r)) = t(p.next()).await {
+        assert!(r.unwrap().ok);
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
 async fn every_pending_request_resolves_when_the_stream_is_cut() {
     for cut_mid_packet in [false, true] {
         let (a, b) = tcp_pair().await;
@@ -530,6 +795,22 @@ fn blocking_call_against_a_tcp_server() {
         conn.call_timeout(4, 0, "1000", Duration::from_millis(20)),
         Err(PacketError::Timeout)
     ));
+    // pushes: an echo answers them; rq_type 3 fails, counted
+    conn.push(0, 0, "one").unwrap();
+    conn.push(3, 0, "two").unwrap();
+    conn.call_timeout(0, 0, "after", LIMIT).unwrap(); // answered in order
+    let stats = conn.stats();
+    assert_eq!((stats.push_failures, stats.in_flight), (1, 0));
+    // a pipeline: rq_type 4 sleeps, so the second answer comes first
+    let mut p = conn.pipeline();
+    let slow = p.submit(4, 0, "50").unwrap();
+    let fast = p.submit(1, 0, "ab").unwrap();
+    assert_eq!(p.in_flight(), 2);
+    let (tag, r) = p.next().unwrap();
+    assert_eq!((tag, r.unwrap()), (fast, Response::ok(0, "ba")));
+    assert_eq!(p.next().unwrap().0, slow);
+    assert!(p.next().is_none());
+    drop(p);
     conn.close().unwrap();
 }
 
@@ -705,23 +986,36 @@ async fn a_panicking_handler_fails_its_request_and_the_connection_goes_on() {
     let (a, b) = memory_pair(4096);
     let _server = PacketConnection::spawn(
         b,
-        handler_fn(|rq: IncomingRequest| async move {
-            if rq.rq_type == 66 {
+        handler_fn(|rq: IncomingRequest| {
+            // 65: panics before making its future; 66: in its first poll
+            // (run in place); 67: after a pause (in the running set)
+            if rq.rq_type == 65 {
                 panic!("handler bug (expected by this test)");
             }
-            Response::ok(0, rq.payload)
+            async move {
+                if rq.rq_type == 66 {
+                    panic!("handler bug (expected by this test)");
+                }
+                if rq.rq_type == 67 {
+                    tokio::task::yield_now().await;
+                    panic!("handler bug (expected by this test)");
+                }
+                Response::ok(0, rq.payload)
+            }
         }),
         cfg(),
     );
     let client = PacketConnection::spawn(a, NoHandler, cfg());
-    assert_eq!(
-        t(client.submit(66, 0, "boom")).await.unwrap(),
-        Response::fail(HANDLER_FAILED)
-    );
-    assert_eq!(
-        t(client.submit(0, 0, "still here")).await.unwrap(),
-        Response::ok(0, "still here")
-    );
+    for rq_type in [65, 66, 67] {
+        assert_eq!(
+            t(client.submit(rq_type, 0, "boom")).await.unwrap(),
+            Response::fail(HANDLER_FAILED)
+        );
+        assert_eq!(
+            t(client.submit(0, 0, "still here")).await.unwrap(),
+            Response::ok(0, "still here")
+        );
+    }
 }
 
 #[test]

@@ -81,6 +81,26 @@ impl PacketConnection {
         })
     }
 
+    /// Pushes a message whose response nobody awaits; returns once it is
+    /// queued (see [`super::PacketConnection::push`]).
+    pub fn push(
+        &self,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), PacketError> {
+        self.rt.block_on(self.inner.push(rq_type, flags, payload))
+    }
+
+    /// A [`Pipeline`] on this connection (see
+    /// [`super::PacketConnection::pipeline`]).
+    pub fn pipeline(&self) -> Pipeline<'_> {
+        Pipeline {
+            inner: self.inner.pipeline(),
+            rt: &self.rt,
+        }
+    }
+
     /// Sends a typed request (see [`super::PacketConnection::request`]).
     pub fn request<R: TypedRequest>(&self, request: &R) -> Result<R::Response, PacketError> {
         self.rt.block_on(self.inner.request(request))
@@ -133,5 +153,57 @@ impl Drop for PacketConnection {
                 .rt
                 .block_on(async { tokio::time::timeout(DROP_CLOSE_TIMEOUT, inner.close()).await });
         }
+    }
+}
+
+/// The blocking twin of [`super::Pipeline`]: many requests in flight, their
+/// responses taken in completion order.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tether::packet::blocking::PacketConnection;
+///
+/// let conn = PacketConnection::connect(&"tcp://127.0.0.1:7000".parse()?, Duration::from_secs(2))?;
+/// let mut pipeline = conn.pipeline();
+/// for i in 0..100 {
+///     pipeline.submit(0, 0, format!("request {i}"))?;
+/// }
+/// while let Some((tag, response)) = pipeline.next() {
+///     println!("{tag}: {:?}", response?);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Pipeline<'a> {
+    inner: super::Pipeline,
+    rt: &'a tokio::runtime::Runtime,
+}
+
+impl Pipeline<'_> {
+    /// Sends a request; returns its tag once it is queued (see
+    /// [`super::Pipeline::submit`]).
+    pub fn submit(
+        &mut self,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<u64, PacketError> {
+        self.rt.block_on(self.inner.submit(rq_type, flags, payload))
+    }
+
+    /// Requests submitted whose response `next` has not returned yet.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+}
+
+/// Each `next` waits for the next response, with its request's tag; `None`
+/// when no request is in flight (see [`super::Pipeline::next`]). Submitting
+/// more afterwards starts it again.
+impl Iterator for Pipeline<'_> {
+    type Item = (u64, Result<Response, PacketError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rt.block_on(self.inner.next())
     }
 }

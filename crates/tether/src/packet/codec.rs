@@ -1,6 +1,6 @@
 //! [`PacketCodec`]: a tokio-util `Decoder`/`Encoder` for [`Packet`]s.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::varint::{self, VarintError};
@@ -68,11 +68,12 @@ impl PacketCodec {
     }
 }
 
-impl Decoder for PacketCodec {
-    type Item = Packet;
-    type Error = PacketError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, PacketError> {
+impl PacketCodec {
+    /// The length prefix at the start of `src`, checked: `(prefix bytes,
+    /// body length)` if the whole packet is there, `None` if more bytes
+    /// are needed.
+    #[inline]
+    fn frame(&self, src: &[u8]) -> Result<Option<(usize, usize)>, PacketError> {
         let (len, n) = match varint::decode(&src[..src.len().min(MAX_LENGTH_PREFIX)]) {
             Ok(Some(v)) => v,
             Ok(None) if src.len() >= MAX_LENGTH_PREFIX => {
@@ -93,17 +94,68 @@ impl Decoder for PacketCodec {
         if src.len() - n < len {
             return Ok(None);
         }
-        // parse the fields in place, then split off only the payload
-        let (header, pos) = Header::parse(&src[n..n + len])?;
-        src.advance(n + pos);
-        let mut taken = false;
-        let packet = header.with_payload(|| {
-            taken = true;
-            src.split_to(len - pos).freeze()
-        });
-        if !taken {
-            src.advance(len - pos); // an EOF that carries bytes
+        Ok(Some((n, len)))
+    }
+
+    /// The length of the run of whole packets at the start of `src` (0 if
+    /// the first is incomplete). A bad length prefix ends the run; it is an
+    /// error only at the start, so the packets before it are decoded first.
+    pub(crate) fn whole_packets_len(&self, src: &[u8]) -> Result<usize, PacketError> {
+        let mut end = 0;
+        loop {
+            match self.frame(&src[end..]) {
+                Ok(Some((n, len))) => end += n + len,
+                Ok(None) => return Ok(end),
+                Err(e) if end == 0 => return Err(e),
+                Err(_) => return Ok(end),
+            }
         }
+    }
+
+    /// Decodes the packet at `chunk[*pos..]`, which
+    /// [`whole_packets_len`](Self::whole_packets_len) found whole, and
+    /// moves `pos` past it. The payload shares `chunk`'s storage: a batch
+    /// of packets is split off the read buffer once, and each payload is a
+    /// slice of it (cheaper than splitting the buffer for each).
+    pub(crate) fn decode_whole(
+        &self,
+        chunk: &Bytes,
+        pos: &mut usize,
+    ) -> Result<Packet, PacketError> {
+        let Some((n, len)) = self.frame(&chunk[*pos..])? else {
+            // cannot happen for a run found by whole_packets_len
+            return Err(PacketError::Truncated { field: "packet" });
+        };
+        let body = *pos + n;
+        *pos = body + len;
+        let (header, at) = Header::parse(&chunk[body..body + len])?;
+        Ok(if at == len {
+            header.with_payload(Bytes::new)
+        } else {
+            header.with_payload(|| chunk.slice(body + at..body + len))
+        })
+    }
+}
+
+impl Decoder for PacketCodec {
+    type Item = Packet;
+    type Error = PacketError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, PacketError> {
+        let Some((n, len)) = self.frame(src)? else {
+            return Ok(None);
+        };
+        // parse the fields in place, then split off only the payload (an
+        // empty one, and an EOF's stray bytes, are skipped)
+        let (header, pos) = Header::parse(&src[n..n + len])?;
+        let payload_len = len - pos;
+        let packet = if payload_len == 0 || matches!(header, Header::Eof | Header::Erq) {
+            src.advance(n + len);
+            header.with_payload(Bytes::new)
+        } else {
+            src.advance(n + pos);
+            header.with_payload(|| src.split_to(payload_len).freeze())
+        };
         Ok(Some(packet))
     }
 
@@ -230,6 +282,43 @@ mod tests {
             assert!(buf.is_empty());
             assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn batch_decoding_agrees_with_decode_at_every_split_point() {
+        let (bytes, packets) = exchange();
+        for split in 0..=bytes.len() {
+            let codec = PacketCodec::new();
+            let mut buf = BytesMut::from(&bytes[..split]);
+            let mut got = Vec::new();
+            let mut drain = |buf: &mut BytesMut| {
+                let run = codec.whole_packets_len(buf).unwrap();
+                let chunk = buf.split_to(run).freeze();
+                let mut pos = 0;
+                while pos < chunk.len() {
+                    got.push(codec.decode_whole(&chunk, &mut pos).unwrap());
+                }
+            };
+            drain(&mut buf);
+            buf.extend_from_slice(&bytes[split..]);
+            drain(&mut buf);
+            assert!(buf.is_empty(), "split at {split}");
+            assert_eq!(got, packets, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn batch_decoding_stops_before_a_bad_prefix() {
+        let codec = PacketCodec::with_max_body_len(100);
+        let mut buf = BytesMut::new();
+        Packet::Erq.encode(&mut buf).unwrap();
+        let good = buf.len();
+        buf.extend_from_slice(&[0x81, 0x00]); // 128 > 100
+        assert_eq!(codec.whole_packets_len(&buf).unwrap(), good);
+        assert!(matches!(
+            codec.whole_packets_len(&buf[good..]),
+            Err(PacketError::TooLarge { len: 128, max: 100 })
+        ));
     }
 
     #[test]

@@ -5,13 +5,18 @@
 //! mutex shared with the requesters: a requester allocates its tag,
 //! registers itself in the pending table and encodes its request straight
 //! into the outgoing buffer, waking the task only if it was idle; the task
-//! stores each response beside the table and wakes its requester. No
-//! channel, no per-request allocation beyond the payload. Handlers (user
-//! code) never run under that lock.
+//! stores each response beside the table and wakes its requester (or
+//! appends it to its [`Pipeline`](super::Pipeline)'s queue, or drops it for
+//! a push). No channel, no per-request allocation beyond the payload.
+//! Handlers (user code) never run under that lock; one that answers at
+//! once runs in place, polled once, and only a pending one joins the
+//! running set.
 //!
-//! The task writes whatever has accumulated as soon as it has nothing else
-//! to do, so a burst of requests or responses goes out in one `write` and a
-//! lone request goes out at once (no grace sleep).
+//! The task reads in 16 KiB chunks and decodes each run of whole packets
+//! split off the read buffer at once. It writes whatever has accumulated as
+//! soon as it has nothing else to do, so a burst of requests or responses
+//! goes out in one `write` and a lone request goes out at once (no grace
+//! sleep).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,14 +26,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::future::{join, CatchUnwind, Join, Ready};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 use tokio::time::Sleep;
-use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
@@ -90,10 +92,36 @@ type Key = (u64, u64);
 /// How the connection ended: `Ok` after an orderly shutdown, or why not.
 type Outcome = Option<Result<(), Arc<str>>>;
 
+/// Who takes the response of a pending request.
+#[derive(Debug)]
+pub(super) enum Waiting {
+    /// A [`ResponseFuture`], with its waker once it has been polled.
+    Requester(Option<Waker>),
+    /// Nobody: a [`PacketConnection::push`]. The response is discarded (a
+    /// failure is counted).
+    Detached,
+    /// The [`Pipeline`](super::Pipeline) in this slot of
+    /// [`State::pipelines`].
+    Pipeline(usize),
+}
+
+impl super::Waiter for Waiting {}
+
+/// Who will take the response of a request being queued.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Taker {
+    /// A [`ResponseFuture`].
+    Future,
+    /// Nobody (a push).
+    Nobody,
+    /// The pipeline in this slot.
+    Pipeline(usize),
+}
+
 /// What requesters and the connection task share.
-struct State {
-    /// Tags, the pending table (each entry: the requester's waker), ERQ.
-    proto: Protocol<Option<Waker>>,
+pub(super) struct State {
+    /// Tags, the pending table (each entry: who takes the response), ERQ.
+    proto: Protocol<Waiting>,
     /// Requests (and ERQ) encoded by requesters, not yet taken by the task.
     out: BytesMut,
     /// Results that arrived, until their requester takes them.
@@ -105,19 +133,60 @@ struct State {
     ended: Option<Arc<str>>,
     /// A requester waits for room (in `out` or in the pending table).
     space_waiters: bool,
+    /// The pipelines' shared halves, by slot (a freed slot is reused).
+    pub(super) pipelines: Vec<Option<PipeSlot>>,
 }
 
-struct Shared {
+/// The half of a [`Pipeline`](super::Pipeline) that the connection task
+/// fills.
+#[derive(Debug, Default)]
+pub(super) struct PipeSlot {
+    /// Results that arrived, in arrival order, with their tags.
+    pub(super) ready: std::collections::VecDeque<(u64, Result<Response, PacketError>)>,
+    /// The pipeline's waker while it waits for `ready`.
+    pub(super) waker: Option<Waker>,
+    /// Its requests still pending on the wire.
+    pub(super) pending: usize,
+    /// The pipeline was dropped: its late responses are discarded, and the
+    /// slot is freed when the last one is in.
+    pub(super) dropped: bool,
+}
+
+impl State {
+    /// Hands a result to the pipeline in `slot`; returns the waker to wake.
+    fn deliver(
+        &mut self,
+        slot: usize,
+        tag: u64,
+        result: Result<Response, PacketError>,
+    ) -> Option<Waker> {
+        let Some(Some(p)) = self.pipelines.get_mut(slot) else {
+            return None;
+        };
+        p.pending -= 1;
+        if p.dropped {
+            self.proto.note_cancelled();
+            if p.pending == 0 {
+                self.pipelines[slot] = None;
+            }
+            return None;
+        }
+        p.ready.push_back((tag, result));
+        p.waker.take()
+    }
+}
+
+pub(super) struct Shared {
     state: Mutex<State>,
     space: Notify,
     stats: Arc<Stats>,
     handles: AtomicUsize,
-    max_body_len: usize,
+    pub(super) max_body_len: usize,
     max_pending: usize,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // a panic while holding the lock leaves consistent data: go on
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -157,7 +226,7 @@ impl Shared {
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
 pub struct PacketConnection {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     finished: watch::Receiver<Outcome>,
 }
 
@@ -218,6 +287,7 @@ impl PacketConnection {
                 close_requested: false,
                 ended: None,
                 space_waiters: false,
+                pipelines: Vec::new(),
             }),
             space: Notify::new(),
             stats,
@@ -228,11 +298,14 @@ impl PacketConnection {
         let driver = Driver {
             io,
             rbuf: BytesMut::new(),
+            chunk: Bytes::new(),
+            chunk_pos: 0,
             wbuf: BytesMut::new(),
             codec: PacketCodec::with_max_body_len(config.max_body_len),
             shared: shared.clone(),
             handler,
             running: FuturesUnordered::new(),
+            slot: Box::pin(None),
             completed: Vec::new(),
             incoming: Vec::new(),
             to_wake: Vec::new(),
@@ -307,8 +380,16 @@ impl PacketConnection {
     ) -> ResponseFuture {
         let payload: Bytes = payload.into();
         let state = match check_request(rq_type, flags, payload.len(), self.shared.max_body_len)
-            .and_then(|()| try_enqueue(&self.shared, channel, rq_type, flags, &payload))
-        {
+            .and_then(|()| {
+                try_enqueue(
+                    &self.shared,
+                    channel,
+                    rq_type,
+                    flags,
+                    &payload,
+                    Taker::Future,
+                )
+            }) {
             Ok(Some(tag)) => RfState::Waiting((channel, tag)),
             Ok(None) => RfState::Queued(
                 channel,
@@ -318,6 +399,7 @@ impl PacketConnection {
                     rq_type,
                     flags,
                     payload,
+                    Taker::Future,
                 )),
             ),
             Err(e) => RfState::Failed(Some(e)),
@@ -340,6 +422,77 @@ impl PacketConnection {
             });
         }
         R::decode_response(r.flags, r.payload).map_err(PacketError::BadResponse)
+    }
+
+    /// Pushes a message to the peer: a request on channel 0 whose response
+    /// nobody awaits. Resolves once the request is queued: at once, unless
+    /// 64 KiB are already waiting to be written or
+    /// [`PacketConfig::max_pending`] requests are in flight; then when
+    /// there is room, so a loop of pushes goes at the pace of the peer.
+    ///
+    /// The wire has no one-way message, so a push is an ordinary request
+    /// that the peer's handler answers (an empty `ok` response is the
+    /// cheapest answer); the response is read and discarded here, a
+    /// failure response counted in [`StatsSnapshot::push_failures`]. `Ok`
+    /// means queued, not delivered: use [`submit`](Self::submit) when the
+    /// answer matters. A push costs less than a `submit`: no future to
+    /// poll, no result to hand over, no wake-up.
+    ///
+    /// Errors: [`PacketError::RequestsEnded`] after
+    /// [`end_requests`](Self::end_requests) or
+    /// [`close`](Self::close), [`PacketError::ConnectionEnded`] once the
+    /// connection has ended, and the checks of `submit`.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), tether::packet::PacketError> {
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use tether::packet::{handler_fn, IncomingRequest, NoHandler, PacketConfig, PacketConnection, Response};
+    /// use tether::transport::memory_pair;
+    ///
+    /// let (a, b) = memory_pair(64 * 1024);
+    /// let server = PacketConnection::spawn(a, NoHandler, PacketConfig::default());
+    /// // the client counts what it is sent and acknowledges it with an empty response
+    /// let received = Arc::new(AtomicU64::new(0));
+    /// let count = received.clone();
+    /// let client = PacketConnection::spawn(
+    ///     b,
+    ///     handler_fn(move |_rq: IncomingRequest| {
+    ///         count.fetch_add(1, Ordering::Relaxed);
+    ///         std::future::ready(Response::ok(0, ""))
+    ///     }),
+    ///     PacketConfig::default(),
+    /// );
+    /// for i in 0..1000u32 {
+    ///     server.push(5, 0, i.to_string()).await?;
+    /// }
+    /// server.close().await?; // the pushes are answered before the peer's EOF
+    /// assert_eq!(received.load(Ordering::Relaxed), 1000);
+    /// assert_eq!(server.stats().push_failures, 0);
+    /// # client.closed().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub async fn push(
+        &self,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), PacketError> {
+        let payload: Bytes = payload.into();
+        check_request(rq_type, flags, payload.len(), self.shared.max_body_len)?;
+        if try_enqueue(&self.shared, 0, rq_type, flags, &payload, Taker::Nobody)?.is_none() {
+            enqueue_slow(
+                self.shared.clone(),
+                0,
+                rq_type,
+                flags,
+                payload,
+                Taker::Nobody,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Sends ERQ (`03 01 02 00`): this end will send no more requests
@@ -400,12 +553,13 @@ impl PacketConnection {
 }
 
 /// Queues a request if there is room: `Ok(None)` if there is not.
-fn try_enqueue(
+pub(super) fn try_enqueue(
     shared: &Shared,
     channel: u64,
     rq_type: u64,
     flags: u64,
     payload: &[u8],
+    taker: Taker,
 ) -> Result<Option<u64>, PacketError> {
     let mut st = shared.lock();
     if let Some(reason) = &st.ended {
@@ -414,7 +568,20 @@ fn try_enqueue(
     if st.out.len() >= WRITE_HIGH_WATER || st.proto.pending() >= shared.max_pending {
         return Ok(None);
     }
-    let tag = st.proto.start_request(channel, None).map_err(|(e, _)| e)?;
+    let waiting = match taker {
+        Taker::Future => Waiting::Requester(None),
+        Taker::Nobody => Waiting::Detached,
+        Taker::Pipeline(slot) => Waiting::Pipeline(slot),
+    };
+    let tag = st
+        .proto
+        .start_request(channel, waiting)
+        .map_err(|(e, _)| e)?;
+    if let Taker::Pipeline(slot) = taker {
+        if let Some(Some(p)) = st.pipelines.get_mut(slot) {
+            p.pending += 1;
+        }
+    }
     // validated by check_request: cannot fail
     let _ = wire::encode_request(&mut st.out, channel, tag, rq_type, flags, payload);
     shared.wake_driver(st);
@@ -422,12 +589,13 @@ fn try_enqueue(
 }
 
 /// Waits for room, then queues the request.
-async fn enqueue_slow(
+pub(super) async fn enqueue_slow(
     shared: Arc<Shared>,
     channel: u64,
     rq_type: u64,
     flags: u64,
     payload: Bytes,
+    taker: Taker,
 ) -> Result<u64, PacketError> {
     loop {
         let notified = shared.space.notified();
@@ -437,7 +605,7 @@ async fn enqueue_slow(
             st.space_waiters = true;
             notified.as_mut().enable();
         }
-        if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload)? {
+        if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload, taker)? {
             return Ok(tag);
         }
         notified.await;
@@ -497,13 +665,13 @@ impl Future for ResponseFuture {
                         return Poll::Ready(r);
                     }
                     return match st.proto.waiter_mut(key.0, key.1) {
-                        Some(slot) => {
+                        Some(Waiting::Requester(slot)) => {
                             if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                                 *slot = Some(cx.waker().clone());
                             }
                             Poll::Pending
                         }
-                        None => {
+                        Some(Waiting::Detached | Waiting::Pipeline(_)) | None => {
                             let reason = st
                                 .ended
                                 .clone()
@@ -547,7 +715,7 @@ impl Drop for ResponseFuture {
     }
 }
 
-fn check_request(
+pub(super) fn check_request(
     rq_type: u64,
     flags: u64,
     payload_len: usize,
@@ -569,18 +737,55 @@ fn check_request(
     Ok(())
 }
 
+/// A handler future pinned in its own box, so it can be polled once in
+/// place and move to the running set only if it did not finish.
+type Slot<F> = Pin<Box<Option<F>>>;
+
 /// A running handler, in its own `packet_request` span, with its key.
-type Running<F> =
-    Join<CatchUnwind<AssertUnwindSafe<tracing::instrument::Instrumented<F>>>, Ready<Key>>;
+/// Resolves to the key and the response, or the panic's payload.
+struct Running<F> {
+    fut: Slot<F>,
+    key: Key,
+    span: tracing::Span,
+}
+
+type Panic = Box<dyn std::any::Any + Send>;
+
+impl<F: Future<Output = Response>> Future for Running<F> {
+    type Output = (Key, Result<Response, Panic>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        let fut = &mut this.fut;
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            fut.as_mut().as_pin_mut().map(|f| f.poll(cx))
+        }));
+        let outcome = match polled {
+            Ok(Some(Poll::Pending)) => return Poll::Pending,
+            Ok(Some(Poll::Ready(response))) => Ok(response),
+            Ok(None) => Ok(Response::fail(HANDLER_FAILED)), // polled after completion
+            Err(panic) => Err(panic),
+        };
+        this.fut.as_mut().set(None);
+        Poll::Ready((this.key, outcome))
+    }
+}
 
 struct Driver<S, H: Handler> {
     io: S,
     rbuf: BytesMut,
+    /// Whole packets split off `rbuf` at once, decoded from `chunk_pos` on.
+    chunk: Bytes,
+    chunk_pos: usize,
     wbuf: BytesMut,
     codec: PacketCodec,
     shared: Arc<Shared>,
     handler: H,
     running: FuturesUnordered<Running<H::Future>>,
+    /// Where the next handler future is polled first (reused while
+    /// handlers finish at once).
+    slot: Slot<H::Future>,
     /// Handler results collected before taking the lock (reused).
     completed: Vec<(Key, Response)>,
     /// The peer's requests decoded under the lock, run after it (reused).
@@ -617,6 +822,21 @@ impl<S, H: Handler> Drop for Driver<S, H> {
 }
 
 impl<S, H: Handler> Driver<S, H> {
+    /// Resolves every pending request with a connection-ended error.
+    fn fail_pending(&mut self, st: &mut State, reason: &Arc<str>) {
+        for (key, waiting) in st.proto.take_pending() {
+            let error = PacketError::ConnectionEnded(reason.clone());
+            match waiting {
+                Waiting::Requester(waker) => {
+                    st.done.insert(key, Err(error));
+                    self.to_wake.extend(waker);
+                }
+                Waiting::Pipeline(slot) => self.to_wake.extend(st.deliver(slot, key.1, Err(error))),
+                Waiting::Detached => {}
+            }
+        }
+    }
+
     fn finish(&mut self) {
         if self.finished.borrow().is_some() {
             return;
@@ -627,15 +847,12 @@ impl<S, H: Handler> Driver<S, H> {
             .unwrap_or_else(|| Arc::from("connection closed"));
         self.running = FuturesUnordered::new();
         {
-            let mut st = self.shared.lock();
+            let shared = self.shared.clone();
+            let mut st = shared.lock();
             if st.ended.is_none() || self.failure.is_some() {
                 st.ended = Some(reason.clone());
             }
-            for (key, waker) in st.proto.take_pending() {
-                st.done
-                    .insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
-                self.to_wake.extend(waker);
-            }
+            self.fail_pending(&mut st, &reason);
             st.out.clear();
             st.space_waiters = false;
             st.proto.abandon_handling();
@@ -754,7 +971,7 @@ where
         // poll user futures without holding the lock: they may submit
         while !self.running.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
             match self.running.poll_next_unpin(cx) {
-                Poll::Ready(Some((outcome, key))) => {
+                Poll::Ready(Some((key, outcome))) => {
                     let response = outcome.unwrap_or_else(|_| {
                         tracing::error!(channel = key.0, tag = key.1, "request handler panicked");
                         Response::fail(HANDLER_FAILED)
@@ -784,44 +1001,71 @@ where
 
     /// Starts the handlers of the requests decoded in the last batch,
     /// outside the lock: handler code may submit requests of its own.
-    fn dispatch(&mut self) {
+    fn dispatch(&mut self, cx: &mut Context<'_>) {
         if self.incoming.is_empty() {
             return;
         }
         let mut incoming = std::mem::take(&mut self.incoming);
         for rq in incoming.drain(..) {
             let key = (rq.channel, rq.tag);
-            // a handler that panics fails its request, as the reference
-            // fails a handler that raises; the connection goes on
-            let handler = &self.handler;
-            let started =
-                std::panic::catch_unwind(AssertUnwindSafe(|| match handler.handle_now(rq) {
-                    Ok(response) => Ok(response),
-                    Err(rq) => {
-                        let span = tracing::debug_span!(
-                            "packet_request",
-                            channel = key.0,
-                            tag = key.1,
-                            rq_type = rq.rq_type
-                        );
-                        Err(handler.handle(rq).instrument(span))
-                    }
-                }));
-            match started {
-                Ok(Ok(response)) => self.completed.push((key, response)),
-                Ok(Err(fut)) => {
-                    let fut = AssertUnwindSafe(fut).catch_unwind();
-                    self.running
-                        .push(join(fut, futures_util::future::ready(key)));
-                }
-                Err(_) => {
-                    tracing::error!(channel = key.0, tag = key.1, "request handler panicked");
-                    self.completed.push((key, Response::fail(HANDLER_FAILED)));
-                }
+            if let Some(response) = self.start_handler(rq, cx) {
+                self.completed.push((key, response));
             }
         }
         self.incoming = incoming;
         self.flush_completed();
+    }
+
+    /// Runs one request's handler as far as it goes at once: its
+    /// [`Handler::handle_now`], else its future polled once, in place. Only
+    /// a future still pending joins `running` (no task, no allocation for
+    /// a handler that answers at once). A handler that panics fails its
+    /// request, as the reference fails a handler that raises; the
+    /// connection goes on.
+    fn start_handler(&mut self, rq: IncomingRequest, cx: &mut Context<'_>) -> Option<Response> {
+        let key = (rq.channel, rq.tag);
+        let handler = &self.handler;
+        let slot = &mut self.slot;
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let rq = match handler.handle_now(rq) {
+                Ok(response) => return Ok(response),
+                Err(rq) => rq,
+            };
+            let span = tracing::debug_span!(
+                "packet_request",
+                channel = key.0,
+                tag = key.1,
+                rq_type = rq.rq_type
+            );
+            let polled = {
+                let _entered = span.enter();
+                slot.as_mut().set(Some(handler.handle(rq)));
+                slot.as_mut().as_pin_mut().map(|f| f.poll(cx))
+            };
+            match polled {
+                Some(Poll::Ready(response)) => {
+                    slot.as_mut().set(None);
+                    Ok(response)
+                }
+                _ => Err(span),
+            }
+        }));
+        match started {
+            Ok(Ok(response)) => Some(response),
+            Ok(Err(span)) => {
+                // still running: it moves out with its slot (a new one for the next)
+                let fut = std::mem::replace(&mut self.slot, Box::pin(None));
+                self.running.push(Running { fut, key, span });
+                None
+            }
+            Err(_) => {
+                tracing::error!(channel = key.0, tag = key.1, "request handler panicked");
+                // the slot may hold a half-polled future: drop it apart
+                let old = std::mem::replace(&mut self.slot, Box::pin(None));
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(old)));
+                Some(Response::fail(HANDLER_FAILED))
+            }
+        }
     }
 
     fn respond(&mut self, st: &mut State, (channel, tag): Key, r: Response) {
@@ -851,18 +1095,37 @@ where
         }
     }
 
+    /// The next whole packet received, if any: from the run of whole
+    /// packets split off the read buffer at once (`chunk`), refilled when
+    /// it runs out.
+    fn next_packet(&mut self) -> Result<Option<Packet>, PacketError> {
+        if self.chunk_pos == self.chunk.len() {
+            let run = self.codec.whole_packets_len(&self.rbuf)?;
+            if run == 0 {
+                return Ok(None);
+            }
+            self.chunk = self.rbuf.split_to(run).freeze();
+            self.chunk_pos = 0;
+        }
+        self.codec
+            .decode_whole(&self.chunk, &mut self.chunk_pos)
+            .map(Some)
+    }
+
     fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
         while self.read_open {
             // decode what is buffered, while there is room to act on it,
-            // under one lock for the whole batch
-            if !self.rbuf.is_empty() {
+            // under one lock for the whole batch (at most max_handlers
+            // requests: they run after it)
+            let mut whole = false; // no complete packet left to decode
+            if !self.rbuf.is_empty() || self.chunk_pos < self.chunk.len() {
                 let shared = self.shared.clone();
                 let mut st = shared.lock();
                 while self.running.len() + self.incoming.len() < self.config.max_handlers
                     && self.wbuf.len() < WRITE_HIGH_WATER
                 {
-                    match self.codec.decode(&mut self.rbuf) {
+                    match self.next_packet() {
                         Ok(Some(packet)) => {
                             progress = true;
                             self.on_packet(&mut st, packet);
@@ -870,7 +1133,10 @@ where
                                 break;
                             }
                         }
-                        Ok(None) => break,
+                        Ok(None) => {
+                            whole = true;
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "protocol error: closing the connection");
                             self.fail(format!("protocol error: {e}"));
@@ -879,10 +1145,16 @@ where
                     }
                 }
                 drop(st);
+                if self.chunk_pos == self.chunk.len() {
+                    // let the read buffer reuse its storage once the
+                    // payloads handed out are dropped
+                    self.chunk = Bytes::new();
+                    self.chunk_pos = 0;
+                }
                 for w in self.to_wake.drain(..) {
                     w.wake();
                 }
-                self.dispatch();
+                self.dispatch(cx);
                 if !self.read_open {
                     return true;
                 }
@@ -890,6 +1162,9 @@ where
             if self.running.len() >= self.config.max_handlers || self.wbuf.len() >= WRITE_HIGH_WATER
             {
                 return progress; // woken by a handler or by the writer
+            }
+            if !whole && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
+                continue; // the batch was full: decode the rest before reading
             }
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
                 self.rbuf.reserve(READ_CHUNK);
@@ -934,12 +1209,18 @@ where
                 tag,
                 waiter,
                 response,
-            } => {
-                st.done.insert((channel, tag), Ok(response));
-                if let Some(w) = waiter {
-                    self.to_wake.push(w);
+            } => match waiter {
+                Waiting::Requester(waker) => {
+                    st.done.insert((channel, tag), Ok(response));
+                    self.to_wake.extend(waker);
                 }
-            }
+                Waiting::Detached if !response.ok => {
+                    tracing::debug!(channel, tag, reason = ?response.payload, "a push failed");
+                    st.proto.stats().note_push_failure();
+                }
+                Waiting::Detached => {}
+                Waiting::Pipeline(slot) => self.to_wake.extend(st.deliver(slot, tag, Ok(response))),
+            },
             Event::UnknownResponse { channel, tag } => {
                 tracing::debug!(
                     channel,
@@ -985,11 +1266,7 @@ where
         self.read_open = false;
         let reason: Arc<str> = Arc::from(reason);
         st.ended = Some(reason.clone());
-        for (key, waker) in st.proto.take_pending() {
-            st.done
-                .insert(key, Err(PacketError::ConnectionEnded(reason.clone())));
-            self.to_wake.extend(waker);
-        }
+        self.fail_pending(st, &reason);
         self.start_close(st);
     }
 
@@ -1012,12 +1289,15 @@ where
                     self.running = FuturesUnordered::new();
                     self.shared.lock().proto.abandon_handling();
                 }
-                // requests queued before the close go out before EOF
+                // requests queued before the close go out before EOF (once
+                // the writer has made room for the last of them)
                 self.take_outgoing();
-                tracing::debug!("sending EOF");
-                let _ = Packet::Eof.encode(&mut self.wbuf);
-                self.eof_sent = true;
-                progress = true;
+                if self.shared.lock().out.is_empty() {
+                    tracing::debug!("sending EOF");
+                    let _ = Packet::Eof.encode(&mut self.wbuf);
+                    self.eof_sent = true;
+                    progress = true;
+                }
             }
         }
         if let Some(d) = self.final_deadline.as_mut() {

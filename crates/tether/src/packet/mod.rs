@@ -21,7 +21,10 @@
 //!   channels).
 //! - [`PacketConnection`]: the tokio driver over any `AsyncRead +
 //!   AsyncWrite` (every [`ByteStream`](crate::transport::ByteStream)); its
-//!   [`submit`](PacketConnection::submit) returns a [`ResponseFuture`].
+//!   [`submit`](PacketConnection::submit) returns a [`ResponseFuture`];
+//!   [`push`](PacketConnection::push) sends a request whose response is
+//!   discarded; a [`Pipeline`] keeps many requests in flight and takes
+//!   their responses in completion order from one queue.
 //! - [`Handler`], [`handler_fn`], [`TypedRequest`] + [`Service`],
 //!   [`EchoService`]: answering the peer.
 //! - [`serve`]: an accept loop serving every connection at once, with an
@@ -67,6 +70,7 @@ mod codec;
 mod connection;
 mod error;
 mod handler;
+mod pipeline;
 mod proto;
 mod server;
 mod tag_table;
@@ -80,6 +84,7 @@ pub use handler::{
     handler_fn, EchoFuture, EchoService, FnHandler, Handler, NoHandler, Service, TypedRequest,
     HANDLER_FAILED, NO_HANDLER, UNKNOWN_RQ_TYPE,
 };
+pub use pipeline::Pipeline;
 pub use proto::{
     Event, IncomingRequest, Protocol, Response, Stats, StatsSnapshot, TagAllocator, Waiter,
     DUPLICATE_TAG,

@@ -131,6 +131,7 @@ pub struct Stats {
     cancelled: AtomicU64,
     in_flight: AtomicU64,
     handlers_running: AtomicU64,
+    push_failures: AtomicU64,
 }
 
 /// A copy of a connection's counters at one moment.
@@ -155,6 +156,10 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     /// The peer's requests being handled right now.
     pub handlers_running: u64,
+    /// Failure responses to pushes
+    /// ([`PacketConnection::push`](super::PacketConnection::push)), whose
+    /// responses nobody awaits.
+    pub push_failures: u64,
 }
 
 impl Stats {
@@ -169,7 +174,14 @@ impl Stats {
             cancelled: self.cancelled.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             handlers_running: self.handlers_running.load(Relaxed),
+            push_failures: self.push_failures.load(Relaxed),
         }
+    }
+
+    /// Counts a failure response to a push. Like every counter, written by
+    /// one owner at a time (the driver, under its lock).
+    pub(crate) fn note_push_failure(&self) {
+        bump(&self.push_failures, 1);
     }
 }
 

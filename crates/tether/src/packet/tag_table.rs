@@ -8,9 +8,12 @@ use super::proto::FxHasher;
 
 /// How many consecutive channel-0 tags the ring spans at most. A request
 /// pending while more than this many later ones were sent moves to the
-/// overflow map, so the ring never holds more than this many slots
-/// (4096 × a small value: tens of KiB at worst).
-const RING_SPAN: u64 = 4096;
+/// overflow map, so the ring never holds more than this many slots.
+/// 65536, the default `max_pending`: a window of pushes that full stays in
+/// the ring (4096 sent W6's pushes to the hash map, a third more
+/// instructions per push); at worst 65536 × a small value, about what
+/// that many entries would take in the map.
+const RING_SPAN: u64 = 65536;
 
 /// A map from `(channel, tag)` to `V`.
 ///
@@ -57,7 +60,24 @@ impl<V> TagTable<V> {
     }
 
     /// Inserts `value` under `key`, replacing (and returning) any old value.
+    #[inline]
     pub fn insert(&mut self, key: (u64, u64), value: V) -> Option<V> {
+        let (channel, tag) = key;
+        // the hot path: the next consecutive tag, appended
+        if channel == 0
+            && tag.wrapping_sub(self.base) == self.ring.len() as u64
+            && !self.ring.is_empty()
+            && (self.ring.len() as u64) < RING_SPAN
+            && self.other.is_empty()
+        {
+            self.ring.push_back(Some(value));
+            self.in_ring += 1;
+            return None;
+        }
+        self.insert_slow(key, value)
+    }
+
+    fn insert_slow(&mut self, key: (u64, u64), value: V) -> Option<V> {
         let (channel, tag) = key;
         if channel == 0 {
             if self.ring.is_empty() {
@@ -106,9 +126,17 @@ impl<V> TagTable<V> {
     }
 
     /// Removes and returns the value under `key`.
+    #[inline]
     pub fn remove(&mut self, key: (u64, u64)) -> Option<V> {
         if let Some(i) = self.ring_index(key) {
-            if let Some(v) = self.ring[i].take() {
+            let v = if i == 0 {
+                // the hot path: the oldest entry
+                self.base += 1;
+                self.ring.pop_front().flatten()
+            } else {
+                self.ring[i].take()
+            };
+            if let Some(v) = v {
                 self.in_ring -= 1;
                 // drop empty slots at the front
                 while matches!(self.ring.front(), Some(None)) {

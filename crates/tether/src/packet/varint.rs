@@ -49,6 +49,16 @@ pub fn put<B: BufMut + ?Sized>(dst: &mut B, value: u64) {
 /// Redundant leading `0x80` bytes are accepted, as the reference does.
 #[inline]
 pub fn decode(src: &[u8]) -> Result<Option<(u64, usize)>, VarintError> {
+    // one byte: most tags, header words, rq_types and small lengths
+    if let Some(&b) = src.first() {
+        if b < 0x80 {
+            return Ok(Some((u64::from(b), 1)));
+        }
+    }
+    decode_long(src)
+}
+
+fn decode_long(src: &[u8]) -> Result<Option<(u64, usize)>, VarintError> {
     let mut value: u64 = 0;
     for (i, &b) in src.iter().enumerate() {
         if value >> 57 != 0 {

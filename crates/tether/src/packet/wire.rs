@@ -171,7 +171,7 @@ pub(crate) enum Header {
 impl Header {
     /// Parses the fields at the start of `body`; returns them and where the
     /// payload starts.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn parse(body: &[u8]) -> Result<(Header, usize), PacketError> {
         let mut pos = 0;
         let tag = field(body, &mut pos, "tag")?;
@@ -211,7 +211,7 @@ impl Header {
     }
 
     /// The packet, with the payload taken only for requests and responses.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn with_payload(self, payload: impl FnOnce() -> Bytes) -> Packet {
         match self {
             Header::Request {
@@ -244,16 +244,32 @@ impl Header {
     }
 }
 
-#[inline]
+/// Reads one varint field at `body[*pos..]` and moves `pos` past it (the
+/// loop of [`varint::decode`], inlined: this runs for every field of every
+/// packet received).
+#[inline(always)]
 fn field(body: &[u8], pos: &mut usize, name: &'static str) -> Result<u64, PacketError> {
-    match varint::decode(&body[*pos..]) {
-        Ok(Some((v, n))) => {
-            *pos += n;
-            Ok(v)
+    let mut value = 0u64;
+    let mut i = *pos;
+    loop {
+        let Some(&b) = body.get(i) else {
+            return Err(truncated(name));
+        };
+        if value >> 57 != 0 {
+            return Err(PacketError::VarintOverflow); // this group would not fit
         }
-        Ok(None) => Err(PacketError::Truncated { field: name }),
-        Err(_) => Err(PacketError::VarintOverflow),
+        i += 1;
+        value = (value << 7) | u64::from(b & 0x7f);
+        if b < 0x80 {
+            *pos = i;
+            return Ok(value);
+        }
     }
+}
+
+#[cold]
+fn truncated(field: &'static str) -> PacketError {
+    PacketError::Truncated { field }
 }
 
 #[inline]
@@ -277,38 +293,58 @@ fn put_raw(
     rq_wire: Option<u64>,
     payload: &[u8],
 ) {
-    // the fields first, into a small stack buffer (at most 4 × 10 bytes),
-    // then the length prefix, the fields and the payload in three copies
-    let mut fields = [0u8; 40];
-    let mut n = put_varint_at(&mut fields, 0, tag);
-    n = put_varint_at(&mut fields, n, h);
+    // the fields first, into a stack buffer after room for the longest
+    // length prefix (at most 4 × 10 bytes of fields), then the prefix just
+    // before them: the header goes out in one copy, the payload in another
+    const PREFIX: usize = 10;
+    let mut header = [0u8; PREFIX + 40];
+    let mut end = put_varint_at(&mut header, PREFIX, tag);
+    end = put_varint_at(&mut header, end, h);
     if channel != 0 {
-        n = put_varint_at(&mut fields, n, channel);
+        end = put_varint_at(&mut header, end, channel);
     }
     if let Some(rq) = rq_wire {
-        n = put_varint_at(&mut fields, n, rq);
+        end = put_varint_at(&mut header, end, rq);
     }
-    let len = (n + payload.len()) as u64;
-    let mut prefix = [0u8; 10];
-    let p = put_varint_at(&mut prefix, 0, len);
-    dst.reserve(p + n + payload.len());
-    dst.extend_from_slice(&prefix[..p]);
-    dst.extend_from_slice(&fields[..n]);
-    dst.extend_from_slice(payload);
+    let len = (end - PREFIX + payload.len()) as u64;
+    let start = PREFIX - varint::encoded_len(len);
+    put_varint_at(&mut header, start, len);
+    dst.reserve(end - start + payload.len());
+    dst.extend_from_slice(&header[start..end]);
+    if !payload.is_empty() {
+        dst.extend_from_slice(payload); // not for an acknowledgement
+    }
 }
 
-/// Writes `value` as a varint at `buf[at..]`; returns the end.
+/// Writes `value` as a varint at `buf[at..]`; returns the end. Values
+/// below 2^21 (tags of the first two million requests, small lengths) take
+/// a branch each, without a loop.
 #[inline(always)]
 fn put_varint_at(buf: &mut [u8], at: usize, value: u64) -> usize {
-    if value < 0x80 {
+    if value < 1 << 7 {
         buf[at] = value as u8;
         return at + 1;
     }
+    if value < 1 << 14 {
+        let b = &mut buf[at..at + 2];
+        b[0] = (value >> 7) as u8 | 0x80;
+        b[1] = value as u8 & 0x7f;
+        return at + 2;
+    }
+    if value < 1 << 21 {
+        let b = &mut buf[at..at + 3];
+        b[0] = (value >> 14) as u8 | 0x80;
+        b[1] = (value >> 7) as u8 | 0x80;
+        b[2] = value as u8 & 0x7f;
+        return at + 3;
+    }
     let n = varint::encoded_len(value);
-    for i in 0..n {
-        let shift = 7 * (n - 1 - i);
-        let b = ((value >> shift) & 0x7f) as u8;
-        buf[at + i] = if i + 1 == n { b } else { b | 0x80 };
+    let b = &mut buf[at..at + n];
+    let mut v = value;
+    b[n - 1] = v as u8 & 0x7f;
+    for byte in b[..n - 1].iter_mut().rev() {
+        v >>= 7;
+        *byte = v as u8 | 0x80;
     }
     at + n
 }

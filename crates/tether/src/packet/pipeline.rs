@@ -1,0 +1,206 @@
+//! [`Pipeline`]: many requests in flight, their responses taken in
+//! completion order from one place.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+
+use super::connection::{check_request, enqueue_slow, try_enqueue, PipeSlot, Shared, Taker};
+use super::{PacketConnection, PacketError, Response};
+
+/// Requests on one connection whose responses come back through one
+/// queue, in completion order, each with its tag: the tagged counterpart
+/// of a hand-written pipeline over a framed stream.
+///
+/// A future per request ([`PacketConnection::submit`]) costs a wake-up
+/// and a hand-over per response; a pipeline takes every response that
+/// arrived in one batch under one lock, with at most one wake-up. Use it
+/// to keep many requests in flight from one task.
+///
+/// Every request submitted resolves exactly once through
+/// [`next`](Self::next), with its response or, if the connection ends
+/// first, a connection-ended error. Dropping the pipeline abandons its
+/// requests: their responses are discarded when they come (and counted in
+/// [`StatsSnapshot::cancelled`](super::StatsSnapshot::cancelled)).
+///
+/// ```
+/// # async fn run() -> Result<(), tether::packet::PacketError> {
+/// use tether::packet::{EchoService, NoHandler, PacketConfig, PacketConnection};
+/// use tether::transport::memory_pair;
+///
+/// let (a, b) = memory_pair(64 * 1024);
+/// let _server = PacketConnection::spawn(b, EchoService, PacketConfig::default());
+/// let client = PacketConnection::spawn(a, NoHandler, PacketConfig::default());
+/// let mut pipeline = client.pipeline();
+/// // 1000 echo requests, 64 in flight at any time
+/// let (mut sent, mut done) = (0, 0);
+/// while done < 1000 {
+///     while sent < 1000 && pipeline.in_flight() < 64 {
+///         pipeline.submit(0, 0, format!("request {sent}")).await?;
+///         sent += 1;
+///     }
+///     let (_tag, response) = pipeline.next().await.expect("requests in flight");
+///     assert!(response?.ok);
+///     done += 1;
+/// }
+/// assert!(pipeline.next().await.is_none()); // nothing left in flight
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    /// Our slot in the connection's pipeline table.
+    slot: usize,
+    /// Results taken from the slot, not yet returned.
+    local: VecDeque<(u64, Result<Response, PacketError>)>,
+    /// Submitted and not yet returned by `next`.
+    in_flight: usize,
+}
+
+/// Where [`Pipeline::submit`] left a request.
+enum Step {
+    Queued(u64),
+    Wait(Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>),
+    Failed(Box<PacketError>),
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl PacketConnection {
+    /// A new [`Pipeline`] on this connection (any number may coexist).
+    pub fn pipeline(&self) -> Pipeline {
+        let mut st = self.shared.lock();
+        let slot = match st.pipelines.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                st.pipelines.push(None);
+                st.pipelines.len() - 1
+            }
+        };
+        st.pipelines[slot] = Some(PipeSlot::default());
+        drop(st);
+        Pipeline {
+            shared: self.shared.clone(),
+            slot,
+            local: VecDeque::new(),
+            in_flight: 0,
+        }
+    }
+}
+
+impl Pipeline {
+    /// Sends a request on channel 0; resolves to its tag once it is queued.
+    /// Its response comes from [`next`](Self::next).
+    ///
+    /// As with [`PacketConnection::submit`], the request is queued at once,
+    /// in call order, unless 64 KiB of requests are already waiting to be
+    /// written or
+    /// [`PacketConfig::max_pending`](super::PacketConfig::max_pending)
+    /// requests are in flight: then the future queues it when there is
+    /// room (dropping it before then drops the request). Errors as
+    /// `submit`'s (the request is then not in flight).
+    pub fn submit(
+        &mut self,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<u64, PacketError>> + Send + '_ {
+        let payload: Bytes = payload.into();
+        let taker = Taker::Pipeline(self.slot);
+        // the fast path runs here, not in the future, and the future stays
+        // small (the rare error boxed): it is built and moved per request
+        let now = check_request(rq_type, flags, payload.len(), self.shared.max_body_len)
+            .and_then(|()| try_enqueue(&self.shared, 0, rq_type, flags, &payload, taker));
+        let step = match now {
+            Ok(Some(tag)) => {
+                self.in_flight += 1;
+                Step::Queued(tag)
+            }
+            Ok(None) => Step::Wait(Box::pin(enqueue_slow(
+                self.shared.clone(),
+                0,
+                rq_type,
+                flags,
+                payload,
+                taker,
+            ))),
+            Err(e) => Step::Failed(Box::new(e)),
+        };
+        async move {
+            match step {
+                Step::Queued(tag) => Ok(tag),
+                Step::Wait(slow) => {
+                    let tag = slow.await?;
+                    self.in_flight += 1;
+                    Ok(tag)
+                }
+                Step::Failed(e) => Err(*e),
+            }
+        }
+    }
+
+    /// The next response to arrive, with its request's tag; `None` when no
+    /// request is in flight. A failure response is `Ok(Response { ok:
+    /// false, .. })`; `Err` means the connection ended before the response.
+    pub async fn next(&mut self) -> Option<(u64, Result<Response, PacketError>)> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Polls for the next response (see [`next`](Self::next)).
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(u64, Result<Response, PacketError>)>> {
+        if self.local.is_empty() {
+            if self.in_flight == 0 {
+                return Poll::Ready(None);
+            }
+            let mut st = self.shared.lock();
+            let Some(Some(p)) = st.pipelines.get_mut(self.slot) else {
+                return Poll::Ready(None); // cannot happen: the slot is ours
+            };
+            if p.ready.is_empty() {
+                if !p.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    p.waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            // take the whole batch at once
+            std::mem::swap(&mut self.local, &mut p.ready);
+        }
+        self.in_flight -= 1;
+        Poll::Ready(self.local.pop_front())
+    }
+
+    /// Requests submitted whose response [`next`](Self::next) has not
+    /// returned yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        if let Some(Some(p)) = st.pipelines.get_mut(self.slot) {
+            if p.pending == 0 {
+                st.pipelines[self.slot] = None;
+            } else {
+                // the task frees the slot when the last response is in
+                p.dropped = true;
+                p.ready.clear();
+                p.waker = None;
+            }
+        }
+    }
+}
