@@ -29,7 +29,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::time::Sleep;
 use tracing::Instrument;
 
@@ -89,7 +89,8 @@ impl Default for PacketConfig {
 
 type Key = (u64, u64);
 
-/// How the connection ended: `Ok` after an orderly shutdown, or why not.
+/// How the connection ended (`None` while it runs): `Ok` after an orderly
+/// shutdown, or why not.
 type Outcome = Option<Result<(), Arc<str>>>;
 
 /// Who takes the response of a pending request.
@@ -129,6 +130,8 @@ pub(super) struct State {
     /// Set while the task is idle: whoever gives it work wakes it.
     driver_waker: Option<Waker>,
     close_requested: bool,
+    /// Set when the connection task has finished.
+    outcome: Outcome,
     /// Set once no response can come any more: new requests fail with it.
     ended: Option<Arc<str>>,
     /// A requester waits for room (in `out` or in the pending table).
@@ -179,6 +182,9 @@ impl State {
 pub(super) struct Shared {
     state: Mutex<State>,
     space: Notify,
+    /// Wakes [`PacketConnection::closed`] when the task finishes. (A watch
+    /// channel did this at 300-odd bytes a connection: it keeps 8 Notify.)
+    ended: Notify,
     stats: Arc<Stats>,
     handles: AtomicUsize,
     pub(super) max_body_len: usize,
@@ -227,7 +233,6 @@ impl Shared {
 /// ```
 pub struct PacketConnection {
     pub(super) shared: Arc<Shared>,
-    finished: watch::Receiver<Outcome>,
 }
 
 impl Clone for PacketConnection {
@@ -235,7 +240,6 @@ impl Clone for PacketConnection {
         self.shared.handles.fetch_add(1, Ordering::Relaxed);
         PacketConnection {
             shared: self.shared.clone(),
-            finished: self.finished.clone(),
         }
     }
 }
@@ -270,12 +274,16 @@ impl PacketConnection {
         Self::spawn_named(io, handler, config, "-")
     }
 
-    fn spawn_named<S, H>(io: S, handler: H, config: PacketConfig, peer: &str) -> PacketConnection
+    pub(super) fn spawn_named<S, H>(
+        io: S,
+        handler: H,
+        config: PacketConfig,
+        peer: &str,
+    ) -> PacketConnection
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         H: Handler,
     {
-        let (finished_tx, finished) = watch::channel(None);
         let proto = Protocol::new();
         let stats = proto.stats().clone();
         let shared = Arc::new(Shared {
@@ -285,11 +293,13 @@ impl PacketConnection {
                 done: TagTable::default(),
                 driver_waker: None,
                 close_requested: false,
+                outcome: None,
                 ended: None,
                 space_waiters: false,
                 pipelines: Vec::new(),
             }),
             space: Notify::new(),
+            ended: Notify::new(),
             stats,
             handles: AtomicUsize::new(1),
             max_body_len: config.max_body_len,
@@ -304,7 +314,7 @@ impl PacketConnection {
             codec: PacketCodec::with_max_body_len(config.max_body_len),
             shared: shared.clone(),
             handler,
-            running: FuturesUnordered::new(),
+            running: RunningSet::default(),
             slot: Box::pin(None),
             completed: Vec::new(),
             incoming: Vec::new(),
@@ -318,12 +328,11 @@ impl PacketConnection {
             final_deadline: None,
             failure: None,
             unclean: None,
-            finished: finished_tx,
             config,
         };
         let span = tracing::debug_span!("packet_connection", peer = %peer);
         tokio::spawn(driver.instrument(span));
-        PacketConnection { shared, finished }
+        PacketConnection { shared }
     }
 
     /// Connects to `endpoint` (any transport) and starts a connection.
@@ -529,21 +538,23 @@ impl PacketConnection {
     /// Waits until the connection has ended (closed by either side or
     /// failed); `Ok` after an orderly end.
     pub async fn closed(&self) -> Result<(), PacketError> {
-        let mut rx = self.finished.clone();
-        let outcome = match rx.wait_for(|o| o.is_some()).await {
-            Ok(o) => o.clone(),
-            Err(_) => None,
-        };
-        match outcome {
-            Some(Ok(())) => Ok(()),
-            Some(Err(reason)) => Err(PacketError::ConnectionEnded(reason)),
-            None => Err(PacketError::ended("connection task stopped")),
+        loop {
+            let notified = self.shared.ended.notified();
+            tokio::pin!(notified);
+            // registered before looking, so an end in between still wakes us
+            notified.as_mut().enable();
+            match self.shared.lock().outcome.clone() {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(reason)) => return Err(PacketError::ConnectionEnded(reason)),
+                None => {}
+            }
+            notified.await;
         }
     }
 
     /// True once the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.finished.borrow().is_some()
+        self.shared.lock().outcome.is_some()
     }
 
     /// The connection's counters.
@@ -751,6 +762,48 @@ struct Running<F> {
 
 type Panic = Box<dyn std::any::Any + Send>;
 
+/// The handlers still running after their first poll. Most answer at once,
+/// so the set (two allocations even when empty) is made only when one does
+/// not, and dropped when the connection goes idle.
+struct RunningSet<F>(Option<FuturesUnordered<Running<F>>>);
+
+impl<F> Default for RunningSet<F> {
+    fn default() -> Self {
+        RunningSet(None)
+    }
+}
+
+impl<F: Future<Output = Response>> RunningSet<F> {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, running: Running<F>) {
+        self.0
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(running);
+    }
+
+    fn poll_next_unpin(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(Key, Result<Response, Panic>)>> {
+        match &mut self.0 {
+            Some(set) => set.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// Drops every handler still running.
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
 impl<F: Future<Output = Response>> Future for Running<F> {
     type Output = (Key, Result<Response, Panic>);
 
@@ -782,7 +835,7 @@ struct Driver<S, H: Handler> {
     codec: PacketCodec,
     shared: Arc<Shared>,
     handler: H,
-    running: FuturesUnordered<Running<H::Future>>,
+    running: RunningSet<H::Future>,
     /// Where the next handler future is polled first (reused while
     /// handlers finish at once).
     slot: Slot<H::Future>,
@@ -806,14 +859,13 @@ struct Driver<S, H: Handler> {
     /// Why the end was not orderly, when the task could still close in
     /// order (end of stream without EOF, cut mid-packet).
     unclean: Option<Arc<str>>,
-    finished: watch::Sender<Outcome>,
 }
 
 impl<S, H: Handler> Drop for Driver<S, H> {
     /// A task dropped before it finished (its runtime shut down, or it
     /// panicked) still resolves every pending request.
     fn drop(&mut self) {
-        if self.finished.borrow().is_none() {
+        if self.shared.lock().outcome.is_none() {
             self.failure
                 .get_or_insert_with(|| Arc::from("connection task stopped"));
             self.finish();
@@ -838,14 +890,14 @@ impl<S, H: Handler> Driver<S, H> {
     }
 
     fn finish(&mut self) {
-        if self.finished.borrow().is_some() {
+        if self.shared.lock().outcome.is_some() {
             return;
         }
         let reason: Arc<str> = self
             .failure
             .clone()
             .unwrap_or_else(|| Arc::from("connection closed"));
-        self.running = FuturesUnordered::new();
+        self.running.clear();
         {
             let shared = self.shared.clone();
             let mut st = shared.lock();
@@ -865,8 +917,12 @@ impl<S, H: Handler> Driver<S, H> {
             None => Ok(()),
             Some(r) => Err(r.clone()),
         };
-        tracing::debug!(?outcome, "connection ended");
-        self.finished.send_replace(Some(outcome));
+        match &outcome {
+            Ok(()) => tracing::debug!("connection ended"),
+            Err(reason) => tracing::info!(%reason, "connection ended"),
+        }
+        self.shared.lock().outcome = Some(outcome);
+        self.shared.ended.notify_waiters();
     }
 }
 
@@ -1196,7 +1252,24 @@ where
                     self.fail(format!("read failed: {e}"));
                     return true;
                 }
-                Poll::Pending => return progress,
+                Poll::Pending => {
+                    if self.rbuf.is_empty() && self.chunk_pos == self.chunk.len() {
+                        // Nothing to read for now: give the buffer back, so
+                        // an idle connection holds no 16 KiB of it. Busy
+                        // ones pay one allocation per wake-up, not per packet.
+                        self.rbuf = BytesMut::new();
+                        if self.running.is_empty() {
+                            self.running.clear();
+                            self.incoming = Vec::new();
+                            self.completed = Vec::new();
+                            self.to_wake = Vec::new();
+                        }
+                        if self.wbuf.is_empty() {
+                            self.wbuf = BytesMut::new();
+                        }
+                    }
+                    return progress;
+                }
             }
         }
         progress
@@ -1286,7 +1359,7 @@ where
                         abandoned = self.running.len(),
                         "handlers still running at the close timeout"
                     );
-                    self.running = FuturesUnordered::new();
+                    self.running.clear();
                     self.shared.lock().proto.abandon_handling();
                 }
                 // requests queued before the close go out before EOF (once
@@ -1351,7 +1424,24 @@ where
                     self.shutdown_done = true;
                     progress = true;
                 }
-                Poll::Pending => return progress,
+                Poll::Pending => {
+                    if self.rbuf.is_empty() && self.chunk_pos == self.chunk.len() {
+                        // Nothing to read for now: give the buffer back, so
+                        // an idle connection holds no 16 KiB of it. Busy
+                        // ones pay one allocation per wake-up, not per packet.
+                        self.rbuf = BytesMut::new();
+                        if self.running.is_empty() {
+                            self.running.clear();
+                            self.incoming = Vec::new();
+                            self.completed = Vec::new();
+                            self.to_wake = Vec::new();
+                        }
+                        if self.wbuf.is_empty() {
+                            self.wbuf = BytesMut::new();
+                        }
+                    }
+                    return progress;
+                }
             }
         }
         progress

@@ -35,8 +35,10 @@ where
     F: Future,
 {
     let limit = config.close_timeout + config.eof_timeout + Duration::from_secs(1);
+    // Handles to close at shutdown. Ended ones are swept out whenever the
+    // list has doubled since the last sweep: amortised O(1) per accept.
     let mut conns: Vec<PacketConnection> = Vec::new();
-    let mut tasks = JoinSet::new();
+    let mut sweep_at = 64;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -45,21 +47,24 @@ where
                 Ok(stream) => {
                     let peer = stream.peer();
                     tracing::debug!(%peer, "packet connection accepted");
-                    let conn = PacketConnection::spawn(stream, handler.clone(), config.clone());
-                    conns.retain(|c| !c.is_closed());
-                    conns.push(conn.clone());
-                    tasks.spawn(async move {
-                        if let Err(e) = conn.closed().await {
-                            tracing::info!(%peer, error = %e, "packet connection ended");
-                        }
-                    });
+                    // No task per connection beside its own: it logs its end.
+                    let conn = PacketConnection::spawn_named(
+                        stream,
+                        handler.clone(),
+                        config.clone(),
+                        &peer.to_string(),
+                    );
+                    if conns.len() >= sweep_at {
+                        conns.retain(|c| !c.is_closed());
+                        sweep_at = (conns.len() * 2).max(64);
+                    }
+                    conns.push(conn);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
     drop(listener);
