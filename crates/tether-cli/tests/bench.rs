@@ -79,7 +79,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "tether-packet",
         ],
     ),
-    ("pipelined", &["tokio-framed", "tether-packet"]),
+    ("pipelined", &["tokio-framed", "tether-packet", "tether-pipeline"]),
     (
         "fanin",
         &[
@@ -184,8 +184,8 @@ fn workloads_are_chosen_by_name_or_id() {
         .map(|l| pairs(l)[0].1)
         .collect();
     assert_eq!(workloads.iter().filter(|w| **w == "rtt").count(), 6);
-    assert_eq!(workloads.iter().filter(|w| **w == "pipelined").count(), 2);
-    assert_eq!(workloads.len(), 8, "{out}");
+    assert_eq!(workloads.iter().filter(|w| **w == "pipelined").count(), 3);
+    assert_eq!(workloads.len(), 9, "{out}");
     // with --runs 2 each line says so
     assert!(out
         .lines()

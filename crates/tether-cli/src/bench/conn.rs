@@ -48,7 +48,7 @@ pub async fn start_echo_server(ctx: &Ctx, imp: Impl, tls: bool) -> CliResult<Run
                 .spawn(|r, s| session_server(r, s, LengthCodec::new(), server_tls))
                 .await
         }
-        Impl::TetherPacket => {
+        Impl::TetherPacket | Impl::TetherPipeline => {
             ctx.server
                 .spawn(|r, s| packet_server(r, s, server_tls))
                 .await
@@ -102,7 +102,7 @@ impl Conn {
                     .connect()
                     .await?,
             ),
-            Impl::TetherPacket => Conn::Packet(
+            Impl::TetherPacket | Impl::TetherPipeline => Conn::Packet(
                 PacketConnection::connect_with(
                     &endpoint,
                     &options.connect_options(),

@@ -147,7 +147,8 @@ impl Workload {
                 TetherBlocking,
                 TetherPacket,
             ],
-            Workload::Pipelined | Workload::Push => &[TokioFramed, TetherPacket],
+            Workload::Pipelined => &[TokioFramed, TetherPacket, TetherPipeline],
+            Workload::Push => &[TokioFramed, TetherPacket],
             Workload::Fanin | Workload::Idle => {
                 &[TokioFramed, TetherSentinel, TetherLength, TetherPacket]
             }
@@ -171,6 +172,9 @@ pub enum Impl {
     TetherBlocking,
     /// tether's packet layer.
     TetherPacket,
+    /// tether's packet layer through a `Pipeline` (W3 only): responses in
+    /// completion order from one queue, no future per request.
+    TetherPipeline,
 }
 
 impl Impl {
@@ -183,6 +187,7 @@ impl Impl {
             Impl::TetherLength => "tether-length",
             Impl::TetherBlocking => "tether-blocking",
             Impl::TetherPacket => "tether-packet",
+            Impl::TetherPipeline => "tether-pipeline",
         }
     }
 

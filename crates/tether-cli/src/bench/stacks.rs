@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
 use tether::framing::FramingError;
 use tether::packet::{
     EchoService, Handler as PacketHandler, IncomingRequest, NoHandler, PacketConfig,
@@ -34,10 +32,6 @@ use crate::CliResult;
 
 /// Sessions a bench server accepts at once: above W8's 10,000 idle ones.
 const MAX_CONNECTIONS: usize = 65_536;
-/// Pushes the packet server keeps unanswered per client in the push
-/// workload: enough to keep a 64 KiB write buffer full of 64-byte requests
-/// while acknowledgements come back, small next to the pending limit.
-pub const PUSH_WINDOW: usize = 256;
 
 /// Binds a tether listener on 127.0.0.1 (TLS when `tls` is given).
 pub async fn bind(tls: Option<TlsServerConfig>) -> CliResult<(Listener, SocketAddr)> {
@@ -115,8 +109,9 @@ pub async fn packet_server(
     Ok(())
 }
 
-/// The push workload's packet server: as each client connects, submits
-/// `n` 64-byte requests to it, [`PUSH_WINDOW`] at most unanswered.
+/// The push workload's packet server: as each client connects, pushes `n`
+/// 64-byte messages to it with [`PacketConnection::push`] (requests whose
+/// acknowledgements the connection discards).
 pub async fn packet_push_server(
     ready: oneshot::Sender<SocketAddr>,
     stop: oneshot::Receiver<()>,
@@ -147,16 +142,10 @@ pub async fn packet_push_server(
 
 async fn push_to(conn: PacketConnection, n: u64) {
     let msg = payload(64);
-    let mut inflight = FuturesUnordered::new();
-    let mut sent = 0;
-    while sent < n || !inflight.is_empty() {
-        while sent < n && inflight.len() < PUSH_WINDOW {
-            inflight.push(conn.submit(0, 0, msg.clone()));
-            sent += 1;
-        }
-        match inflight.next().await {
-            Some(Ok(r)) if r.ok => {}
-            _ => return,
+    for _ in 0..n {
+        // `push` waits only when the send queue or the pending table is full
+        if conn.push(0, 0, msg.clone()).await.is_err() {
+            return;
         }
     }
     let _ = conn.close().await;

@@ -1,9 +1,11 @@
 //! W3 pipelined: one connection, 64 requests in flight, 200,000 64-byte
 //! echoes. tether-packet keeps 64 tagged requests outstanding with
-//! `submit` (responses taken in completion order); the tokio-framed
-//! baseline, which has no tags, is an in-order pipeline keeping 64
-//! outstanding: it takes every reply already buffered, then refills the
-//! window in one write.
+//! `submit` (a future per request, taken in completion order through a
+//! `FuturesUnordered`); tether-pipeline does the same through a
+//! `Pipeline` (one queue of responses in completion order). The
+//! tokio-framed baseline, which has no tags, is an in-order pipeline
+//! keeping 64 outstanding: it takes every reply already buffered, then
+//! refills the window in one write.
 
 use std::time::Instant;
 
@@ -31,6 +33,7 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
             match imp {
                 Impl::TokioFramed => framed(addr, n).await,
                 Impl::TetherPacket => packet(addr, n).await,
+                Impl::TetherPipeline => pipeline(addr, n).await,
                 _ => Err(format!("{} has no pipelined client", imp.name()).into()),
             }
         })
@@ -70,6 +73,40 @@ async fn packet(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Dura
         }
     }
     let elapsed = start.elapsed();
+    c.close().await?;
+    Ok(elapsed)
+}
+
+async fn pipeline(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Duration> {
+    let ep = Endpoint::tcp(addr.ip().to_string(), addr.port());
+    let c = PacketConnection::connect(
+        &ep,
+        std::time::Duration::from_secs(5),
+        NoHandler,
+        PacketConfig::default(),
+    )
+    .await?;
+    let p = payload(64);
+    let mut pipe = c.pipeline();
+    let start = Instant::now();
+    let (mut sent, mut done) = (0, 0);
+    while done < n {
+        while sent < n && pipe.in_flight() < IN_FLIGHT {
+            pipe.submit(0, 0, p.clone()).await?;
+            sent += 1;
+        }
+        match pipe.next().await {
+            Some((_tag, r)) => {
+                if r?.payload.len() != p.len() {
+                    return Err("a pipelined echo came back wrong".into());
+                }
+                done += 1;
+            }
+            None => return Err("the pipeline ran dry".into()),
+        }
+    }
+    let elapsed = start.elapsed();
+    drop(pipe);
     c.close().await?;
     Ok(elapsed)
 }

@@ -4,10 +4,10 @@
 //!
 //! - tokio-framed: raw one-way frames from server to client (`feed`, so
 //!   writes are batched), the client counts frames.
-//! - tether-packet: the packet layer has requests, not one-way sends: the
-//!   server submits requests to each client, keeping
-//!   [`PUSH_WINDOW`](crate::bench::stacks::PUSH_WINDOW) unanswered; the
-//!   client's handler acknowledges each at once (empty response).
+//! - tether-packet: the wire has requests, not one-way sends, so the server
+//!   uses `PacketConnection::push`: a request whose acknowledgement (an
+//!   empty response from the client's handler) is read and discarded, many
+//!   in flight, bounded by the connection's queue and pending limits.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
