@@ -36,6 +36,7 @@ use tracing::Instrument;
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
 use super::handler::{Handler, TypedRequest, HANDLER_FAILED};
 use super::proto::{Event, IncomingRequest, Protocol, Stats, StatsSnapshot};
+use super::scratch::{Scratch, POOL_MAX_BUFFER};
 use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
 use super::{Packet, PacketError, Response};
@@ -47,9 +48,12 @@ use crate::transport::{self, ConnectOptions, Endpoint};
 /// packet limit, large enough that 64-byte packets are batched by the
 /// hundred.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// Bytes reserved for each read. 16 KiB amortises the syscall over many
-/// small packets without holding much memory per idle connection.
+/// Bytes reserved for each read, at most. 16 KiB amortises the syscall over
+/// many small packets.
 const READ_CHUNK: usize = 16 * 1024;
+/// ... and at first: a connection starts small and doubles its reads while
+/// they come back full, so a quiet one never holds more than this.
+const FIRST_READ_CHUNK: usize = 1024;
 /// Loop rounds before the task yields to the scheduler voluntarily, so one
 /// busy connection cannot starve others on its worker thread; each round
 /// moves up to a full write buffer, so 64 rounds is several MiB.
@@ -325,6 +329,10 @@ impl PacketConnection {
             shutdown_done: false,
             needs_flush: false,
             handler_deadline: None,
+            read_chunk: FIRST_READ_CHUNK,
+            scratch: None,
+            rbuf_grown: false,
+
             final_deadline: None,
             failure: None,
             unclean: None,
@@ -853,6 +861,14 @@ struct Driver<S, H: Handler> {
     shutdown_done: bool,
     needs_flush: bool,
     handler_deadline: Option<Pin<Box<Sleep>>>,
+    /// How much the next read reserves (grows while reads come back full).
+    read_chunk: usize,
+    /// While the buffers are borrowed from the thread's pool (see
+    /// `adopt_scratch`): the box they go back in.
+    scratch: Option<Box<Scratch>>,
+    /// `rbuf` grew past what the pool keeps.
+    rbuf_grown: bool,
+
     final_deadline: Option<Pin<Box<Sleep>>>,
     /// Why the connection ended, if it failed (ends the task at once).
     failure: Option<Arc<str>>,
@@ -939,6 +955,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if this.scratch.is_none() {
+            this.adopt_scratch();
+        }
         for _ in 0..MAX_ROUNDS {
             let mut progress = this.take_outgoing();
             progress |= this.poll_handlers(cx);
@@ -961,6 +980,10 @@ where
                     {
                         st.driver_waker = Some(cx.waker().clone());
                     }
+                    drop(st);
+                    if this.scratch_unused() {
+                        this.release_scratch();
+                    }
                     return Poll::Pending;
                 }
             }
@@ -975,6 +998,46 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     H: Handler,
 {
+    /// Borrows this thread's warm buffers (see [`super::scratch`]).
+    fn adopt_scratch(&mut self) {
+        let mut s = Scratch::take();
+        std::mem::swap(&mut self.rbuf, &mut s.rbuf);
+        std::mem::swap(&mut self.wbuf, &mut s.wbuf);
+        std::mem::swap(&mut self.incoming, &mut s.incoming);
+        std::mem::swap(&mut self.completed, &mut s.completed);
+        std::mem::swap(&mut self.to_wake, &mut s.to_wake);
+        // the emptied box stays here until the buffers go back into it
+        self.scratch = Some(s);
+    }
+
+    /// Gives the buffers back to the thread if nothing is left in them, so
+    /// that an idle connection holds none.
+    fn release_scratch(&mut self) {
+        let Some(mut s) = self.scratch.take() else {
+            return;
+        };
+        std::mem::swap(&mut self.rbuf, &mut s.rbuf);
+        std::mem::swap(&mut self.wbuf, &mut s.wbuf);
+        std::mem::swap(&mut self.incoming, &mut s.incoming);
+        std::mem::swap(&mut self.completed, &mut s.completed);
+        std::mem::swap(&mut self.to_wake, &mut s.to_wake);
+        self.chunk = Bytes::new();
+        self.chunk_pos = 0;
+        self.running.clear();
+        s.give_back(std::mem::take(&mut self.rbuf_grown));
+    }
+
+    fn scratch_unused(&self) -> bool {
+        self.scratch.is_some()
+            && self.rbuf.is_empty()
+            && self.chunk_pos == self.chunk.len()
+            && self.wbuf.is_empty()
+            && self.running.is_empty()
+            && self.incoming.is_empty()
+            && self.completed.is_empty()
+            && self.to_wake.is_empty()
+    }
+
     /// Takes the requests encoded by requesters, and a close request.
     fn take_outgoing(&mut self) -> bool {
         let mut progress = false;
@@ -1222,9 +1285,11 @@ where
             if !whole && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
                 continue; // the batch was full: decode the rest before reading
             }
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-                self.rbuf.reserve(READ_CHUNK);
+            if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 4 {
+                self.rbuf.reserve(self.read_chunk);
+                self.rbuf_grown |= self.rbuf.capacity() > POOL_MAX_BUFFER;
             }
+            let room = self.rbuf.capacity() - self.rbuf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
                 Poll::Ready(Ok(0)) => {
                     progress = true;
@@ -1246,30 +1311,20 @@ where
                         w.wake();
                     }
                 }
-                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Ok(n)) => {
+                    progress = true;
+                    if n == room && self.read_chunk < READ_CHUNK {
+                        self.read_chunk *= 2;
+                    } else if n < self.read_chunk / 8 && self.read_chunk > FIRST_READ_CHUNK {
+                        self.read_chunk /= 2;
+                    }
+                }
                 Poll::Ready(Err(e)) => {
                     tracing::debug!(error = %e, "read failed");
                     self.fail(format!("read failed: {e}"));
                     return true;
                 }
-                Poll::Pending => {
-                    if self.rbuf.is_empty() && self.chunk_pos == self.chunk.len() {
-                        // Nothing to read for now: give the buffer back, so
-                        // an idle connection holds no 16 KiB of it. Busy
-                        // ones pay one allocation per wake-up, not per packet.
-                        self.rbuf = BytesMut::new();
-                        if self.running.is_empty() {
-                            self.running.clear();
-                            self.incoming = Vec::new();
-                            self.completed = Vec::new();
-                            self.to_wake = Vec::new();
-                        }
-                        if self.wbuf.is_empty() {
-                            self.wbuf = BytesMut::new();
-                        }
-                    }
-                    return progress;
-                }
+                Poll::Pending => return progress,
             }
         }
         progress
@@ -1424,24 +1479,7 @@ where
                     self.shutdown_done = true;
                     progress = true;
                 }
-                Poll::Pending => {
-                    if self.rbuf.is_empty() && self.chunk_pos == self.chunk.len() {
-                        // Nothing to read for now: give the buffer back, so
-                        // an idle connection holds no 16 KiB of it. Busy
-                        // ones pay one allocation per wake-up, not per packet.
-                        self.rbuf = BytesMut::new();
-                        if self.running.is_empty() {
-                            self.running.clear();
-                            self.incoming = Vec::new();
-                            self.completed = Vec::new();
-                            self.to_wake = Vec::new();
-                        }
-                        if self.wbuf.is_empty() {
-                            self.wbuf = BytesMut::new();
-                        }
-                    }
-                    return progress;
-                }
+                Poll::Pending => return progress,
             }
         }
         progress

@@ -72,6 +72,7 @@ mod error;
 mod handler;
 mod pipeline;
 mod proto;
+mod scratch;
 mod server;
 mod tag_table;
 pub mod varint;
