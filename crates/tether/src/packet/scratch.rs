@@ -47,7 +47,9 @@ pub(super) struct Scratch {
 }
 
 thread_local! {
-    // Boxed, so that lending and returning a set moves a pointer.
+    // Boxed, so that lending and returning a set moves a pointer, not the
+    // set (measured: the moves cost more than the pool saved).
+    #[allow(clippy::vec_box)]
     static POOL: RefCell<Vec<Box<Scratch>>> = const { RefCell::new(Vec::new()) };
 }
 
