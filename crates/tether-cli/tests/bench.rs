@@ -79,7 +79,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "tether-packet",
         ],
     ),
-    ("pipelined", &["tokio-framed", "tether-packet", "tether-pipeline"]),
+    (
+        "pipelined",
+        &["tokio-framed", "tether-packet", "tether-pipeline"],
+    ),
     (
         "fanin",
         &[
