@@ -122,9 +122,12 @@ impl PacketCodec {
         chunk: &Bytes,
         pos: &mut usize,
     ) -> Result<Packet, PacketError> {
-        let Some((n, len)) = self.frame(&chunk[*pos..])? else {
+        // the run was checked whole and within the limit: only the length
+        // prefix is read again, not checked
+        let (len, n) = match varint::decode(&chunk[*pos..]) {
+            Ok(Some((len, n))) if len <= (chunk.len() - *pos - n) as u64 => (len as usize, n),
             // cannot happen for a run found by whole_packets_len
-            return Err(PacketError::Truncated { field: "packet" });
+            _ => return Err(PacketError::Truncated { field: "packet" }),
         };
         let body = *pos + n;
         *pos = body + len;

@@ -251,7 +251,20 @@ impl TagAllocator {
 
     /// The next tag on `channel`; an error once the tag space is exhausted
     /// (after 2^64 requests, never in practice).
+    #[inline]
     pub fn next(&mut self, channel: u64) -> Result<u64, PacketError> {
+        // the hot path, inlined into every request: channel 0, far from
+        // the end of the tag space (the error is built out of line)
+        if channel == 0 && self.next0 < u64::MAX {
+            let tag = self.next0;
+            self.next0 = tag + 1;
+            return Ok(tag);
+        }
+        self.next_slow(channel)
+    }
+
+    #[cold]
+    fn next_slow(&mut self, channel: u64) -> Result<u64, PacketError> {
         let slot = if channel == 0 {
             &mut self.next0
         } else {
