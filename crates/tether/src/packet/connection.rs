@@ -321,6 +321,7 @@ impl PacketConnection {
             running: RunningSet::default(),
             slot: Box::pin(None),
             completed: Vec::new(),
+            answered: Vec::new(),
             incoming: Vec::new(),
             to_wake: Vec::new(),
             read_open: true,
@@ -845,6 +846,9 @@ struct Driver<S, H: Handler> {
     slot: Slot<H::Future>,
     /// Handler results collected before taking the lock (reused).
     completed: Vec<(Key, Response)>,
+    /// The peer's requests answered at once, whose tags are released
+    /// under the lock after the batch (reused).
+    answered: Vec<Key>,
     /// The peer's requests decoded under the lock, run after it (reused).
     incoming: Vec<IncomingRequest>,
     /// Requesters to wake after releasing the lock (reused).
@@ -1066,15 +1070,25 @@ where
             return;
         }
         let mut incoming = std::mem::take(&mut self.incoming);
-        self.completed.reserve(incoming.len());
+        let mut answered = std::mem::take(&mut self.answered);
+        answered.reserve(incoming.len());
         for rq in incoming.drain(..) {
             let key = (rq.channel, rq.tag);
             if let Some(response) = self.start_handler(rq, cx) {
-                self.completed.push((key, response));
+                // encoded at once, straight into the write buffer (it
+                // needs no lock); only the tags are released under it
+                self.encode_response(key, response);
+                answered.push(key);
             }
         }
         self.incoming = incoming;
-        self.flush_completed();
+        if !answered.is_empty() {
+            let mut st = self.shared.lock();
+            for (channel, tag) in answered.drain(..) {
+                st.proto.finish_request(channel, tag);
+            }
+        }
+        self.answered = answered;
     }
 
     /// Runs one request's handler as far as it goes at once: its
@@ -1129,8 +1143,14 @@ where
         }
     }
 
-    fn respond(&mut self, st: &mut State, (channel, tag): Key, r: Response) {
-        st.proto.finish_request(channel, tag);
+    fn respond(&mut self, st: &mut State, key: Key, r: Response) {
+        st.proto.finish_request(key.0, key.1);
+        self.encode_response(key, r);
+    }
+
+    /// Queues a handler's response for the peer (a failure if it cannot
+    /// be encoded); nothing once EOF is sent.
+    fn encode_response(&mut self, (channel, tag): Key, r: Response) {
         if self.eof_sent {
             return;
         }
@@ -1273,6 +1293,7 @@ where
                             self.running.clear();
                             self.incoming = Vec::new();
                             self.completed = Vec::new();
+                            self.answered = Vec::new();
                             self.to_wake = Vec::new();
                         }
                         if self.wbuf.is_empty() {
@@ -1445,6 +1466,7 @@ where
                             self.running.clear();
                             self.incoming = Vec::new();
                             self.completed = Vec::new();
+                            self.answered = Vec::new();
                             self.to_wake = Vec::new();
                         }
                         if self.wbuf.is_empty() {
