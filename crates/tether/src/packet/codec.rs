@@ -117,6 +117,7 @@ impl PacketCodec {
     /// moves `pos` past it. The payload shares `chunk`'s storage: a batch
     /// of packets is split off the read buffer once, and each payload is a
     /// slice of it (cheaper than splitting the buffer for each).
+    #[inline]
     pub(crate) fn decode_whole(
         &self,
         chunk: &Bytes,

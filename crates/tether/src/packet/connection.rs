@@ -1187,6 +1187,7 @@ where
     /// The next whole packet received, if any: from the run of whole
     /// packets split off the read buffer at once (`chunk`), refilled when
     /// it runs out.
+    #[inline]
     fn next_packet(&mut self) -> Result<Option<Packet>, PacketError> {
         if self.chunk_pos == self.chunk.len() {
             let run = self.codec.whole_packets_len(&self.rbuf)?;
