@@ -683,28 +683,26 @@ impl Future for ResponseFuture {
                 RfState::Waiting(key) => {
                     let key = *key;
                     let mut st = this.shared.lock();
-                    if let Some(r) = st.done.remove(key) {
-                        drop(st);
-                        this.state = RfState::Done;
-                        return Poll::Ready(r);
+                    // still pending (the first poll, usually): only the
+                    // waker to store; the result table is looked at once,
+                    // when the entry is gone (the task moves a result
+                    // from one to the other under this lock)
+                    if let Some(Waiting::Requester(slot)) = st.proto.waiter_mut(key.0, key.1) {
+                        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                            *slot = Some(cx.waker().clone());
+                        }
+                        return Poll::Pending;
                     }
-                    return match st.proto.waiter_mut(key.0, key.1) {
-                        Some(Waiting::Requester(slot)) => {
-                            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                                *slot = Some(cx.waker().clone());
-                            }
-                            Poll::Pending
-                        }
-                        Some(Waiting::Detached | Waiting::Pipeline(_)) | None => {
-                            let reason = st
-                                .ended
-                                .clone()
-                                .unwrap_or_else(|| Arc::from("connection closed"));
-                            drop(st);
-                            this.state = RfState::Done;
-                            Poll::Ready(Err(PacketError::ConnectionEnded(reason)))
-                        }
-                    };
+                    let result = st.done.remove(key).unwrap_or_else(|| {
+                        let reason = st
+                            .ended
+                            .clone()
+                            .unwrap_or_else(|| Arc::from("connection closed"));
+                        Err(PacketError::ConnectionEnded(reason))
+                    });
+                    drop(st);
+                    this.state = RfState::Done;
+                    return Poll::Ready(result);
                 }
                 RfState::Queued(channel, fut) => match fut.as_mut().poll(cx) {
                     Poll::Ready(Ok(tag)) => this.state = RfState::Waiting((*channel, tag)),
