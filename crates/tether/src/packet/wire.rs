@@ -249,8 +249,15 @@ impl Header {
 /// packet received).
 #[inline(always)]
 fn field(body: &[u8], pos: &mut usize, name: &'static str) -> Result<u64, PacketError> {
-    let mut value = 0u64;
     let mut i = *pos;
+    // one byte: header words, rq_types, the first 128 tags
+    if let Some(&b) = body.get(i) {
+        if b < 0x80 {
+            *pos = i + 1;
+            return Ok(u64::from(b));
+        }
+    }
+    let mut value = 0u64;
     loop {
         let Some(&b) = body.get(i) else {
             return Err(truncated(name));
