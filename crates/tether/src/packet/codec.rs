@@ -103,6 +103,15 @@ impl PacketCodec {
     pub(crate) fn whole_packets_len(&self, src: &[u8]) -> Result<usize, PacketError> {
         let mut end = 0;
         loop {
+            // a small packet (a one-byte length prefix) is stepped over
+            // without the general prefix decode
+            if let Some(&b) = src.get(end) {
+                let len = usize::from(b);
+                if b < 0x80 && len <= self.max_body_len && len < src.len() - end {
+                    end += 1 + len;
+                    continue;
+                }
+            }
             match self.frame(&src[end..]) {
                 Ok(Some((n, len))) => end += n + len,
                 Ok(None) => return Ok(end),
