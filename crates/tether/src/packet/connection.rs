@@ -975,6 +975,8 @@ where
                     {
                         st.driver_waker = Some(cx.waker().clone());
                     }
+                    drop(st);
+                    this.release_idle_buffers();
                     return Poll::Pending;
                 }
             }
@@ -1290,25 +1292,7 @@ where
                     self.fail(format!("read failed: {e}"));
                     return true;
                 }
-                Poll::Pending => {
-                    if self.rbuf.is_empty() && self.chunk_pos == self.chunk.len() {
-                        // Nothing to read for now: give the buffer back, so
-                        // an idle connection holds no 16 KiB of it. Busy
-                        // ones pay one allocation per wake-up, not per packet.
-                        self.rbuf = BytesMut::new();
-                        if self.running.is_empty() {
-                            self.running.clear();
-                            self.incoming = Vec::new();
-                            self.completed = Vec::new();
-                            self.answered = Vec::new();
-                            self.to_wake = Vec::new();
-                        }
-                        if self.wbuf.is_empty() {
-                            self.wbuf = BytesMut::new();
-                        }
-                    }
-                    return progress;
-                }
+                Poll::Pending => return progress, // buffers: see release_idle_buffers
             }
         }
         progress
@@ -1489,27 +1473,35 @@ where
                     progress = true;
                 }
                 Poll::Pending => {
-                    if self.rbuf.is_empty() && self.chunk_pos == self.chunk.len() {
-                        // Nothing to read for now: give the buffer back, so
-                        // an idle connection holds no 16 KiB of it. Busy
-                        // ones pay one allocation per wake-up, not per packet.
-                        self.rbuf = BytesMut::new();
-                        if self.running.is_empty() {
-                            self.running.clear();
-                            self.incoming = Vec::new();
-                            self.completed = Vec::new();
-                            self.answered = Vec::new();
-                            self.to_wake = Vec::new();
-                        }
-                        if self.wbuf.is_empty() {
-                            self.wbuf = BytesMut::new();
-                        }
-                    }
+                    self.release_idle_buffers();
                     return progress;
                 }
             }
         }
         progress
+    }
+
+    /// Nothing to do for now: gives the buffers back, so an idle
+    /// connection holds no 16 KiB read buffer. Busy ones pay one allocation
+    /// per wake-up, not per packet. Done when the task goes to sleep rather
+    /// than at each read that would block: a wake-up's last round reads
+    /// again, and would take a new buffer for that read only to give it
+    /// back.
+    fn release_idle_buffers(&mut self) {
+        if !self.rbuf.is_empty() || self.chunk_pos < self.chunk.len() {
+            return; // a packet half received, or whole ones still to decode
+        }
+        self.rbuf = BytesMut::new();
+        if self.running.is_empty() {
+            self.running.clear();
+            self.incoming = Vec::new();
+            self.completed = Vec::new();
+            self.answered = Vec::new();
+            self.to_wake = Vec::new();
+        }
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+        }
     }
 
     fn is_done(&self) -> bool {
