@@ -103,6 +103,15 @@ impl PacketCodec {
     pub(crate) fn whole_packets_len(&self, src: &[u8]) -> Result<usize, PacketError> {
         let mut end = 0;
         loop {
+            // a small packet (a one-byte length prefix) is stepped over
+            // without the general prefix decode
+            if let Some(&b) = src.get(end) {
+                let len = usize::from(b);
+                if b < 0x80 && len <= self.max_body_len && len < src.len() - end {
+                    end += 1 + len;
+                    continue;
+                }
+            }
             match self.frame(&src[end..]) {
                 Ok(Some((n, len))) => end += n + len,
                 Ok(None) => return Ok(end),
@@ -117,14 +126,18 @@ impl PacketCodec {
     /// moves `pos` past it. The payload shares `chunk`'s storage: a batch
     /// of packets is split off the read buffer once, and each payload is a
     /// slice of it (cheaper than splitting the buffer for each).
+    #[inline]
     pub(crate) fn decode_whole(
         &self,
         chunk: &Bytes,
         pos: &mut usize,
     ) -> Result<Packet, PacketError> {
-        let Some((n, len)) = self.frame(&chunk[*pos..])? else {
+        // the run was checked whole and within the limit: only the length
+        // prefix is read again, not checked
+        let (len, n) = match varint::decode(&chunk[*pos..]) {
+            Ok(Some((len, n))) if len <= (chunk.len() - *pos - n) as u64 => (len as usize, n),
             // cannot happen for a run found by whole_packets_len
-            return Err(PacketError::Truncated { field: "packet" });
+            _ => return Err(PacketError::Truncated { field: "packet" }),
         };
         let body = *pos + n;
         *pos = body + len;

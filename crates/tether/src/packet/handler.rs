@@ -168,6 +168,9 @@ impl Handler for EchoService {
         }
     }
 
+    // inlined into the connection's dispatch loop: the request and the
+    // result are then not moved through memory for every echo
+    #[inline]
     fn handle_now(&self, rq: IncomingRequest) -> Result<Response, IncomingRequest> {
         Ok(match rq.rq_type {
             0 => Response::ok(0, rq.payload),

@@ -85,7 +85,7 @@ pub use handler::{
     handler_fn, EchoFuture, EchoService, FnHandler, Handler, NoHandler, Service, TypedRequest,
     HANDLER_FAILED, NO_HANDLER, UNKNOWN_RQ_TYPE,
 };
-pub use pipeline::Pipeline;
+pub use pipeline::{Pipeline, Submit};
 pub use proto::{
     Event, IncomingRequest, Protocol, Response, Stats, StatsSnapshot, TagAllocator, Waiter,
     DUPLICATE_TAG,

@@ -66,6 +66,65 @@ enum Step {
     Queued(u64),
     Wait(Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>),
     Failed(Box<PacketError>),
+    Done,
+}
+
+/// The future of [`Pipeline::submit`]: resolves to the request's tag once
+/// it is queued.
+///
+/// Written out rather than an `async` block, and inlined: it is built,
+/// polled once and dropped for every request.
+#[must_use = "a request waiting for room is dropped with its Submit future"]
+pub struct Submit<'a> {
+    pipeline: &'a mut Pipeline,
+    step: Step,
+}
+
+impl std::fmt::Debug for Submit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let step = match &self.step {
+            Step::Queued(_) => "queued",
+            Step::Wait(_) => "waiting for room",
+            Step::Failed(_) => "failed",
+            Step::Done => "done",
+        };
+        f.debug_struct("Submit").field("step", &step).finish()
+    }
+}
+
+impl Future for Submit<'_> {
+    type Output = Result<u64, PacketError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Step::Queued(tag) = this.step {
+            // the usual case: queued when submitted
+            this.step = Step::Done;
+            return Poll::Ready(Ok(tag));
+        }
+        this.poll_slow(cx)
+    }
+}
+
+impl Submit<'_> {
+    fn poll_slow(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, PacketError>> {
+        if let Step::Wait(slow) = &mut self.step {
+            let tag = match slow.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            };
+            self.step = Step::Done;
+            if tag.is_ok() {
+                self.pipeline.in_flight += 1;
+            }
+            return Poll::Ready(tag);
+        }
+        Poll::Ready(match std::mem::replace(&mut self.step, Step::Done) {
+            Step::Failed(e) => Err(*e),
+            _ => Err(PacketError::ended("polled after completion")),
+        })
+    }
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -109,12 +168,7 @@ impl Pipeline {
     /// requests are in flight: then the future queues it when there is
     /// room (dropping it before then drops the request). Errors as
     /// `submit`'s (the request is then not in flight).
-    pub fn submit(
-        &mut self,
-        rq_type: u64,
-        flags: u64,
-        payload: impl Into<Bytes>,
-    ) -> impl Future<Output = Result<u64, PacketError>> + Send + '_ {
+    pub fn submit(&mut self, rq_type: u64, flags: u64, payload: impl Into<Bytes>) -> Submit<'_> {
         let payload: Bytes = payload.into();
         let taker = Taker::Pipeline(self.slot);
         // the fast path runs here, not in the future, and the future stays
@@ -136,16 +190,9 @@ impl Pipeline {
             ))),
             Err(e) => Step::Failed(Box::new(e)),
         };
-        async move {
-            match step {
-                Step::Queued(tag) => Ok(tag),
-                Step::Wait(slow) => {
-                    let tag = slow.await?;
-                    self.in_flight += 1;
-                    Ok(tag)
-                }
-                Step::Failed(e) => Err(*e),
-            }
+        Submit {
+            pipeline: self,
+            step,
         }
     }
 
@@ -157,27 +204,40 @@ impl Pipeline {
     }
 
     /// Polls for the next response (see [`next`](Self::next)).
+    #[inline]
     pub fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<(u64, Result<Response, PacketError>)>> {
-        if self.local.is_empty() {
-            if self.in_flight == 0 {
-                return Poll::Ready(None);
-            }
-            let mut st = self.shared.lock();
-            let Some(Some(p)) = st.pipelines.get_mut(self.slot) else {
-                return Poll::Ready(None); // cannot happen: the slot is ours
-            };
-            if p.ready.is_empty() {
-                if !p.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    p.waker = Some(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
-            // take the whole batch at once
-            std::mem::swap(&mut self.local, &mut p.ready);
+        // the usual case, inlined: a result of the batch already taken
+        if let Some(next) = self.local.pop_front() {
+            self.in_flight -= 1;
+            return Poll::Ready(Some(next));
         }
+        self.poll_next_batch(cx)
+    }
+
+    /// Takes the next batch of results from the connection, or waits.
+    fn poll_next_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(u64, Result<Response, PacketError>)>> {
+        if self.in_flight == 0 {
+            return Poll::Ready(None);
+        }
+        let mut st = self.shared.lock();
+        let Some(Some(p)) = st.pipelines.get_mut(self.slot) else {
+            return Poll::Ready(None); // cannot happen: the slot is ours
+        };
+        if p.ready.is_empty() {
+            if !p.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                p.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        // take the whole batch at once
+        std::mem::swap(&mut self.local, &mut p.ready);
+        drop(st);
         self.in_flight -= 1;
         Poll::Ready(self.local.pop_front())
     }

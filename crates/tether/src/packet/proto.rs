@@ -251,7 +251,20 @@ impl TagAllocator {
 
     /// The next tag on `channel`; an error once the tag space is exhausted
     /// (after 2^64 requests, never in practice).
+    #[inline]
     pub fn next(&mut self, channel: u64) -> Result<u64, PacketError> {
+        // the hot path, inlined into every request: channel 0, far from
+        // the end of the tag space (the error is built out of line)
+        if channel == 0 && self.next0 < u64::MAX {
+            let tag = self.next0;
+            self.next0 = tag + 1;
+            return Ok(tag);
+        }
+        self.next_slow(channel)
+    }
+
+    #[cold]
+    fn next_slow(&mut self, channel: u64) -> Result<u64, PacketError> {
         let slot = if channel == 0 {
             &mut self.next0
         } else {
@@ -326,6 +339,50 @@ impl<W> Protocol<W> {
         Ok(tag)
     }
 
+    /// What [`receive`](Self::receive) does with a response to
+    /// `(channel, tag)`, without building an [`Event`]: takes the waiter of
+    /// that pending request, or gives `None` (and counts an unknown
+    /// response) if it is not pending. A driver may call it for each
+    /// response it decodes instead of `receive`.
+    #[inline]
+    pub fn take_waiter(&mut self, channel: u64, tag: u64) -> Option<W> {
+        let waiter = self.pending.remove((channel, tag));
+        if waiter.is_some() {
+            bump(&self.stats.responses_received, 1);
+            self.stats
+                .in_flight
+                .store(self.pending.len() as u64, Relaxed);
+        } else {
+            bump(&self.stats.unknown_responses, 1);
+        }
+        waiter
+    }
+
+    /// What [`receive`](Self::receive) does with the peer's request
+    /// `(channel, tag)`, without building an [`Event`]: `Ok` if it is to
+    /// run (call [`finish_request`](Self::finish_request) once its
+    /// response is queued), or the reason of the failure response to send
+    /// instead. A driver may call it for each request it decodes instead
+    /// of `receive`.
+    #[inline]
+    pub fn admit_request(&mut self, channel: u64, tag: u64) -> Result<(), &'static str> {
+        bump(&self.stats.requests_received, 1);
+        let reason = if self.peer_erq {
+            REQUESTS_NOT_ALLOWED
+        } else if channel != 0 {
+            UNKNOWN_CHANNEL
+        } else if self.handling.insert((channel, tag), ()).is_some() {
+            DUPLICATE_TAG
+        } else {
+            self.stats
+                .handlers_running
+                .store(self.handling.len() as u64, Relaxed);
+            return Ok(());
+        };
+        bump(&self.stats.requests_rejected, 1);
+        Err(reason)
+    }
+
     /// Handles one received packet.
     pub fn receive(&mut self, packet: Packet) -> Event<W> {
         match packet {
@@ -335,23 +392,14 @@ impl<W> Protocol<W> {
                 ok,
                 flags,
                 payload,
-            } => match self.pending.remove((channel, tag)) {
-                Some(waiter) => {
-                    bump(&self.stats.responses_received, 1);
-                    self.stats
-                        .in_flight
-                        .store(self.pending.len() as u64, Relaxed);
-                    Event::Response {
-                        channel,
-                        tag,
-                        waiter,
-                        response: Response { ok, flags, payload },
-                    }
-                }
-                None => {
-                    bump(&self.stats.unknown_responses, 1);
-                    Event::UnknownResponse { channel, tag }
-                }
+            } => match self.take_waiter(channel, tag) {
+                Some(waiter) => Event::Response {
+                    channel,
+                    tag,
+                    waiter,
+                    response: Response { ok, flags, payload },
+                },
+                None => Event::UnknownResponse { channel, tag },
             },
             Packet::Request {
                 channel,
@@ -359,40 +407,20 @@ impl<W> Protocol<W> {
                 rq_type,
                 flags,
                 payload,
-            } => {
-                bump(&self.stats.requests_received, 1);
-                let reason = if self.peer_erq {
-                    Some(REQUESTS_NOT_ALLOWED)
-                } else if channel != 0 {
-                    Some(UNKNOWN_CHANNEL)
-                } else if self.handling.insert((channel, tag), ()).is_some() {
-                    Some(DUPLICATE_TAG)
-                } else {
-                    None
-                };
-                match reason {
-                    Some(reason) => {
-                        bump(&self.stats.requests_rejected, 1);
-                        Event::Reject {
-                            channel,
-                            tag,
-                            reason,
-                        }
-                    }
-                    None => {
-                        self.stats
-                            .handlers_running
-                            .store(self.handling.len() as u64, Relaxed);
-                        Event::Request(IncomingRequest {
-                            channel,
-                            tag,
-                            rq_type,
-                            flags,
-                            payload,
-                        })
-                    }
-                }
-            }
+            } => match self.admit_request(channel, tag) {
+                Ok(()) => Event::Request(IncomingRequest {
+                    channel,
+                    tag,
+                    rq_type,
+                    flags,
+                    payload,
+                }),
+                Err(reason) => Event::Reject {
+                    channel,
+                    tag,
+                    reason,
+                },
+            },
             Packet::Erq => {
                 self.peer_erq = true;
                 Event::PeerErq

@@ -42,6 +42,8 @@ pub(super) struct Scratch {
     pub(super) incoming: Vec<IncomingRequest>,
     /// Handler results collected before taking the lock.
     pub(super) completed: Vec<((u64, u64), Response)>,
+    /// The peer's requests answered at once, their tags to release.
+    pub(super) answered: Vec<(u64, u64)>,
     /// Requesters to wake after releasing the lock.
     pub(super) to_wake: Vec<Waker>,
 }
@@ -68,6 +70,7 @@ impl Scratch {
             && self.wbuf.is_empty()
             && self.incoming.is_empty()
             && self.completed.is_empty()
+            && self.answered.is_empty()
             && self.to_wake.is_empty()
     }
 
