@@ -2,9 +2,10 @@
 //! a stream, a sans-IO codec, and one read and one write buffer.
 //!
 //! Two buffer policies, because the two sides want different things:
-//! - [`Buffers::Lazy`] (servers): an idle connection holds no buffers. They
-//!   are allocated when data is ready and given back once empty, so ten
-//!   thousand idle sessions cost little more than their sockets.
+//! - [`Buffers::Lazy`] (servers): an idle connection holds no buffers. It
+//!   takes them from its thread's [`pool`] when data is ready and gives them
+//!   back once empty, so ten thousand idle sessions cost little more than
+//!   their sockets, and a busy server allocates nothing per request.
 //! - [`Buffers::Kept`] (client sessions): the buffers stay between requests,
 //!   saving an allocation, a free and a readiness poll per request; one
 //!   that grew past [`KEEP_AT_MOST`] for a bulk frame is given back.
@@ -62,7 +63,8 @@ impl<C> FrameIo<C> {
         }
     }
 
-    /// Whether an emptied buffer that grew (or not) should be given back.
+    /// Whether an emptied buffer that grew (or not) should be given back
+    /// (to the pool, or to the allocator if it grew).
     fn release(&self, grown: bool) -> bool {
         match self.buffers {
             Buffers::Lazy => true,
@@ -82,9 +84,12 @@ where
         }
         let frame = self.codec.decode(&mut self.rbuf);
         if self.rbuf.is_empty() && self.release(self.rbuf_grown) {
-            // The frame keeps what it needs of the allocation; drop our share.
-            self.rbuf = BytesMut::new();
-            self.rbuf_grown = false;
+            // The frame keeps what it needs of the allocation; our share goes
+            // back to the pool, where it is reused once the frame is dropped.
+            let rbuf = std::mem::take(&mut self.rbuf);
+            if !std::mem::take(&mut self.rbuf_grown) {
+                pool::give(rbuf);
+            }
         }
         frame
     }
@@ -96,8 +101,9 @@ where
                 return Ok(Some(frame));
             }
             if self.rbuf.capacity() == 0 && self.buffers == Buffers::Lazy {
-                // Allocate only once there is something to read.
+                // Take a buffer only once there is something to read.
                 self.stream.readable().await?;
+                self.rbuf = pool::take();
             }
             self.rbuf.reserve(match self.buffers {
                 Buffers::Lazy => LAZY_READ_CHUNK,
@@ -115,6 +121,9 @@ where
     where
         C: Encoder<T, Error = FramingError>,
     {
+        if self.wbuf.capacity() == 0 && self.buffers == Buffers::Lazy {
+            self.wbuf = pool::take();
+        }
         self.codec.encode(item, &mut self.wbuf)
     }
 
@@ -131,7 +140,10 @@ where
             self.wbuf.advance(n);
         }
         if self.release(grown) {
-            self.wbuf = BytesMut::new();
+            let wbuf = std::mem::take(&mut self.wbuf);
+            if !grown {
+                pool::give(wbuf);
+            }
         } else {
             self.wbuf.clear();
         }
@@ -161,6 +173,44 @@ where
     pub(crate) async fn shutdown(&mut self) -> std::io::Result<()> {
         self.flush().await?;
         self.stream.shutdown().await
+    }
+}
+
+/// Buffers that server connections gave back, kept by their thread for
+/// the next connection with data.
+mod pool {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// Buffers a thread keeps: a thread serves one connection at a time,
+    /// which uses two.
+    const KEEP: usize = 8;
+
+    thread_local! {
+        static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer from this thread's pool, or an unallocated one.
+    pub(super) fn take() -> BytesMut {
+        FREE.try_with(|free| free.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Keeps `buf` (emptied) for the next [`take`], if the pool has room.
+    pub(super) fn give(mut buf: BytesMut) {
+        if buf.capacity() == 0 {
+            return;
+        }
+        buf.clear();
+        let _ = FREE.try_with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < KEEP {
+                free.push(buf);
+            }
+        });
     }
 }
 
