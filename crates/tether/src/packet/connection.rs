@@ -48,12 +48,10 @@ use crate::transport::{self, ConnectOptions, Endpoint};
 /// packet limit, large enough that 64-byte packets are batched by the
 /// hundred.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// Bytes reserved for each read, at most. 16 KiB amortises the syscall over
-/// many small packets.
+/// Bytes reserved for each read. 16 KiB amortises the syscall over many
+/// small packets; a connection holds the buffer only while it has work (see
+/// [`super::scratch`]).
 const READ_CHUNK: usize = 16 * 1024;
-/// ... and at first: a connection starts small and doubles its reads while
-/// they come back full, so a quiet one never holds more than this.
-const FIRST_READ_CHUNK: usize = 1024;
 /// Room made at once for the peer's requests decoded in one batch, in the
 /// vectors given back when the connection goes idle (each entry 64 bytes).
 /// 64: a pipelined peer's usual burst, in one allocation.
@@ -334,7 +332,6 @@ impl PacketConnection {
             shutdown_done: false,
             needs_flush: false,
             handler_deadline: None,
-            read_chunk: FIRST_READ_CHUNK,
             scratch: None,
             rbuf_grown: false,
 
@@ -875,8 +872,6 @@ struct Driver<S, H: Handler> {
     shutdown_done: bool,
     needs_flush: bool,
     handler_deadline: Option<Pin<Box<Sleep>>>,
-    /// How much the next read reserves (grows while reads come back full).
-    read_chunk: usize,
     /// While the buffers are borrowed from the thread's pool (see
     /// `adopt_scratch`): the box they go back in.
     scratch: Option<Box<Scratch>>,
@@ -1015,14 +1010,19 @@ where
     /// Borrows this thread's warm buffers (see [`super::scratch`]).
     fn adopt_scratch(&mut self) {
         let mut s = Scratch::take();
+        self.swap_buffers(&mut s);
+        // the emptied box stays here until the buffers go back into it
+        self.scratch = Some(s);
+    }
+
+    /// Exchanges the driver's working buffers with `s`'s.
+    fn swap_buffers(&mut self, s: &mut Scratch) {
         std::mem::swap(&mut self.rbuf, &mut s.rbuf);
         std::mem::swap(&mut self.wbuf, &mut s.wbuf);
         std::mem::swap(&mut self.incoming, &mut s.incoming);
         std::mem::swap(&mut self.completed, &mut s.completed);
         std::mem::swap(&mut self.answered, &mut s.answered);
         std::mem::swap(&mut self.to_wake, &mut s.to_wake);
-        // the emptied box stays here until the buffers go back into it
-        self.scratch = Some(s);
     }
 
     /// Gives the buffers back to the thread if nothing is left in them, so
@@ -1031,12 +1031,7 @@ where
         let Some(mut s) = self.scratch.take() else {
             return;
         };
-        std::mem::swap(&mut self.rbuf, &mut s.rbuf);
-        std::mem::swap(&mut self.wbuf, &mut s.wbuf);
-        std::mem::swap(&mut self.incoming, &mut s.incoming);
-        std::mem::swap(&mut self.completed, &mut s.completed);
-        std::mem::swap(&mut self.answered, &mut s.answered);
-        std::mem::swap(&mut self.to_wake, &mut s.to_wake);
+        self.swap_buffers(&mut s);
         self.chunk = Bytes::new();
         self.chunk_pos = 0;
         self.running.clear();
@@ -1326,11 +1321,10 @@ where
             if !whole && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
                 continue; // the batch was full: decode the rest before reading
             }
-            if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 4 {
-                self.rbuf.reserve(self.read_chunk);
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+                self.rbuf.reserve(READ_CHUNK);
                 self.rbuf_grown |= self.rbuf.capacity() > POOL_MAX_BUFFER;
             }
-            let room = self.rbuf.capacity() - self.rbuf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
                 Poll::Ready(Ok(0)) => {
                     progress = true;
@@ -1352,14 +1346,7 @@ where
                         w.wake();
                     }
                 }
-                Poll::Ready(Ok(n)) => {
-                    progress = true;
-                    if n == room && self.read_chunk < READ_CHUNK {
-                        self.read_chunk *= 2;
-                    } else if n < self.read_chunk / 8 && self.read_chunk > FIRST_READ_CHUNK {
-                        self.read_chunk /= 2;
-                    }
-                }
+                Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => {
                     tracing::debug!(error = %e, "read failed");
                     self.fail(format!("read failed: {e}"));

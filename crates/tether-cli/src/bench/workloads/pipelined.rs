@@ -44,7 +44,8 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
         .float("req_s", per_sec(n, elapsed), 0))
 }
 
-async fn packet(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Duration> {
+/// A packet connection to the echo server, serving nothing itself.
+async fn connect(addr: std::net::SocketAddr) -> CliResult<PacketConnection> {
     let ep = Endpoint::tcp(addr.ip().to_string(), addr.port());
     let c = PacketConnection::connect(
         &ep,
@@ -53,6 +54,11 @@ async fn packet(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Dura
         PacketConfig::default(),
     )
     .await?;
+    Ok(c)
+}
+
+async fn packet(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Duration> {
+    let c = connect(addr).await?;
     let p = payload(64);
     let start = Instant::now();
     let mut inflight = FuturesUnordered::new();
@@ -78,14 +84,7 @@ async fn packet(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Dura
 }
 
 async fn pipeline(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Duration> {
-    let ep = Endpoint::tcp(addr.ip().to_string(), addr.port());
-    let c = PacketConnection::connect(
-        &ep,
-        std::time::Duration::from_secs(5),
-        NoHandler,
-        PacketConfig::default(),
-    )
-    .await?;
+    let c = connect(addr).await?;
     let p = payload(64);
     let mut pipe = c.pipeline();
     let start = Instant::now();
