@@ -23,8 +23,9 @@ use bytes::BytesMut;
 use super::proto::IncomingRequest;
 use super::Response;
 
-/// Scratch sets a thread keeps: as many connections as one thread serves
-/// at a time, which is one.
+/// Scratch sets a thread keeps. A thread works for one connection at a
+/// time, so one set is enough; a few more cover connections that go to
+/// sleep holding theirs (a packet half received).
 const POOL_SIZE: usize = 4;
 
 /// A read buffer grown past this (for a big packet) goes to the allocator,
