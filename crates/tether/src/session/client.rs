@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{ready, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -173,10 +174,7 @@ pub struct Session<C> {
     // Set while a request is under way; still set at the next call if the
     // caller dropped that request's future half-way.
     busy: bool,
-    // One timer for every request's deadline. Moving a registered timer's
-    // deadline later is an atomic store; a fresh `timeout()` per request
-    // registered and cancelled a timer each time, 12% of a round trip's CPU.
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: DeadlineTimer,
 }
 
 impl<C> Session<C> {
@@ -187,7 +185,7 @@ impl<C> Session<C> {
             options,
             closed_because: None,
             busy: false,
-            timer: None,
+            timer: DeadlineTimer::default(),
         }
     }
 
@@ -318,24 +316,52 @@ where
     }
 }
 
+/// One timer for every request's deadline, moved lazily.
+///
+/// A request only works out when its reply is due. The timer stays
+/// registered at an earlier due time (the first request's, say); when that
+/// passes, it moves to the current request's due time if that is still
+/// ahead, and fires for real only when it is not. So a session whose replies
+/// come in time touches the timer once per timeout period, not per request:
+/// a fresh `timeout()` per request cost 12% of a round trip's CPU, moving one
+/// registered timer per request still 5%.
+#[derive(Debug, Default)]
+struct DeadlineTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
 /// `work`'s output, or `None` if `after` passes first, timed by the
 /// session's reusable `timer`.
 async fn within<T>(
-    timer: &mut Option<Pin<Box<Sleep>>>,
+    timer: &mut DeadlineTimer,
     after: Duration,
     work: impl Future<Output = T>,
 ) -> Option<T> {
-    let deadline = Instant::now() + after;
-    let timer = match timer {
-        Some(timer) => {
-            timer.as_mut().reset(deadline);
-            timer
+    let due = Instant::now() + after;
+    let sleep = match &mut timer.sleep {
+        Some(sleep) => {
+            // Only a timer due later than this request (a shortened timeout)
+            // must move now; an earlier one moves when it fires.
+            if sleep.deadline() > due {
+                sleep.as_mut().reset(due);
+            }
+            sleep
         }
-        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        None => timer.sleep.insert(Box::pin(tokio::time::sleep_until(due))),
     };
-    tokio::select! {
-        biased;
-        output = work => Some(output),
-        () = timer.as_mut() => None,
-    }
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= due {
+                return Poll::Ready(None);
+            }
+            // An earlier request's due time passed: wait for this one's.
+            sleep.as_mut().reset(due);
+        }
+    })
+    .await
 }

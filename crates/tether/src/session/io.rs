@@ -102,13 +102,19 @@ where
             }
             if self.rbuf.capacity() == 0 && self.buffers == Buffers::Lazy {
                 // Take a buffer only once there is something to read.
-                self.stream.readable().await?;
+                std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
                 self.rbuf = pool::take();
             }
-            self.rbuf.reserve(match self.buffers {
+            let chunk = match self.buffers {
                 Buffers::Lazy => LAZY_READ_CHUNK,
                 Buffers::Kept => READ_CHUNK,
-            });
+            };
+            // Room is made only when little is left: making it reclaims the
+            // space of the frames split off so far, a cost worth paying once
+            // every few dozen short frames rather than at every read.
+            if self.rbuf.capacity() - self.rbuf.len() < chunk / 4 {
+                self.rbuf.reserve(chunk);
+            }
             self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return self.codec.decode_eof(&mut self.rbuf);

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -246,8 +247,14 @@ where
                     };
                     let span = tracing::debug_span!("connection", id = %info.id, peer = %info.peer);
                     // Spawned as is: wrapped in another async block, the
-                    // connection would be stored twice in the task.
-                    connections.spawn(conn.serve().instrument(span));
+                    // connection would be stored twice in the task. A span
+                    // no subscriber wants would still be entered and left
+                    // at every poll.
+                    if span.is_disabled() {
+                        connections.spawn(conn.serve());
+                    } else {
+                        connections.spawn(conn.serve().instrument(span));
+                    }
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -286,11 +293,15 @@ where
     async fn serve(mut self) {
         debug!("connected");
         // One wait for the stop signal for the connection's life, rather than
-        // a new one (registered, then dropped) at every request.
+        // a new one (registered, then dropped) at every request. It is
+        // polled once, to register the task's waker, and again only once
+        // the signal has changed: re-polling it at every request locked its
+        // waiter list each time.
         let mut stop = self.stop.clone();
         let stopping = stop.changed();
         tokio::pin!(stopping);
-        let stopped_already = self.stop.borrow().is_some();
+        let stopped_already = self.stop.borrow().is_some()
+            || std::future::poll_fn(|cx| Poll::Ready(stopping.as_mut().poll(cx).is_ready())).await;
         if !stopped_already {
             loop {
                 // Requests already buffered are answered before anything is flushed,
@@ -304,7 +315,7 @@ where
                         }
                         tokio::select! {
                             biased;
-                            _ = &mut stopping => break,
+                            _ = &mut stopping, if self.stop.has_changed().unwrap_or(true) => break,
                             next = self.io.read_frame() => next,
                         }
                     }
