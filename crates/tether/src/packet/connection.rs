@@ -331,6 +331,7 @@ impl PacketConnection {
             eof_sent: false,
             shutdown_done: false,
             needs_flush: false,
+            read_would_block: false,
             handler_deadline: None,
             scratch: None,
             rbuf_grown: false,
@@ -871,6 +872,10 @@ struct Driver<S, H: Handler> {
     eof_sent: bool,
     shutdown_done: bool,
     needs_flush: bool,
+    /// A read in this poll found nothing and registered the task's waker:
+    /// the later rounds of the same poll need not ask the socket again
+    /// (each ask costs about as much as decoding a packet).
+    read_would_block: bool,
     handler_deadline: Option<Pin<Box<Sleep>>>,
     /// While the buffers are borrowed from the thread's pool (see
     /// `adopt_scratch`): the box they go back in.
@@ -967,6 +972,7 @@ where
         if this.scratch.is_none() {
             this.adopt_scratch();
         }
+        this.read_would_block = false;
         for _ in 0..MAX_ROUNDS {
             let mut progress = this.take_outgoing();
             progress |= this.poll_handlers(cx);
@@ -989,8 +995,12 @@ where
                     {
                         st.driver_waker = Some(cx.waker().clone());
                     }
+                    // A reply is due soon while requests are pending: keep
+                    // the buffers for it rather than give them back and
+                    // take them again a round trip later.
+                    let awaiting_replies = st.proto.pending() > 0;
                     drop(st);
-                    if this.scratch_unused() {
+                    if !awaiting_replies && this.scratch_unused() {
                         this.release_scratch();
                     }
                     return Poll::Pending;
@@ -1321,6 +1331,9 @@ where
             if !whole && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
                 continue; // the batch was full: decode the rest before reading
             }
+            if self.read_would_block {
+                return progress;
+            }
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
                 self.rbuf.reserve(READ_CHUNK);
                 self.rbuf_grown |= self.rbuf.capacity() > POOL_MAX_BUFFER;
@@ -1352,7 +1365,10 @@ where
                     self.fail(format!("read failed: {e}"));
                     return true;
                 }
-                Poll::Pending => return progress,
+                Poll::Pending => {
+                    self.read_would_block = true;
+                    return progress;
+                }
             }
         }
         progress
