@@ -21,8 +21,10 @@
 //! on two separate current-thread tokio runtimes, each on its own thread:
 //! on a two-core machine that gives each side one core, with no work
 //! stealing between threads to blur the figures, and the same shape for
-//! every async implementation, baseline or tether. Blocking clients run on
-//! the main thread; the std-blocking server uses a thread per connection,
+//! every async implementation, baseline or tether. Async clients run as a
+//! task of the client runtime, as an application's code does, not in
+//! `block_on` (where each wake-up from another task costs tokio an extra
+//! `epoll_wait`); blocking clients run on the main thread; the std-blocking server uses a thread per connection,
 //! as such servers do. W8 measures in a fresh server process (hidden
 //! `bench-idle-server`, the same two runtimes) and keeps its idle clients in
 //! a third (hidden `bench-hold-clients`), so that 10,000 sockets on each

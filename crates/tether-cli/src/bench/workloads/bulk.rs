@@ -29,7 +29,8 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
             c.close()?;
             Ok(elapsed)
         } else {
-            ctx.block_on(async {
+            let p = p.clone();
+            ctx.run(async move {
                 let mut c = Conn::connect(imp, addr, None).await?;
                 let start = Instant::now();
                 for _ in 0..n {

@@ -22,7 +22,7 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let total = per_session * SESSIONS;
     let elapsed = with_echo_server(ctx, imp, false, |server| {
         let addr = server.addr();
-        ctx.block_on(async move {
+        ctx.run(async move {
             let mut conns = Vec::with_capacity(SESSIONS as usize);
             for _ in 0..SESSIONS {
                 conns.push(Conn::connect(imp, addr, None).await?);

@@ -29,7 +29,7 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let n = ctx.count(200_000);
     let elapsed = with_echo_server(ctx, imp, false, |server| {
         let addr = server.addr();
-        ctx.block_on(async move {
+        ctx.run(async move {
             match imp {
                 Impl::TokioFramed => framed(addr, n).await,
                 Impl::TetherPacket => packet(addr, n).await,

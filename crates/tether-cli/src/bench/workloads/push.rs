@@ -46,7 +46,7 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
         }
     })?;
     let addr = server.addr();
-    let elapsed = ctx.block_on(clients(imp, addr, per_client));
+    let elapsed = ctx.run(clients(imp, addr, per_client));
     ctx.client.block_on(server.stop());
     let total = per_client * CLIENTS;
     Ok(Record::new(Workload::Push, imp, "msgs_s")

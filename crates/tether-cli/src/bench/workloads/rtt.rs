@@ -26,7 +26,7 @@ pub fn rtt(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
         if imp.is_blocking() {
             sequential_blocking(imp, server.addr(), &p, warm, n)
         } else {
-            ctx.block_on(sequential(imp, server.addr(), None, &p, warm, n))
+            ctx.run(sequential(imp, server.addr(), None, p.clone(), warm, n))
         }
     })?;
     Ok(latency_record(
@@ -50,20 +50,20 @@ pub fn latency_record(record: Record, mut lat: Vec<Duration>, total: Duration) -
 pub async fn sequential(
     imp: Impl,
     addr: SocketAddr,
-    tls: Option<&SelfSigned>,
-    p: &Bytes,
+    tls: Option<SelfSigned>,
+    p: Bytes,
     warm: u64,
     n: u64,
 ) -> CliResult<Latencies> {
-    let mut c = Conn::connect(imp, addr, tls).await?;
+    let mut c = Conn::connect(imp, addr, tls.as_ref()).await?;
     for _ in 0..warm {
-        c.echo(p).await?;
+        c.echo(&p).await?;
     }
     let mut lat = Vec::with_capacity(n as usize);
     let start = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        c.echo(p).await?;
+        c.echo(&p).await?;
         lat.push(t.elapsed());
     }
     let total = start.elapsed();
@@ -109,7 +109,7 @@ pub fn connect(ctx: &Ctx, imp: Impl, earlier: &[Record]) -> CliResult<Record> {
             }
             Ok(start.elapsed())
         } else {
-            ctx.block_on(sessionless(imp, server.addr(), None, &p, n))
+            ctx.run(sessionless(imp, server.addr(), None, p.clone(), n))
         }
     })?;
     let req_s = per_sec(n, total);
@@ -130,14 +130,14 @@ pub fn connect(ctx: &Ctx, imp: Impl, earlier: &[Record]) -> CliResult<Record> {
 pub async fn sessionless(
     imp: Impl,
     addr: SocketAddr,
-    tls: Option<&SelfSigned>,
-    p: &Bytes,
+    tls: Option<SelfSigned>,
+    p: Bytes,
     n: u64,
 ) -> CliResult<Duration> {
     let start = Instant::now();
     for _ in 0..n {
-        let mut c = Conn::connect(imp, addr, tls).await?;
-        c.echo(p).await?;
+        let mut c = Conn::connect(imp, addr, tls.as_ref()).await?;
+        c.echo(&p).await?;
         c.close().await?;
     }
     Ok(start.elapsed())

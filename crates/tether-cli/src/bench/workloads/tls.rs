@@ -14,11 +14,12 @@ use crate::CliResult;
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let (warm, n, m) = (ctx.count(1_000), ctx.count(20_000), ctx.count(2_000));
     let p = payload(64);
-    let certs = ctx.tls()?;
+    let certs = ctx.tls()?.clone();
     let ((lat, total), once) = with_echo_server(ctx, imp, true, |server| {
-        ctx.block_on(async {
-            let session = sequential(imp, server.addr(), Some(certs), &p, warm, n).await?;
-            let once = sessionless(imp, server.addr(), Some(certs), &p, m).await?;
+        let addr = server.addr();
+        ctx.run(async move {
+            let session = sequential(imp, addr, Some(certs.clone()), p.clone(), warm, n).await?;
+            let once = sessionless(imp, addr, Some(certs), p, m).await?;
             Ok((session, once))
         })
     })?;
