@@ -64,6 +64,12 @@
 //! channel`); time requests out (wrap the future in
 //! `tokio::time::timeout`: dropping it cancels the request); reconnect
 //! (the message layer above does).
+//!
+//! Each connection is a task of its own, which hands every response to the
+//! task that awaits it. On a current-thread runtime, await responses from a
+//! spawned task rather than from `block_on`'s future: tokio polls the
+//! driver once more (an `epoll_wait`) for each wake-up of `block_on`'s
+//! future by another task, a third of a round trip's system calls.
 
 pub mod blocking;
 mod codec;
