@@ -3,12 +3,16 @@
 //!
 //! Two buffer policies, because the two sides want different things:
 //! - [`Buffers::Lazy`] (servers): an idle connection holds no buffers. It
-//!   takes them from its thread's [`pool`] when data is ready and gives them
-//!   back once empty, so ten thousand idle sessions cost little more than
-//!   their sockets, and a busy server allocates nothing per request.
+//!   gives them back to its thread's [`pool`] when a read finds nothing and
+//!   takes one again when woken, so ten thousand idle sessions cost little
+//!   more than their sockets, and a busy server allocates nothing per
+//!   request.
 //! - [`Buffers::Kept`] (client sessions): the buffers stay between requests,
 //!   saving an allocation, a free and a readiness poll per request; one
 //!   that grew past [`KEEP_AT_MOST`] for a bulk frame is given back.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,15 +66,6 @@ impl<C> FrameIo<C> {
             rbuf_grown: false,
         }
     }
-
-    /// Whether an emptied buffer that grew (or not) should be given back
-    /// (to the pool, or to the allocator if it grew).
-    fn release(&self, grown: bool) -> bool {
-        match self.buffers {
-            Buffers::Lazy => true,
-            Buffers::Kept => grown,
-        }
-    }
 }
 
 impl<C> FrameIo<C>
@@ -83,13 +78,11 @@ where
             return Ok(None);
         }
         let frame = self.codec.decode(&mut self.rbuf);
-        if self.rbuf.is_empty() && self.release(self.rbuf_grown) {
-            // The frame keeps what it needs of the allocation; our share goes
-            // back to the pool, where it is reused once the frame is dropped.
-            let rbuf = std::mem::take(&mut self.rbuf);
-            if !std::mem::take(&mut self.rbuf_grown) {
-                pool::give(rbuf);
-            }
+        if self.rbuf.is_empty() && self.rbuf_grown {
+            // The frame keeps what it needs of the big allocation; the rest
+            // is not kept for the next one.
+            self.rbuf = BytesMut::new();
+            self.rbuf_grown = false;
         }
         frame
     }
@@ -100,28 +93,56 @@ where
             if let Some(frame) = self.buffered_frame()? {
                 return Ok(Some(frame));
             }
-            if self.rbuf.capacity() == 0 && self.buffers == Buffers::Lazy {
-                // Take a buffer only once there is something to read.
-                std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
-                self.rbuf = pool::take();
-            }
-            let chunk = match self.buffers {
-                Buffers::Lazy => LAZY_READ_CHUNK,
-                Buffers::Kept => READ_CHUNK,
-            };
-            // Room is made only when little is left: making it reclaims the
-            // space of the frames split off so far, a cost worth paying once
-            // every few dozen short frames rather than at every read.
-            if self.rbuf.capacity() - self.rbuf.len() < chunk / 4 {
-                self.rbuf.reserve(chunk);
-            }
-            self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            if std::future::poll_fn(|cx| self.poll_read_more(cx)).await? == 0 {
                 return self.codec.decode_eof(&mut self.rbuf);
             }
         }
     }
 
+    /// Reads what the stream has into the read buffer: the number of bytes,
+    /// 0 at end of stream. A [`Buffers::Lazy`] connection that finds nothing
+    /// gives its empty buffers back before it waits, and takes one again
+    /// when woken, so an idle connection holds none.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let chunk = match self.buffers {
+            Buffers::Lazy => {
+                if self.rbuf.capacity() == 0 {
+                    self.rbuf = pool::take();
+                }
+                LAZY_READ_CHUNK
+            }
+            Buffers::Kept => READ_CHUNK,
+        };
+        // Room is made only when little is left: making it reclaims the
+        // space of the frames split off so far, a cost worth paying once
+        // every few dozen short frames rather than at every read.
+        if self.rbuf.capacity() - self.rbuf.len() < chunk / 4 {
+            self.rbuf.reserve(chunk);
+            self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
+        }
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf);
+        if read.is_pending() && self.buffers == Buffers::Lazy {
+            self.give_back_empty();
+        }
+        read
+    }
+
+    /// Gives the empty buffers back: to the pool, or to the allocator if
+    /// they grew for a bulk frame.
+    fn give_back_empty(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            let rbuf = std::mem::take(&mut self.rbuf);
+            if !std::mem::take(&mut self.rbuf_grown) {
+                pool::give(rbuf);
+            }
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            let wbuf = std::mem::take(&mut self.wbuf);
+            if wbuf.capacity() <= KEEP_AT_MOST {
+                pool::give(wbuf);
+            }
+        }
+    }
     /// Encodes a frame into the write buffer; [`flush`](Self::flush) sends it.
     pub(crate) fn queue<T>(&mut self, item: T) -> Result<(), FramingError>
     where
@@ -137,23 +158,32 @@ where
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
         // A plain write loop: `write_all_buf` prepares 64 I/O slices for a
         // vectored write on every call, costing more than the frame itself.
-        let grown = self.wbuf.capacity() > KEEP_AT_MOST;
-        while !self.wbuf.is_empty() {
-            let n = self.stream.write(&self.wbuf).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+        // The buffer is not advanced as it goes out: cleared whole, it keeps
+        // all its room, where advancing would eat into it a frame at a time
+        // until every encode had to make room again.
+        let mut written = 0;
+        while written < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[written..]).await {
+                Ok(0) => {
+                    self.wbuf.advance(written);
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => written += n,
+                Err(e) => {
+                    self.wbuf.advance(written);
+                    return Err(e);
+                }
             }
-            self.wbuf.advance(n);
         }
-        if self.release(grown) {
-            let wbuf = std::mem::take(&mut self.wbuf);
-            if !grown {
-                pool::give(wbuf);
-            }
+        if self.wbuf.capacity() > KEEP_AT_MOST {
+            self.wbuf = BytesMut::new(); // grown for a bulk frame
         } else {
             self.wbuf.clear();
         }
-        self.stream.flush().await
+        if self.stream.buffers_writes() {
+            self.stream.flush().await?;
+        }
+        Ok(())
     }
 
     /// After refusing a peer, reads and drops what it is still sending (up
@@ -239,11 +269,17 @@ mod tests {
         let (a, mut peer) = memory_pair(1 << 20);
         let mut lazy = FrameIo::new(a, LengthCodec::new(), Buffers::Lazy);
         read_one(&mut lazy, &mut peer, 64).await;
+        lazy.queue(&b"reply"[..]).unwrap();
+        lazy.flush().await.unwrap();
+        // waiting for the next request
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), lazy.read_frame());
+        assert!(waited.await.is_err(), "nothing more was sent");
         assert_eq!(
-            lazy.rbuf.capacity(),
-            0,
+            (lazy.rbuf.capacity(), lazy.wbuf.capacity()),
+            (0, 0),
             "an idle server connection holds no buffer"
         );
+        read_one(&mut lazy, &mut peer, 64).await;
 
         let (a, mut peer) = memory_pair(1 << 20);
         let mut kept = FrameIo::new(a, LengthCodec::new(), Buffers::Kept);

@@ -113,6 +113,16 @@ impl ByteStream {
         }
     }
 
+    /// Whether written bytes may wait in a buffer of this stream until a
+    /// flush: TLS records, Telnet escapes, stdio. TCP, Unix and memory
+    /// streams write through.
+    pub fn buffers_writes(&self) -> bool {
+        !matches!(
+            self.inner,
+            Inner::Tcp(_) | Inner::Unix(_) | Inner::Memory(_)
+        )
+    }
+
     /// Wraps a connected TCP stream (sets `TCP_NODELAY`).
     pub fn from_tcp(stream: TcpStream) -> io::Result<Self> {
         stream.set_nodelay(true)?;
