@@ -319,8 +319,16 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.shared.lock().live.remove(&self.id);
-        self.shared.changed.notify_all();
+        let mut state = self.shared.lock();
+        // The last reference: the socket closes once the lock is released.
+        let socket = state.live.remove(&self.id);
+        // Only `stop` waits, and it raised the flag under this lock first:
+        // while serving, a connection's end costs no wake-up syscall.
+        if self.shared.stopping() {
+            self.shared.changed.notify_all();
+        }
+        drop(state);
+        drop(socket);
     }
 }
 
@@ -699,8 +707,10 @@ where
     /// Flushes (within [`CLOSE_TIMEOUT`]), then ends the write side so the
     /// peer sees end of stream.
     fn close_write(&mut self) -> io::Result<()> {
-        self.socket.set_write_timeout(Some(CLOSE_TIMEOUT))?;
-        self.flush()?;
+        if !self.wbuf.is_empty() {
+            self.socket.set_write_timeout(Some(CLOSE_TIMEOUT))?;
+            self.flush()?;
+        }
         self.socket.shutdown(Shutdown::Write)
     }
 
