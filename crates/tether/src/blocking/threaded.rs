@@ -251,7 +251,17 @@ impl Wake {
     fn wake(&self) {
         let woke = match self {
             Wake::Tcp(addr) => TcpStream::connect_timeout(addr, WAKE_TIMEOUT).map(drop),
-            Wake::Unix(path) => UnixStream::connect(path).map(drop),
+            // Non-blocking: a Unix connect waits while the backlog is
+            // full, and then the accept loop has peers to wake it anyway.
+            Wake::Unix(path) => socket2::SockAddr::unix(path).and_then(|addr| {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+                socket.set_nonblocking(true)?;
+                match socket.connect(&addr) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                    other => other,
+                }
+            }),
         };
         if let Err(e) = woke {
             debug!(error = %e, "could not wake the accept loop");
