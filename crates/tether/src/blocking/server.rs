@@ -16,8 +16,8 @@ use crate::transport::{Endpoint, Listener, TlsServerConfig, TransportError};
 /// blocking `std` sockets: the handler runs on the connection's own thread,
 /// where the bytes arrive, so a round trip costs what it costs in a
 /// hand-written `std::net` server. The price is a thread (with a 256 KiB
-/// stack) per connection, bounded by [`ServerOptions::max_connections`];
-/// the module `threaded.rs` says more. TLS endpoints run the async
+/// stack) per connection, bounded by [`ServerOptions::max_connections`]
+/// (see the [module docs](crate::blocking)). TLS endpoints run the async
 /// [`crate::session::Server`] on a private tokio runtime and hand each
 /// request to the handler on tokio's blocking thread pool.
 ///
