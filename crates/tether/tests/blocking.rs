@@ -131,3 +131,335 @@ fn unix_sockets_use_blocking_sockets_directly() {
     assert_eq!(client.request_once("over unix").unwrap(), "over unix");
     drop(server);
 }
+
+// The blocking server over TCP and Unix: a thread per connection.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tether::blocking::RunningServer;
+use tether::framing::LengthCodec;
+use tether::session::ServerOptions;
+use tether::transport::Endpoint;
+
+/// A small device: `sleep <ms>` sleeps then answers, `panic` panics, `fail`
+/// fails, `quiet` gets no reply, anything else comes back in upper case.
+/// `started` counts the requests whose handler has begun.
+fn device(endpoint: &Endpoint, options: ServerOptions) -> (RunningServer, Arc<AtomicUsize>) {
+    let started = Arc::new(AtomicUsize::new(0));
+    let seen = started.clone();
+    let server = Server::bind_with(
+        endpoint,
+        text(SentinelCodec::crlf()),
+        move |request: String, _: &ConnectionInfo| -> Result<Option<String>, HandlerError> {
+            seen.fetch_add(1, Ordering::SeqCst);
+            match request.as_str() {
+                "panic" => panic!("the handler panics on purpose"),
+                "fail" => Err("the handler fails on purpose".into()),
+                "quiet" => Ok(None),
+                _ => {
+                    if let Some(ms) = request.strip_prefix("sleep ") {
+                        std::thread::sleep(Duration::from_millis(ms.parse()?));
+                    }
+                    Ok(Some(request.to_uppercase()))
+                }
+            }
+        },
+        options,
+    )
+    .unwrap();
+    (server, started)
+}
+
+fn tcp() -> Endpoint {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn unix(name: &str) -> Endpoint {
+    let path =
+        std::env::temp_dir().join(format!("tether-bserver-{name}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    Endpoint::Unix(path)
+}
+
+fn client_of(server: &RunningServer) -> Client<tether::framing::TextCodec<SentinelCodec>> {
+    Client::new(
+        server.local_endpoint(),
+        text(SentinelCodec::crlf()),
+        options(),
+    )
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("did not finish within {limit:?}"))
+}
+
+/// Waits (bounded) until `cond` holds.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within 5 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn is_closed(err: &SessionError) -> bool {
+    matches!(err, SessionError::Disconnected | SessionError::Transport(_))
+}
+
+#[test]
+fn the_blocking_server_echoes_over_tcp_and_unix() {
+    for endpoint in [tcp(), unix("echo")] {
+        let (server, _) = device(&endpoint, ServerOptions::default());
+        let client = client_of(&server);
+        let mut session = client.connect().unwrap();
+        assert_eq!(session.request("one".to_string()).unwrap(), "ONE");
+        // no reply for `quiet`: the next reply is the next request's
+        session.send("quiet".to_string()).unwrap();
+        assert_eq!(session.request("two".to_string()).unwrap(), "TWO");
+        session.close().unwrap();
+        assert_eq!(client.request_once("once".to_string()).unwrap(), "ONCE");
+        assert_eq!(server.stats().accepted(), 2);
+        assert_eq!(server.stats().refused(), 0);
+        within(Duration::from_secs(5), move || {
+            server.shutdown(Duration::from_secs(2))
+        });
+        if let Endpoint::Unix(path) = &endpoint {
+            assert!(!path.exists(), "the socket file is removed on shutdown");
+        }
+    }
+}
+
+#[test]
+fn many_clients_are_served_at_once() {
+    let (server, _) = device(&tcp(), ServerOptions::default());
+    let endpoint = server.local_endpoint();
+    let clients: Vec<_> = (0..32)
+        .map(|i| {
+            let endpoint = endpoint.clone();
+            std::thread::spawn(move || {
+                let client = Client::new(endpoint, text(SentinelCodec::crlf()), options());
+                let mut session = client.connect().unwrap();
+                for j in 0..50 {
+                    let reply = session.request(format!("client {i} request {j}")).unwrap();
+                    assert_eq!(reply, format!("CLIENT {i} REQUEST {j}"));
+                }
+                // all of them hold a connection while one sleeps
+                assert_eq!(session.request("sleep 50".to_string()).unwrap(), "SLEEP 50");
+                session.close().unwrap();
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for c in clients {
+        c.join().unwrap();
+    }
+    // 32 sleeps of 50 ms, one after another, would take 1.6 s
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(server.stats().accepted(), 32);
+    within(Duration::from_secs(5), move || {
+        server.shutdown(Duration::from_secs(2))
+    });
+}
+
+#[test]
+fn a_connection_beyond_max_connections_is_refused() {
+    let (server, _) = device(&tcp(), ServerOptions::default().max_connections(2));
+    let client = client_of(&server);
+    let mut first = client.connect().unwrap();
+    let mut second = client.connect().unwrap();
+    assert_eq!(first.request("a".to_string()).unwrap(), "A");
+    assert_eq!(second.request("b".to_string()).unwrap(), "B");
+
+    let mut third = client.connect().unwrap();
+    let err = third.request("c".to_string()).unwrap_err();
+    assert!(is_closed(&err), "{err}");
+    assert_eq!(server.stats().refused(), 1);
+    // the others are not disturbed
+    assert_eq!(first.request("still".to_string()).unwrap(), "STILL");
+
+    // a slot comes free when a connection ends
+    second.close().unwrap();
+    eventually("a slot comes free", || {
+        client
+            .request_once("again".to_string())
+            .is_ok_and(|r| r == "AGAIN")
+    });
+    assert_eq!(first.request("end".to_string()).unwrap(), "END");
+    within(Duration::from_secs(5), move || {
+        server.shutdown(Duration::from_secs(2))
+    });
+}
+
+#[test]
+fn an_over_long_frame_closes_only_its_connection() {
+    let server = Server::bind(
+        &tcp(),
+        LengthCodec::with_prefix(4, 1024),
+        |req: bytes::BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(req)),
+    )
+    .unwrap();
+    // the client's codec allows more than the server's
+    let client = Client::new(server.local_endpoint(), LengthCodec::new(), options());
+    let mut other = client.connect().unwrap();
+    assert_eq!(other.request(&b"fits"[..]).unwrap(), &b"fits"[..]);
+
+    let mut session = client.connect().unwrap();
+    let err = session.request(vec![b'x'; 4096]).unwrap_err();
+    // the server drains what was sent, so the close is a clean end of
+    // stream rather than a reset
+    assert!(matches!(err, SessionError::Disconnected), "{err}");
+
+    assert_eq!(
+        other.request(&b"unaffected"[..]).unwrap(),
+        &b"unaffected"[..]
+    );
+    assert_eq!(client.request_once(&b"new"[..]).unwrap(), &b"new"[..]);
+    within(Duration::from_secs(5), move || {
+        server.shutdown(Duration::from_secs(2))
+    });
+}
+
+#[test]
+fn a_handler_panic_or_error_closes_only_its_connection() {
+    for endpoint in [tcp(), unix("panic")] {
+        let (server, _) = device(&endpoint, ServerOptions::default());
+        let client = client_of(&server);
+        let mut other = client.connect().unwrap();
+        assert_eq!(other.request("before".to_string()).unwrap(), "BEFORE");
+        for fatal in ["panic", "fail"] {
+            let mut session = client.connect().unwrap();
+            let err = session.request(fatal.to_string()).unwrap_err();
+            assert!(is_closed(&err), "{fatal}: {err}");
+        }
+        assert_eq!(other.request("after".to_string()).unwrap(), "AFTER");
+        assert_eq!(client.request_once("new".to_string()).unwrap(), "NEW");
+        within(Duration::from_secs(5), move || {
+            server.shutdown(Duration::from_secs(2))
+        });
+    }
+}
+
+#[test]
+fn shutdown_with_an_idle_client_returns_at_once() {
+    for endpoint in [tcp(), unix("idle")] {
+        let (server, _) = device(&endpoint, ServerOptions::default());
+        let client = client_of(&server);
+        let mut session = client.connect().unwrap();
+        assert_eq!(session.request("hello".to_string()).unwrap(), "HELLO");
+        let start = Instant::now();
+        within(Duration::from_secs(5), move || {
+            server.shutdown(Duration::from_secs(3))
+        });
+        // woken, not waited for: well within the grace
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        let err = session.request("late".to_string()).unwrap_err();
+        assert!(is_closed(&err), "{err}");
+    }
+}
+
+#[test]
+fn shutdown_lets_a_request_in_progress_finish() {
+    for endpoint in [tcp(), unix("inflight")] {
+        let (server, started) = device(&endpoint, ServerOptions::default());
+        let client = client_of(&server);
+        let slow = std::thread::spawn(move || {
+            let mut session = client.connect().unwrap();
+            let reply = session.request("sleep 300".to_string());
+            (reply, session.request("next".to_string()))
+        });
+        eventually("the handler starts", || started.load(Ordering::SeqCst) == 1);
+        let start = Instant::now();
+        within(Duration::from_secs(5), move || {
+            server.shutdown(Duration::from_secs(3))
+        });
+        let waited = start.elapsed();
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        let (reply, next) = slow.join().unwrap();
+        assert_eq!(
+            reply.unwrap(),
+            "SLEEP 300",
+            "the reply went out before the close"
+        );
+        let err = next.unwrap_err();
+        assert!(is_closed(&err), "then the connection closed: {err}");
+    }
+}
+
+#[test]
+fn a_connection_that_never_sends_does_not_hold_up_shutdown() {
+    let (server, _) = device(&tcp(), ServerOptions::default());
+    let addr = server.local_endpoint().host_port().unwrap();
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    eventually("the server accepts", || server.stats().accepted() == 1);
+    let start = Instant::now();
+    within(Duration::from_secs(5), move || {
+        server.shutdown(Duration::from_secs(2))
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut rest = Vec::new();
+    assert_eq!(
+        silent.read_to_end(&mut rest).unwrap(),
+        0,
+        "a clean end of stream"
+    );
+}
+
+#[test]
+fn a_handler_outliving_the_grace_does_not_hang_shutdown() {
+    let (server, started) = device(&tcp(), ServerOptions::default());
+    let addr = server.local_endpoint().host_port().unwrap();
+    let mut stuck = std::net::TcpStream::connect(addr).unwrap();
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stuck.write_all(b"sleep 2000\r\n").unwrap();
+    eventually("the handler starts", || started.load(Ordering::SeqCst) == 1);
+    let start = Instant::now();
+    within(Duration::from_secs(5), move || {
+        server.shutdown(Duration::from_millis(200))
+    });
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
+    // the connection was closed under the handler
+    let mut rest = Vec::new();
+    let closed = stuck.read_to_end(&mut rest);
+    assert!(closed.is_err() || rest.is_empty(), "{closed:?} {rest:?}");
+}
+
+#[test]
+fn dropping_the_server_shuts_it_down() {
+    let (server, _) = device(&tcp(), ServerOptions::default());
+    let client = client_of(&server);
+    let mut session = client.connect().unwrap();
+    assert_eq!(session.request("x".to_string()).unwrap(), "X");
+    let endpoint = server.local_endpoint();
+    within(Duration::from_secs(5), move || drop(server));
+    assert!(session.request("y".to_string()).is_err());
+    let fresh = Client::new(endpoint, text(SentinelCodec::crlf()), options());
+    assert!(fresh.connect().is_err(), "no longer listening");
+}

@@ -18,7 +18,7 @@ use super::baselines::{
     FramedTls, StdClient, StdServer,
 };
 use super::rig::{Ctx, Running};
-use super::stacks::{packet_server, session_server};
+use super::stacks::{blocking_server, packet_server, session_server};
 use super::Impl;
 use crate::CliResult;
 
@@ -43,7 +43,12 @@ pub async fn start_echo_server(ctx: &Ctx, imp: Impl, tls: bool) -> CliResult<Run
                 .spawn(|r, s| session_server(r, s, SentinelCodec::lines(), server_tls))
                 .await
         }
-        Impl::TetherLength | Impl::TetherBlocking => {
+        Impl::TetherBlocking if !tls => {
+            let (server, addr) = blocking_server()?;
+            Ok(Running::Blocking(server, addr))
+        }
+        Impl::TetherBlocking => Err("tether-blocking runs without TLS in the bench".into()),
+        Impl::TetherLength => {
             ctx.server
                 .spawn(|r, s| session_server(r, s, LengthCodec::new(), server_tls))
                 .await

@@ -9,7 +9,7 @@
 //! | `tokio-framed` | baseline: tokio + tokio-util `LengthDelimitedCodec` (over tokio-rustls for tls) | all |
 //! | `tether-sentinel` | async `session` over `SentinelCodec` (`\n`; payloads are printable bytes) | rtt, connect, fanin, bulk, idle |
 //! | `tether-length` | async `session` over `LengthCodec` | rtt, connect, fanin, bulk, tls, idle |
-//! | `tether-blocking` | the blocking session API (`LengthCodec`) against tether's async session server | rtt, connect, bulk |
+//! | `tether-blocking` | the blocking API on both ends (`LengthCodec`): `blocking::Session` against `blocking::Server`, a thread per connection | rtt, connect, bulk |
 //! | `tether-packet` | the packet layer: tagged, multiplexed (`submit`) | all |
 //!
 //! Left out on purpose: std-blocking where it would need a thread per
@@ -24,12 +24,13 @@
 //! every async implementation, baseline or tether. Async clients run as a
 //! task of the client runtime, as an application's code does, not in
 //! `block_on` (where each wake-up from another task costs tokio an extra
-//! `epoll_wait`); blocking clients run on the main thread; the std-blocking server uses a thread per connection,
-//! as such servers do. W8 measures in a fresh server process (hidden
-//! `bench-idle-server`, the same two runtimes) and keeps its idle clients in
-//! a third (hidden `bench-hold-clients`), so that 10,000 sockets on each
-//! side stay under the open-file limit and only the server's sessions are
-//! in the measured RSS.
+//! `epoll_wait`). Blocking clients run on the main thread; the blocking
+//! servers (std-blocking, tether-blocking) use a thread per connection, as
+//! such servers do, and no runtime. W8 measures in a fresh server process
+//! (hidden `bench-idle-server`, the same two runtimes) and keeps its idle
+//! clients in a third (hidden `bench-hold-clients`), so that 10,000 sockets
+//! on each side stay under the open-file limit and only the server's
+//! sessions are in the measured RSS.
 //!
 //! Layout: [`rig`] (runtimes, servers' lifetimes, counts), [`baselines`]
 //! and [`stacks`] (the servers of each implementation), [`conn`] (one

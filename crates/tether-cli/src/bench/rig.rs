@@ -173,6 +173,8 @@ pub enum Running {
     },
     /// The thread-per-connection baseline.
     Std(StdServer),
+    /// tether's blocking server (a thread per connection too).
+    Blocking(tether::blocking::RunningServer, SocketAddr),
 }
 
 impl Running {
@@ -181,6 +183,7 @@ impl Running {
         match self {
             Running::Tokio { addr, .. } => *addr,
             Running::Std(s) => s.addr(),
+            Running::Blocking(_, addr) => *addr,
         }
     }
 
@@ -199,6 +202,7 @@ impl Running {
                 }
             }
             Running::Std(s) => s.stop(),
+            Running::Blocking(s, _) => s.shutdown(Duration::from_secs(1)),
         }
     }
 }

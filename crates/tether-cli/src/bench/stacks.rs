@@ -1,8 +1,10 @@
 //! tether's servers as the bench runs them, and the client handler of the
 //! push workload.
 //!
-//! - sessions (`tether-sentinel`, `tether-length`, and the server of
-//!   `tether-blocking`): `session::Server` with an echo handler;
+//! - sessions (`tether-sentinel`, `tether-length`): `session::Server` with
+//!   an echo handler;
+//! - `tether-blocking`: `blocking::Server` (a thread per connection over
+//!   std sockets) with the same echo handler as a plain function;
 //! - `tether-packet`: `packet::serve` with the contract's `EchoService`
 //!   (rq_type 0 echoes), or, for push, an accept loop that submits
 //!   requests to each client as it connects.
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tether::framing::FramingError;
+use tether::framing::{FramingError, LengthCodec};
 use tether::packet::{
     EchoService, Handler as PacketHandler, IncomingRequest, NoHandler, PacketConfig,
     PacketConnection, Response,
@@ -80,6 +82,23 @@ where
         )
         .await;
     Ok(())
+}
+
+/// The blocking session server over `LengthCodec`, echoing every frame:
+/// its own accept thread and a thread per connection, no runtime.
+pub fn blocking_server() -> CliResult<(tether::blocking::RunningServer, SocketAddr)> {
+    let server = tether::blocking::Server::bind_with(
+        &Endpoint::tcp("127.0.0.1", 0),
+        LengthCodec::new(),
+        |request: BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(request)),
+        ServerOptions::default().max_connections(MAX_CONNECTIONS),
+    )?;
+    let addr = server
+        .local_endpoint()
+        .host_port()
+        .and_then(|hp| hp.parse().ok())
+        .ok_or("the listener has no IP address")?;
+    Ok((server, addr))
 }
 
 /// The session servers' handler: every request comes back as it is. A

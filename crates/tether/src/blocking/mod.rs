@@ -15,14 +15,27 @@
 //! # Ok(()) }
 //! ```
 //!
-//! TCP and Unix sessions use blocking sockets directly (no runtime, one
-//! syscall per read or write, deadlines as socket timeouts); the other
-//! transports (TLS among them) run the async stream on a small private
-//! runtime. Either way
-//! the codecs, limits and errors are the async API's.
+//! Over TCP and Unix both ends use blocking sockets directly, with no
+//! runtime:
+//!
+//! - a [`Session`] makes one syscall per read or write, its deadlines
+//!   socket timeouts;
+//! - a [`Server`] serves each connection on a thread of its own, which
+//!   reads a request, runs the handler and writes the reply: no hand-off
+//!   between threads, so its latency is a hand-written `std::net`
+//!   server's. The cost is a thread per connection, bounded by
+//!   [`ServerOptions::max_connections`](crate::session::ServerOptions::max_connections);
+//!   a server holding thousands of idle sessions wants the async
+//!   [`crate::session::Server`]. Shutdown wakes idle connections, lets
+//!   handlers in progress finish within the grace period, and never hangs.
+//!
+//! The other transports (TLS among them) run the async stream or server on
+//! a small private runtime. Either way the codecs, limits, errors and
+//! behaviour are the async API's.
 
 mod server;
 mod session;
+mod threaded;
 
 pub use crate::packet::blocking::PacketConnection;
 pub use crate::pair::blocking::{OneClientServer, Pair};

@@ -4,16 +4,27 @@ use std::time::Duration;
 
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::threaded;
 use crate::framing::FramingError;
-use crate::session::{self, ConnectionInfo, Handler, HandlerError, ServerOptions};
+use crate::session::{self, ConnectionInfo, Handler, HandlerError, ServerOptions, ServerStats};
 use crate::transport::{Endpoint, Listener, TlsServerConfig, TransportError};
 
 /// A server whose handler is a plain function: the blocking twin of
 /// [`crate::session::Server`].
 ///
-/// The network side runs on a private tokio runtime; each request is handed
-/// to the handler on tokio's blocking thread pool, so a slow handler never
-/// holds up another connection.
+/// TCP and Unix endpoints are served with a thread per connection over
+/// blocking `std` sockets: the handler runs on the connection's own thread,
+/// where the bytes arrive, so a round trip costs what it costs in a
+/// hand-written `std::net` server. The price is a thread (with a 256 KiB
+/// stack) per connection, bounded by [`ServerOptions::max_connections`]
+/// (see the [module docs](crate::blocking)). TLS endpoints run the async
+/// [`crate::session::Server`] on a private tokio runtime and hand each
+/// request to the handler on tokio's blocking thread pool.
+///
+/// Either way a slow handler never holds up another connection, and the
+/// behaviour is the async server's: the same codecs and limits, `Ok(None)`
+/// sends nothing, a handler error or panic closes that connection only, a
+/// request the codec refuses closes the connection.
 ///
 /// ```no_run
 /// use tether::blocking::Server;
@@ -112,6 +123,12 @@ impl Server {
         Req: Send + 'static,
         Resp: Send + 'static,
     {
+        if tls.is_none() && threaded::serves(endpoint) {
+            let running = threaded::Running::start(endpoint, codec, handler, options)?;
+            return Ok(RunningServer {
+                inner: Inner::Threaded(running),
+            });
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -130,8 +147,10 @@ impl Server {
             )
         })?;
         Ok(RunningServer {
-            runtime: Some(runtime),
-            running: Some(running),
+            inner: Inner::Runtime {
+                runtime: Some(runtime),
+                running: Some(running),
+            },
         })
     }
 }
@@ -164,30 +183,65 @@ where
 /// A blocking server serving in the background. Dropping it shuts it down
 /// with a one-second grace period.
 #[derive(Debug)]
+#[must_use = "dropping a RunningServer stops the server"]
 pub struct RunningServer {
-    runtime: Option<tokio::runtime::Runtime>,
-    running: Option<session::RunningServer>,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    /// TCP and Unix: a thread per connection.
+    Threaded(threaded::Running),
+    /// TLS and the rest: the async server on a private runtime.
+    Runtime {
+        runtime: Option<tokio::runtime::Runtime>,
+        running: Option<session::RunningServer>,
+    },
 }
 
 impl RunningServer {
     /// The endpoint clients connect to.
     pub fn local_endpoint(&self) -> Endpoint {
-        self.running
-            .as_ref()
-            .expect("running")
-            .local_endpoint()
-            .clone()
+        match &self.inner {
+            Inner::Threaded(running) => running.local_endpoint().clone(),
+            Inner::Runtime { running, .. } => running
+                .as_ref()
+                .expect("running until shut down")
+                .local_endpoint()
+                .clone(),
+        }
     }
 
-    /// Stops accepting, lets requests in progress finish (up to `grace`), closes.
+    /// The server's counters: connections accepted, and refused because
+    /// the server was full.
+    pub fn stats(&self) -> &ServerStats {
+        match &self.inner {
+            Inner::Threaded(running) => running.stats(),
+            Inner::Runtime { running, .. } => {
+                running.as_ref().expect("running until shut down").stats()
+            }
+        }
+    }
+
+    /// Graceful shutdown: stops accepting at once, lets requests in
+    /// progress finish and their replies go out (up to `grace`), then
+    /// closes every connection. Connections waiting for a request close at
+    /// once. Returns within `grace` and a fraction of a second: a handler
+    /// still running after that is left to finish on its own thread, its
+    /// connection closed.
     pub fn shutdown(mut self, grace: Duration) {
         self.stop(grace);
     }
 
     fn stop(&mut self, grace: Duration) {
-        if let (Some(runtime), Some(running)) = (self.runtime.take(), self.running.take()) {
-            runtime.block_on(running.shutdown(grace));
-            runtime.shutdown_timeout(grace);
+        match &mut self.inner {
+            Inner::Threaded(running) => running.stop(grace),
+            Inner::Runtime { runtime, running } => {
+                if let (Some(runtime), Some(running)) = (runtime.take(), running.take()) {
+                    runtime.block_on(running.shutdown(grace));
+                    runtime.shutdown_timeout(grace);
+                }
+            }
         }
     }
 }

@@ -32,3 +32,6 @@ pub use error::{HandlerError, SessionError};
 pub use server::{
     ConnectionId, ConnectionInfo, Handler, RunningServer, Server, ServerOptions, ServerStats,
 };
+// The blocking server's connection loop shares the async one's limits.
+pub(crate) use io::{KEEP_AT_MOST, READ_CHUNK};
+pub(crate) use server::{LINGER_BYTES, LINGER_TIME};

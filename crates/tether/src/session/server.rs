@@ -92,12 +92,17 @@ impl ServerOptions {
         self.max_connections = n;
         self
     }
+
+    /// The connection limit.
+    pub(crate) fn max_connections_value(&self) -> usize {
+        self.max_connections
+    }
 }
 
 /// After a bad request, how much of the rest the server reads and drops
 /// before closing, so the client gets the error reply rather than a reset.
-const LINGER_BYTES: usize = 16 * 1024 * 1024;
-const LINGER_TIME: Duration = Duration::from_secs(1);
+pub(crate) const LINGER_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const LINGER_TIME: Duration = Duration::from_secs(1);
 
 type BadFrameReply<R> = Arc<dyn Fn(&FramingError) -> Option<R> + Send + Sync>;
 
@@ -384,6 +389,16 @@ impl ServerStats {
     /// Connections refused because the server was full.
     pub fn refused(&self) -> usize {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more accepted connection (for the blocking server).
+    pub(crate) fn count_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one more refused connection (for the blocking server).
+    pub(crate) fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,898 @@
+//! The blocking server's TCP and Unix path: a thread per connection over
+//! blocking `std` sockets.
+//!
+//! ```text
+//!  accept thread ── accept() ──▶ connection thread (one per peer)
+//!                                  read ─▶ rbuf ─▶ codec.decode ─▶ handler
+//!                                  write ◀─ wbuf ◀─ codec.encode ◀──┘
+//! ```
+//!
+//! **Why a thread per connection.** The handler is a plain function, so it
+//! runs best where the bytes arrive: the connection's own thread reads a
+//! request, calls the handler and writes the reply, with no runtime and no
+//! hand-off between threads. A round trip costs what it costs in a
+//! hand-written `std::net` server: one `read` and one `write` syscall.
+//!
+//! **The cost** is a thread per connection: its stack ([`STACK_SIZE`],
+//! reserved, mostly untouched) and a kernel task. [`ServerOptions`]'
+//! `max_connections` bounds both; beyond it a connection is accepted and
+//! closed at once, as the async server does. Servers holding thousands of
+//! mostly idle sessions belong on the async [`crate::session::Server`].
+//!
+//! The rest is the async server's behaviour, loop for loop
+//! (`session/server.rs`): the same sans-IO codec over a read and a write
+//! buffer; requests already buffered are all answered before one write
+//! sends the replies; `Ok(None)` sends nothing; a handler error, or a
+//! handler panic (caught), closes that connection only; a request the codec
+//! refuses (too long, malformed) closes the connection after the rest of
+//! the peer's input is read and dropped for a moment, so that the close is
+//! an end of stream, not a reset.
+//!
+//! **Shutdown.** The accept thread blocks in `accept()`; to stop it,
+//! [`Running::stop`] raises the stopping flag and connects to the listener
+//! itself, and the woken loop sees the flag and drops the listener. That
+//! costs nothing while serving, unlike a non-blocking listener polled with a
+//! sleep, which would add up to one sleep to every connect and wake the
+//! thread all day. Connection threads blocked in `read` are woken by
+//! `shutdown(Read)` on their sockets, which the server keeps in a registry
+//! (shared with the threads, so no file descriptor is duplicated); a
+//! handler running finishes, its reply is written, and the connection
+//! closes. After the grace period the remaining sockets are shut down both
+//! ways (a blocked write fails at once), and threads still inside a handler
+//! after [`FORCE_WAIT`] more are left to finish on their own: `stop` never
+//! hangs.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder};
+use tracing::{debug, info, warn};
+
+use crate::framing::FramingError;
+use crate::session::{
+    ConnectionId, ConnectionInfo, HandlerError, ServerOptions, ServerStats, KEEP_AT_MOST,
+    LINGER_BYTES, LINGER_TIME, READ_CHUNK,
+};
+use crate::transport::{Endpoint, PeerAddr, TransportError};
+
+/// Stack of a connection thread: 256 KiB. The loop itself needs a few KiB;
+/// the rest is the handler's. std's 2 MiB default would reserve 2 GiB of
+/// address space for a full server of 1,024 connections. A handler that
+/// recurses deeply or keeps big arrays on the stack should hand that work
+/// to a thread of its own.
+pub(crate) const STACK_SIZE: usize = 256 * 1024;
+
+/// After the grace period and the forced close, how long `stop` still waits
+/// for handlers to return before leaving their threads behind.
+pub(crate) const FORCE_WAIT: Duration = Duration::from_millis(100);
+
+/// The listen backlog: tokio's, so that a burst of connects is queued
+/// rather than dropped (std's `bind` asks for 128).
+const BACKLOG: i32 = 1024;
+
+/// The most one `read` asks for. The room it reads into is zero-filled
+/// first (safe code cannot read into uninitialised memory); capping it
+/// keeps that fill as small as the copy the kernel does anyway, even when
+/// the buffer has grown for a bulk frame.
+const READ_AT_MOST: usize = 64 * 1024;
+
+/// How long the self-connect that wakes the accept loop may take. On
+/// loopback it completes or fails at once; a full backlog means the accept
+/// loop is awake anyway.
+const WAKE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long closing a connection may spend writing the replies still queued.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the blocking server serves `endpoint` with a thread per connection.
+pub(crate) fn serves(endpoint: &Endpoint) -> bool {
+    matches!(endpoint, Endpoint::Tcp { .. } | Endpoint::Unix(_))
+}
+
+/// A connected peer's socket.
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let result = match self {
+                Socket::Tcp(s) => (&*s).read(buf),
+                Socket::Unix(s) => (&*s).read(buf),
+            };
+            match result {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => (&*s).write_all(buf),
+            Socket::Unix(s) => (&*s).write_all(buf),
+        }
+    }
+
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.shutdown(how),
+            Socket::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.set_read_timeout(t),
+            Socket::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.set_write_timeout(t),
+            Socket::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+/// A bound listener; a Unix one removes its socket file when dropped, as
+/// [`crate::transport::Listener`] does.
+#[derive(Debug)]
+enum StdListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl StdListener {
+    fn bind(endpoint: &Endpoint) -> Result<(StdListener, Endpoint, Wake), TransportError> {
+        let named = |source: io::Error| TransportError::Bind {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        match endpoint {
+            Endpoint::Tcp { .. } => {
+                use std::net::ToSocketAddrs;
+                let target = endpoint.host_port().expect("tcp has a host and port");
+                let mut last = None;
+                for addr in target.to_socket_addrs().map_err(named)? {
+                    match bind_tcp(addr) {
+                        Ok(listener) => {
+                            let local = listener.local_addr().map_err(named)?;
+                            let endpoint = Endpoint::tcp(local.ip().to_string(), local.port());
+                            return Ok((StdListener::Tcp(listener), endpoint, Wake::tcp(local)));
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(named(last.unwrap_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "the host name resolved to no address",
+                    )
+                })))
+            }
+            Endpoint::Unix(path) => {
+                let listener = UnixListener::bind(path).map_err(named)?;
+                Ok((
+                    StdListener::Unix(listener, path.clone()),
+                    endpoint.clone(),
+                    Wake::Unix(path.clone()),
+                ))
+            }
+            _ => unreachable!("threaded::serves said yes"),
+        }
+    }
+
+    fn accept(&self) -> io::Result<(Socket, PeerAddr)> {
+        match self {
+            StdListener::Tcp(l) => {
+                let (stream, addr) = l.accept()?;
+                stream.set_nodelay(true)?;
+                Ok((Socket::Tcp(stream), PeerAddr::Tcp(addr)))
+            }
+            StdListener::Unix(l, _) => {
+                let (stream, _) = l.accept()?;
+                Ok((Socket::Unix(stream), PeerAddr::Unix))
+            }
+        }
+    }
+}
+
+impl Drop for StdListener {
+    fn drop(&mut self) {
+        if let StdListener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// How to wake the accept loop: connect to the listener.
+#[derive(Debug)]
+enum Wake {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Wake {
+    fn tcp(mut local: SocketAddr) -> Wake {
+        // A wildcard listener is reached on the loopback of its family.
+        if local.ip().is_unspecified() {
+            local.set_ip(match local {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Wake::Tcp(local)
+    }
+
+    fn wake(&self) {
+        let woke = match self {
+            Wake::Tcp(addr) => TcpStream::connect_timeout(addr, WAKE_TIMEOUT).map(drop),
+            // Non-blocking: a Unix connect waits while the backlog is
+            // full, and then the accept loop has peers to wake it anyway.
+            Wake::Unix(path) => socket2::SockAddr::unix(path).and_then(|addr| {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+                socket.set_nonblocking(true)?;
+                match socket.connect(&addr) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                    other => other,
+                }
+            }),
+        };
+        if let Err(e) = woke {
+            debug!(error = %e, "could not wake the accept loop");
+        }
+    }
+}
+
+/// What the accept thread, the connection threads and `stop` share.
+#[derive(Debug)]
+struct Shared {
+    /// Raised once, under the state lock, by `stop`; read by every loop.
+    stopping: AtomicBool,
+    state: Mutex<State>,
+    /// Signalled when a connection ends or the accept loop does.
+    changed: Condvar,
+    stats: Arc<ServerStats>,
+    max_connections: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The socket of every live connection, to wake or close it.
+    live: HashMap<ConnectionId, Arc<Socket>>,
+    /// Connection threads, to join on stop (finished ones are pruned as
+    /// new ones start).
+    threads: Vec<(ConnectionId, JoinHandle<()>)>,
+    /// The accept loop has not ended yet.
+    accepting: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Waits until every connection and the accept loop have ended, or
+    /// until `deadline`.
+    fn wait_idle(&self, deadline: Instant) -> MutexGuard<'_, State> {
+        let mut state = self.lock();
+        while state.accepting || !state.live.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        state
+    }
+}
+
+/// Takes a connection out of the registry when its thread ends (or when
+/// the thread could not start), however it ends.
+struct Registered {
+    shared: Arc<Shared>,
+    id: ConnectionId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        // The last reference: the socket closes once the lock is released.
+        let socket = state.live.remove(&self.id);
+        // Only `stop` waits, and it raised the flag under this lock first:
+        // while serving, a connection's end costs no wake-up syscall.
+        if self.shared.stopping() {
+            self.shared.changed.notify_all();
+        }
+        drop(state);
+        drop(socket);
+    }
+}
+
+/// Marks the accept loop ended, however it ends.
+struct AcceptEnded(Arc<Shared>);
+
+impl Drop for AcceptEnded {
+    fn drop(&mut self) {
+        self.0.lock().accepting = false;
+        self.0.changed.notify_all();
+    }
+}
+
+/// A server serving TCP or Unix with a thread per connection.
+#[derive(Debug)]
+pub(crate) struct Running {
+    local: Endpoint,
+    shared: Arc<Shared>,
+    wake: Wake,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Binds `endpoint` (TCP or Unix, see [`serves`]) and starts the accept thread.
+    pub(crate) fn start<C, F, Req, Resp>(
+        endpoint: &Endpoint,
+        codec: C,
+        handler: F,
+        options: ServerOptions,
+    ) -> Result<Running, TransportError>
+    where
+        C: Decoder<Item = Req, Error = FramingError>
+            + Encoder<Resp, Error = FramingError>
+            + Clone
+            + Send
+            + 'static,
+        F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
+    {
+        let (listener, local, wake) = StdListener::bind(endpoint)?;
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            state: Mutex::new(State {
+                live: HashMap::new(),
+                threads: Vec::new(),
+                accepting: true,
+            }),
+            changed: Condvar::new(),
+            stats: Arc::new(ServerStats::default()),
+            max_connections: options.max_connections_value(),
+        });
+        let accepting = shared.clone();
+        let handler = Arc::new(handler);
+        let accept = std::thread::Builder::new()
+            .name("tether-accept".into())
+            .stack_size(STACK_SIZE)
+            .spawn(move || accept_loop(listener, codec, handler, accepting))
+            .map_err(|source| TransportError::Bind {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
+        Ok(Running {
+            local,
+            shared,
+            wake,
+            accept: Some(accept),
+        })
+    }
+
+    /// The endpoint clients connect to (the real port after binding port 0).
+    pub(crate) fn local_endpoint(&self) -> &Endpoint {
+        &self.local
+    }
+
+    /// The server's counters.
+    pub(crate) fn stats(&self) -> &ServerStats {
+        &self.shared.stats
+    }
+
+    /// Stops accepting at once, wakes idle connections, lets handlers in
+    /// progress finish and their replies go out (up to `grace`), then
+    /// closes whatever is left. Returns within `grace` plus [`FORCE_WAIT`]
+    /// (and a loopback connect). A second call does nothing.
+    pub(crate) fn stop(&mut self, grace: Duration) {
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
+        let deadline = Instant::now() + grace;
+        let connections = {
+            let state = self.shared.lock();
+            // Under the lock: a connection registers either before this
+            // (and is woken below) or sees the flag and is dropped.
+            self.shared.stopping.store(true, Ordering::Release);
+            for socket in state.live.values() {
+                let _ = socket.shutdown(Shutdown::Read);
+            }
+            state.live.len()
+        };
+        info!(connections, ?grace, "shutting down");
+        self.wake.wake();
+        let mut state = self.shared.wait_idle(deadline);
+        if !state.live.is_empty() {
+            warn!(
+                left = state.live.len(),
+                "grace period over; closing the remaining connections"
+            );
+            for socket in state.live.values() {
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+            drop(state);
+            state = self.shared.wait_idle(Instant::now() + FORCE_WAIT);
+        }
+        let busy: HashSet<ConnectionId> = state.live.keys().copied().collect();
+        let threads = std::mem::take(&mut state.threads);
+        let accept_ended = !state.accepting;
+        drop(state);
+        // Threads out of the registry have only their return left: join them.
+        for (id, thread) in threads {
+            if !busy.contains(&id) {
+                let _ = thread.join();
+            }
+        }
+        if accept_ended {
+            let _ = accept.join();
+        } else {
+            warn!("the accept loop did not wake; it ends at its next connection");
+        }
+        if !busy.is_empty() {
+            warn!(
+                left = busy.len(),
+                "handlers still running after the grace period; their threads are left to finish"
+            );
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(1));
+    }
+}
+
+fn accept_loop<C, F, Req, Resp>(
+    listener: StdListener,
+    codec: C,
+    handler: Arc<F>,
+    shared: Arc<Shared>,
+) where
+    C: Decoder<Item = Req, Error = FramingError>
+        + Encoder<Resp, Error = FramingError>
+        + Clone
+        + Send
+        + 'static,
+    F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
+{
+    let ended = AcceptEnded(shared.clone());
+    let mut next_id = 1;
+    loop {
+        let accepted = listener.accept();
+        if shared.stopping() {
+            break;
+        }
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin.
+                warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let info = ConnectionInfo {
+            id: ConnectionId(next_id),
+            peer,
+        };
+        next_id += 1;
+        let socket = Arc::new(socket);
+        {
+            let mut state = shared.lock();
+            if shared.stopping() {
+                break;
+            }
+            if state.live.len() >= shared.max_connections {
+                drop(state);
+                warn!(peer = %info.peer, max = shared.max_connections, "connection refused: too many connections");
+                shared.stats.count_refused();
+                continue;
+            }
+            state.live.insert(info.id, socket.clone());
+        }
+        shared.stats.count_accepted();
+        let registered = Registered {
+            shared: shared.clone(),
+            id: info.id,
+        };
+        let conn = Connection {
+            socket,
+            codec: codec.clone(),
+            handler: handler.clone(),
+            info,
+            shared: shared.clone(),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            rbuf_grown: false,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("tether-conn-{}", info.id.0))
+            .stack_size(STACK_SIZE)
+            .spawn(move || {
+                let span = tracing::debug_span!("connection", id = %info.id, peer = %info.peer);
+                span.in_scope(|| conn.serve());
+                // Last: `stop` joins a thread once it is out of the registry.
+                drop(registered);
+            });
+        match spawned {
+            Ok(thread) => {
+                let mut state = shared.lock();
+                if state.threads.len() >= 2 * state.live.len() + 16 {
+                    state.threads.retain(|(_, t)| !t.is_finished());
+                }
+                state.threads.push((info.id, thread));
+            }
+            // The closure, dropped, took the connection out of the registry.
+            Err(e) => warn!(error = %e, peer = %info.peer, "no thread for the connection; closed"),
+        }
+    }
+    drop(listener);
+    drop(ended);
+}
+
+/// A read that found the server stopping rather than the peer's bytes.
+struct Stopped;
+
+struct Connection<C, F> {
+    socket: Arc<Socket>,
+    codec: C,
+    handler: Arc<F>,
+    info: ConnectionInfo,
+    shared: Arc<Shared>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    // The read buffer grew past KEEP_AT_MOST (its capacity can't tell once
+    // a frame is split off).
+    rbuf_grown: bool,
+}
+
+impl<C, F, Req, Resp> Connection<C, F>
+where
+    C: Decoder<Item = Req, Error = FramingError> + Encoder<Resp, Error = FramingError>,
+    F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError>,
+{
+    fn serve(mut self) {
+        debug!("connected");
+        loop {
+            // Requests already buffered are answered before anything is
+            // flushed, so a pipelined burst gets its replies in one write.
+            let next = match self.buffered_frame() {
+                Ok(Some(request)) => Ok(Some(request)),
+                Ok(None) => {
+                    if let Err(e) = self.flush() {
+                        debug!(error = %e, "write failed");
+                        return;
+                    }
+                    if self.shared.stopping() {
+                        break;
+                    }
+                    match self.read_frame() {
+                        Ok(next) => next,
+                        Err(Stopped) => break,
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match next {
+                Ok(Some(request)) => {
+                    let handler = &self.handler;
+                    let info = &self.info;
+                    match catch_unwind(AssertUnwindSafe(|| handler(request, info))) {
+                        Ok(Ok(Some(reply))) => {
+                            if let Err(e) = self.codec.encode(reply, &mut self.wbuf) {
+                                warn!(error = %e, "reply could not be encoded; closing the connection");
+                                break;
+                            }
+                        }
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "handler failed; closing the connection");
+                            break;
+                        }
+                        Err(panic) => {
+                            warn!(
+                                panic = panic_message(&*panic),
+                                "handler panicked; closing the connection"
+                            );
+                            break;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    debug!("peer closed the connection");
+                    break;
+                }
+                Err(FramingError::Io(e)) => {
+                    debug!(error = %e, "connection lost");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "bad request; closing the connection");
+                    let _ = self.close_write();
+                    self.discard_input(LINGER_BYTES, LINGER_TIME);
+                    return;
+                }
+            }
+        }
+        // Best effort: the replies already queued, then end of stream.
+        let _ = self.close_write();
+        debug!("closed");
+    }
+
+    /// A frame already in the read buffer, without touching the socket.
+    fn buffered_frame(&mut self) -> Result<Option<Req>, FramingError> {
+        if self.rbuf.is_empty() {
+            return Ok(None);
+        }
+        let frame = self.codec.decode(&mut self.rbuf);
+        if self.rbuf.is_empty() && std::mem::take(&mut self.rbuf_grown) {
+            // Grown for a bulk frame: give it back rather than keep it idle.
+            self.rbuf = BytesMut::new();
+        }
+        frame
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream; `Stopped` when
+    /// the server shut the socket's read side to stop.
+    fn read_frame(&mut self) -> Result<Result<Option<Req>, FramingError>, Stopped> {
+        loop {
+            match self.buffered_frame() {
+                Ok(None) => {}
+                done => return Ok(done),
+            }
+            match self.read_some() {
+                Ok(0) if self.shared.stopping() => return Err(Stopped),
+                Ok(0) => return Ok(self.codec.decode_eof(&mut self.rbuf)),
+                Ok(_) => {}
+                Err(e) => return Ok(Err(e.into())),
+            }
+        }
+    }
+
+    /// One `read` into the read buffer, which grows (doubling) only as far
+    /// as the codec lets a frame grow before it refuses it.
+    fn read_some(&mut self) -> io::Result<usize> {
+        self.rbuf.reserve(READ_CHUNK);
+        self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
+        let len = self.rbuf.len();
+        let room = (self.rbuf.capacity() - len).min(READ_AT_MOST);
+        self.rbuf.resize(len + room, 0);
+        let result = self.socket.read(&mut self.rbuf[len..]);
+        self.rbuf.truncate(len + *result.as_ref().unwrap_or(&0));
+        result
+    }
+
+    /// Writes the queued replies, in one write when the kernel takes it.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        self.socket.write_all(&self.wbuf)?;
+        if self.wbuf.capacity() > KEEP_AT_MOST {
+            self.wbuf = BytesMut::new();
+        } else {
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Flushes (within [`CLOSE_TIMEOUT`]), then ends the write side so the
+    /// peer sees end of stream.
+    fn close_write(&mut self) -> io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.socket.set_write_timeout(Some(CLOSE_TIMEOUT))?;
+            self.flush()?;
+        }
+        self.socket.shutdown(Shutdown::Write)
+    }
+
+    /// After refusing a peer, reads and drops what it is still sending (up
+    /// to `max_bytes`, until `max_wait`), so that closing does not reset the
+    /// connection before the peer has read what came before.
+    fn discard_input(&mut self, max_bytes: usize, max_wait: Duration) {
+        let deadline = Instant::now() + max_wait;
+        let mut scratch = vec![0u8; 8192];
+        let mut seen = 0;
+        while seen < max_bytes {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.socket.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match self.socket.read(&mut scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::LengthCodec;
+
+    fn echo(options: ServerOptions) -> Running {
+        Running::start(
+            &Endpoint::tcp("127.0.0.1", 0),
+            LengthCodec::new(),
+            |req: BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(req)),
+            options,
+        )
+        .unwrap()
+    }
+
+    fn connect(server: &Running) -> TcpStream {
+        let addr = server.local_endpoint().host_port().unwrap();
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    }
+
+    fn echo_once(s: &mut TcpStream, body: &[u8]) -> Vec<u8> {
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        s.write_all(&frame).unwrap();
+        let mut len = [0; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut reply = vec![0; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut reply).unwrap();
+        reply
+    }
+
+    #[test]
+    fn a_pipelined_burst_is_answered_in_order() {
+        let server = echo(ServerOptions::default());
+        let mut s = connect(&server);
+        let mut burst = Vec::new();
+        for i in 0..50u8 {
+            burst.extend_from_slice(&1u32.to_be_bytes());
+            burst.push(i);
+        }
+        s.write_all(&burst).unwrap();
+        let mut replies = vec![0; burst.len()];
+        s.read_exact(&mut replies).unwrap();
+        assert_eq!(replies, burst);
+    }
+
+    #[test]
+    fn a_bulk_frame_grows_the_read_buffer_which_is_then_given_back() {
+        let server = echo(ServerOptions::default());
+        let mut s = connect(&server);
+        let big = vec![7u8; 4 * KEEP_AT_MOST];
+        assert_eq!(echo_once(&mut s, &big), big);
+        assert_eq!(echo_once(&mut s, b"small"), b"small");
+        // The buffers themselves are checked through a connection built by hand.
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            state: Mutex::new(State {
+                live: HashMap::new(),
+                threads: Vec::new(),
+                accepting: false,
+            }),
+            changed: Condvar::new(),
+            stats: Arc::default(),
+            max_connections: 1,
+        });
+        let mut conn = Connection {
+            socket: Arc::new(Socket::Unix(a)),
+            codec: LengthCodec::new(),
+            handler: Arc::new(|r: BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(r))),
+            info: ConnectionInfo {
+                id: ConnectionId(1),
+                peer: PeerAddr::Unix,
+            },
+            shared,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            rbuf_grown: false,
+        };
+        let writer = std::thread::spawn(move || {
+            let mut frame = ((4 * KEEP_AT_MOST) as u32).to_be_bytes().to_vec();
+            frame.resize(4 + 4 * KEEP_AT_MOST, 1);
+            b.write_all(&frame).unwrap();
+            b
+        });
+        let got = conn.read_frame().ok().unwrap().unwrap().unwrap();
+        assert_eq!(got.len(), 4 * KEEP_AT_MOST);
+        assert_eq!(conn.rbuf.capacity(), 0, "the bulk buffer was given back");
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn stop_without_connections_is_prompt_and_idempotent() {
+        let mut server = echo(ServerOptions::default());
+        let start = Instant::now();
+        server.stop(Duration::from_secs(5));
+        server.stop(Duration::from_secs(5));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        let addr = server.local_endpoint().host_port().unwrap();
+        assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
+    }
+
+    #[test]
+    fn the_registry_empties_as_connections_end() {
+        let server = echo(ServerOptions::default());
+        let mut s = connect(&server);
+        assert_eq!(echo_once(&mut s, b"x"), b"x");
+        assert_eq!(server.shared.lock().live.len(), 1);
+        drop(s);
+        let state = server
+            .shared
+            .wait_idle_of_connections(Instant::now() + Duration::from_secs(5));
+        assert!(state.live.is_empty());
+        assert_eq!(server.stats().accepted(), 1);
+    }
+
+    impl Shared {
+        fn wait_idle_of_connections(&self, deadline: Instant) -> MutexGuard<'_, State> {
+            let mut state = self.lock();
+            while !state.live.is_empty() && Instant::now() < deadline {
+                state = self
+                    .changed
+                    .wait_timeout(state, Duration::from_millis(50))
+                    .unwrap()
+                    .0;
+            }
+            state
+        }
+    }
+
+    #[test]
+    fn wake_targets_loopback_for_a_wildcard_listener() {
+        let Wake::Tcp(addr) = Wake::tcp("0.0.0.0:80".parse().unwrap()) else {
+            unreachable!()
+        };
+        assert_eq!(addr, "127.0.0.1:80".parse().unwrap());
+        let Wake::Tcp(addr) = Wake::tcp("[::]:80".parse().unwrap()) else {
+            unreachable!()
+        };
+        assert_eq!(addr, "[::1]:80".parse().unwrap());
+    }
+}
