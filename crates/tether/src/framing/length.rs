@@ -178,6 +178,36 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_peer_declaring_the_maximum_pins_little_memory() {
+        let mut codec = LengthCodec::new(); // 8 MiB maximum
+        let mut buf = BytesMut::new();
+        buf.put_u32(DEFAULT_MAX_FRAME_LENGTH as u32);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= 4 + RESERVE_AHEAD, "{}", buf.capacity());
+    }
+
+    #[test]
+    fn a_big_frame_arriving_in_pieces_decodes_whole() {
+        let mut codec = LengthCodec::new();
+        let body: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        let mut wire = BytesMut::new();
+        codec.encode(&body[..], &mut wire).unwrap();
+        codec.encode(&b"next"[..], &mut wire).unwrap();
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for piece in wire.chunks(4093) {
+            buf.extend_from_slice(piece);
+            while let Some(frame) = codec.decode(&mut buf).unwrap() {
+                frames.push(frame);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(&frames[0][..], &body[..]);
+        assert_eq!(&frames[1][..], b"next");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
     fn after_an_oversize_frame_the_next_one_decodes() {
         let mut codec = LengthCodec::with_prefix(2, 3);
         let mut buf = BytesMut::from(&[0u8, 5, b'a', b'b'][..]);
