@@ -41,10 +41,13 @@ mod idle;
 mod plot;
 mod report;
 mod rig;
+mod serve;
+mod served;
 mod stacks;
 mod workloads;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -53,11 +56,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub use idle::{hold_clients, idle_server, HoldArgs, IdleServerArgs};
 use report::Record;
 use rig::Ctx;
+use served::Target;
 
 use crate::CliResult;
 
 /// Arguments of `tether bench`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Two processes (procs=2), server and client apart:
+  tether bench --serve 127.0.0.1:7000          # in one terminal: the servers, until Ctrl-C
+  tether bench --target 127.0.0.1:7000 --quick # in another: the clients, the same lines and ratios
+--serve listens at ADDR for the client (a listing of its servers) and starts the servers
+at the next 12 ports up (port 0: free ports; the listing line it prints says where).")]
 pub struct BenchArgs {
     /// Workloads to run, by name or id (w1..w8); none runs them all.
     #[arg(value_enum, value_name = "WORKLOAD")]
@@ -74,6 +84,15 @@ pub struct BenchArgs {
     /// Run each workload N times and report the median run (by its headline figure).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
     runs: u32,
+    /// Start every implementation's server (ADDR itself: the listing; the
+    /// servers: the ports above it) and serve until SIGINT or SIGTERM, for
+    /// `--target ADDR` in another process.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["target", "workloads", "quick", "json", "plot", "runs", "scale"])]
+    serve: Option<SocketAddr>,
+    /// Measure against the servers of `tether bench --serve ADDR` in another
+    /// process (procs=2); idle still runs locally.
+    #[arg(long, value_name = "ADDR")]
+    target: Option<SocketAddr>,
     /// Divide every count by this too (tests use it to run in seconds).
     #[arg(long, hide = true, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     scale: u64,
@@ -204,7 +223,11 @@ impl Impl {
 
 /// Runs `tether bench`. Outside any tokio runtime: the bench builds its own.
 pub fn run(args: BenchArgs) -> ExitCode {
-    match run_inner(args) {
+    let outcome = match args.serve {
+        Some(at) => serve::serve(at).map(|()| true),
+        None => run_inner(args),
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -243,7 +266,10 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
     let divisor = if args.quick { 10 } else { 1 } * args.scale;
     let runs = args.runs as usize;
     idle::raise_open_file_limit();
-    let ctx = Ctx::new(divisor)?;
+    let ctx = match args.target {
+        Some(at) => Ctx::targeting(divisor, Target::fetch(at)?)?,
+        None => Ctx::new(divisor)?,
+    };
 
     let steps: usize = workloads.iter().map(|w| w.impls().len() * runs).sum();
     let bar = ProgressBar::new(steps as u64);
@@ -253,6 +279,15 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
     let mut records: Vec<Record> = Vec::new();
     let mut all_ok = true;
     for &w in &workloads {
+        let procs = procs_of(&ctx, w);
+        if procs != ctx.procs() {
+            bar.suspend(|| {
+                println!(
+                    "note: workload={} runs in local processes as without --target, so its lines say procs={procs}",
+                    w.name()
+                )
+            });
+        }
         for &imp in w.impls() {
             bar.set_message(format!("{} {}", w.name(), imp.name()));
             let mut results = Vec::new();
@@ -268,7 +303,7 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
                 }
                 bar.inc(1);
             }
-            if let Some(r) = report::median_run(results) {
+            if let Some(r) = report::median_run(results).map(|r| r.with_procs(procs)) {
                 bar.suspend(|| {
                     println!("{}", r.line());
                     let _ = std::io::stdout().flush();
@@ -278,11 +313,12 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
         }
     }
     bar.finish_and_clear();
+    let procs = ctx.procs();
     drop(ctx);
     println!();
     print!("{}", report::ratio_table(&records));
     if let (Some(mut f), Some(p)) = (json_file, args.json.as_deref()) {
-        let doc = report::to_json(&records, divisor, runs);
+        let doc = report::to_json(&records, divisor, runs, procs);
         serde_json::to_writer_pretty(&mut f, &doc)
             .map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
         writeln!(f).map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
@@ -292,4 +328,14 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
             .map_err(|e| format!("cannot write --plot {}: {e}", p.display()))?;
     }
     Ok(all_ok)
+}
+
+/// The `procs=` of `w`'s results: idle measures in fresh local processes
+/// of its own whatever the servers are, and says 1 as it always has.
+fn procs_of(ctx: &Ctx, w: Workload) -> u8 {
+    if w == Workload::Idle {
+        1
+    } else {
+        ctx.procs()
+    }
 }

@@ -14,11 +14,11 @@ use crate::CliResult;
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let (warm, n, m) = (ctx.count(1_000), ctx.count(20_000), ctx.count(2_000));
     let p = payload(64);
-    let certs = ctx.tls()?;
-    let ((lat, total), once) = with_echo_server(ctx, imp, true, |server| {
+    let trust = ctx.tls_client()?;
+    let ((lat, total), once) = with_echo_server(ctx, imp, true, |addr| {
         ctx.block_on(async {
-            let session = sequential(imp, server.addr(), Some(certs), &p, warm, n).await?;
-            let once = sessionless(imp, server.addr(), Some(certs), &p, m).await?;
+            let session = sequential(imp, addr, Some(&trust), &p, warm, n).await?;
+            let once = sessionless(imp, addr, Some(&trust), &p, m).await?;
             Ok((session, once))
         })
     })?;
