@@ -17,22 +17,43 @@
 //! threads measure the kernel, not a protocol); the sessions where a
 //! workload needs tags (pipelined) or server push.
 //!
-//! **Runtimes.** The server and the client run in one process (`procs=1`)
-//! on two separate current-thread tokio runtimes, each on its own thread:
-//! on a two-core machine that gives each side one core, with no work
-//! stealing between threads to blur the figures, and the same shape for
-//! every async implementation, baseline or tether. Blocking clients run on
-//! the main thread; the std-blocking server uses a thread per connection,
-//! as such servers do. W8 measures in a fresh server process (hidden
-//! `bench-idle-server`, the same two runtimes) and keeps its idle clients in
-//! a third (hidden `bench-hold-clients`), so that 10,000 sockets on each
-//! side stay under the open-file limit and only the server's sessions are
-//! in the measured RSS.
+//! **Runtimes.** By default the server and the client run in one process
+//! (`procs=1`) on two separate current-thread tokio runtimes, each on its
+//! own thread: on a two-core machine that gives each side one core, with
+//! no work stealing between threads to blur the figures, and the same
+//! shape for every async implementation, baseline or tether. Blocking
+//! clients run on the main thread; the std-blocking server uses a thread
+//! per connection, as such servers do. Each workload starts its servers
+//! and stops them when done.
 //!
-//! Layout: [`rig`] (runtimes, servers' lifetimes, counts), [`baselines`]
-//! and [`stacks`] (the servers of each implementation), [`conn`] (one
-//! client connection of any implementation),
-//! [`workloads`] (W1–W7), [`idle`] (W8), [`report`] (lines, ratios, JSON),
+//! **Two processes** (`procs=2`, as BENCHMARKS.md prefers): `tether bench
+//! --serve ADDR` runs the same servers on the same kind of runtime, all at
+//! once and for as long as it runs, and `tether bench --target ADDR
+//! [WORKLOAD…]` runs the same clients against them and prints the same
+//! lines and ratios. ADDR itself serves a listing of the servers (each
+//! server on one of the 12 ports above ADDR in a fixed order, or on free
+//! ports when ADDR's port is 0) and of the CA the TLS servers' certificate
+//! is signed by, so the client needs nothing but ADDR ([`served`]). The
+//! push servers cannot know the client's count, so each push client sends
+//! it first (8 bytes, big-endian). `--serve` stops on SIGINT or SIGTERM,
+//! not on stdin closing (a server started with `&` has /dev/null there).
+//! A `--target` that does not answer, or answers something other than a
+//! listing, is an error within 5 s.
+//!
+//! W8 measures in a fresh server process (hidden `bench-idle-server`, the
+//! same two runtimes) and keeps its idle clients in a third (hidden
+//! `bench-hold-clients`), so that 10,000 sockets on each side stay under
+//! the open-file limit and only the server's sessions are in the measured
+//! RSS. With `--target` it still does so locally (a `note:` line says so,
+//! and its lines say `procs=1`): it needs a fresh server process of its
+//! own, which a long-running `--serve` is not.
+//!
+//! Layout: [`rig`] (runtimes, where the servers are, servers' lifetimes,
+//! counts), [`baselines`] and [`stacks`] (the servers of each
+//! implementation), [`conn`] (one client connection of any
+//! implementation, and starting any server), [`workloads`] (W1–W7),
+//! [`idle`] (W8), [`served`] and [`serve`] (the two-process mode: what
+//! both sides agree on, and `--serve`), [`report`] (lines, ratios, JSON),
 //! [`plot`] (the SVG chart).
 
 mod baselines;
