@@ -89,7 +89,7 @@ impl StdServer {
 
 /// Where to connect to reach a listener bound at `addr`: an unspecified
 /// address (`0.0.0.0`, `::`) is reached on loopback.
-pub fn wakeable(addr: SocketAddr) -> SocketAddr {
+fn wakeable(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         let loopback = match addr {
             SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),

@@ -45,52 +45,70 @@ impl ServerKind {
     }
 }
 
-/// Starts the server of `imp` on `runtime` (the std-blocking one on
-/// threads of its own), bound at `at`.
+/// Starts the server of `imp` for `kind` on `runtime` (the std-blocking
+/// one on threads of its own), bound at `at`.
 pub async fn start_server(
     runtime: &ServerRuntime,
     imp: Impl,
     at: SocketAddr,
     kind: ServerKind,
 ) -> CliResult<Running> {
-    let (tls, pushes) = match kind {
-        ServerKind::Echo => (None, None),
-        ServerKind::EchoTls(config) => (Some(config), None),
-        ServerKind::Push(pushes) => (None, Some(pushes)),
-    };
-    match (imp, pushes) {
-        (Impl::StdBlocking, None) if tls.is_none() => Ok(Running::Std(StdServer::start(at)?)),
-        (Impl::StdBlocking, None) => Err("std-blocking has no TLS server".into()),
-        (Impl::TokioFramed, None) => {
+    match kind {
+        ServerKind::Echo => start_echo_server(runtime, imp, at, None).await,
+        ServerKind::EchoTls(config) => start_echo_server(runtime, imp, at, Some(config)).await,
+        ServerKind::Push(pushes) => start_push_server(runtime, imp, at, pushes).await,
+    }
+}
+
+async fn start_echo_server(
+    runtime: &ServerRuntime,
+    imp: Impl,
+    at: SocketAddr,
+    tls: Option<TlsServerConfig>,
+) -> CliResult<Running> {
+    match imp {
+        Impl::StdBlocking if tls.is_none() => Ok(Running::Std(StdServer::start(at)?)),
+        Impl::StdBlocking => Err("std-blocking has no TLS server".into()),
+        Impl::TokioFramed => {
             let acceptor = tls.map(|c| TlsAcceptor::from(c.rustls_config().clone()));
             runtime
                 .spawn(|r, s| framed_server(at, r, s, FramedService::Echo, acceptor))
                 .await
         }
-        (Impl::TetherSentinel, None) => {
+        Impl::TetherSentinel => {
             runtime
                 .spawn(|r, s| session_server(at, r, s, SentinelCodec::lines(), tls))
                 .await
         }
-        (Impl::TetherLength | Impl::TetherBlocking, None) => {
+        Impl::TetherLength | Impl::TetherBlocking => {
             runtime
                 .spawn(|r, s| session_server(at, r, s, LengthCodec::new(), tls))
                 .await
         }
-        (Impl::TetherPacket | Impl::TetherPipeline, None) => {
+        Impl::TetherPacket | Impl::TetherPipeline => {
             runtime.spawn(|r, s| packet_server(at, r, s, tls)).await
         }
-        (Impl::TokioFramed, Some(pushes)) => {
+    }
+}
+
+async fn start_push_server(
+    runtime: &ServerRuntime,
+    imp: Impl,
+    at: SocketAddr,
+    pushes: Pushes,
+) -> CliResult<Running> {
+    match imp {
+        Impl::TokioFramed => {
             runtime
                 .spawn(|r, s| framed_server(at, r, s, FramedService::Push(pushes), None))
                 .await
         }
-        (Impl::TetherPacket, Some(pushes)) => {
+        Impl::TetherPacket => {
             runtime
                 .spawn(|r, s| packet_push_server(at, r, s, pushes))
                 .await
         }
-        (_, Some(_)) => Err(format!("{} has no push server", imp.name()).into()),
+        _ => Err(format!("{} has no push server", imp.name()).into()),
     }
 }
 
