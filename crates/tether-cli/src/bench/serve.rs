@@ -33,8 +33,7 @@ pub fn serve(at: SocketAddr) -> CliResult<()> {
         let served = start_all(&runtime, at, &certs, &mut running).await;
         let outcome = match served {
             Ok(listing_addr) => {
-                println!("serve listing={listing_addr}");
-                let _ = std::io::stdout().flush();
+                say(&format!("serve listing={listing_addr}"));
                 eprintln!(
                     "tether: bench servers up; run `tether bench --target {listing_addr}`; \
                      SIGINT or SIGTERM stops them"
@@ -81,7 +80,7 @@ async fn start_all(
             set,
             addr: server.addr(),
         };
-        println!("{}", entry.line());
+        say(&entry.line());
         entries.push(entry);
         running.push(server);
     }
@@ -93,6 +92,13 @@ async fn start_all(
     let listing_addr = listing.addr();
     running.push(listing);
     Ok(listing_addr)
+}
+
+/// Prints a line on stdout at once; a reader that has gone away (stdout
+/// closed) does not stop the servers.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// Sends `text` to every client that connects to `at`, then closes.
