@@ -16,12 +16,15 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::oneshot;
 
 use super::conn::{start_server, ServerKind};
+use super::idle::raise_open_file_limit;
 use super::rig::{current_thread, Pushes, Running, ServerRuntime};
 use super::served::{certificate_names, listing, server_addr, Entry, WorkloadSet, SERVED};
 use crate::CliResult;
 
 /// Serves the bench at `at` until SIGINT or SIGTERM.
 pub fn serve(at: SocketAddr) -> CliResult<()> {
+    // as the in-process bench does: many clients may come and go
+    raise_open_file_limit();
     let runtime = ServerRuntime::start()?;
     let control = current_thread()?;
     control.block_on(async {
@@ -58,6 +61,8 @@ async fn start_all(
     certs: &SelfSigned,
     running: &mut Vec<Running>,
 ) -> CliResult<SocketAddr> {
+    // the last port first: a base too high fails before anything starts
+    server_addr(at, SERVED.len() - 1)?;
     let mut entries = Vec::with_capacity(SERVED.len());
     for (index, &(imp, set)) in SERVED.iter().enumerate() {
         let bind_at = server_addr(at, index)?;
