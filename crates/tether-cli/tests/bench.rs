@@ -1,9 +1,10 @@
 //! `tether bench` through the real binary, with counts divided so far
 //! (the hidden `--scale`) that every workload takes a moment. No figure is
-//! asserted: only the shape of the output and of the files.
+//! asserted: only the shape of the output and of the files. The
+//! two-process mode runs a `--serve` child and a `--target` one.
 
-use std::io::Read;
-use std::process::{Command, ExitStatus, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 const TETHER: &str = env!("CARGO_BIN_EXE_tether");
@@ -211,4 +212,188 @@ fn an_unwritable_json_path_fails_before_measuring() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("cannot write --json"), "{err}");
     assert!(!out.contains("workload="));
+}
+
+// ---- two processes: `--serve` and `--target` ----
+
+/// A child process killed when dropped, so a failing test leaves none behind.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    /// Sends `signal` (`TERM`, `INT`) and waits, bounded, for the exit.
+    fn signal_and_wait(mut self, signal: &str) -> ExitStatus {
+        let mut child = self.0.take().unwrap();
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > STOP_LIMIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the bench server did not stop within {STOP_LIMIT:?} of SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How long a bench server may take to start, or to stop once signalled.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// A running `tether bench --serve 127.0.0.1:0`: the guard, the lines it
+/// printed, and where its listing is (the `--target`).
+fn serve() -> (KillOnDrop, Vec<String>, String) {
+    let mut child = Command::new(TETHER)
+        .args(["bench", "--serve", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = KillOnDrop(Some(child));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + STOP_LIMIT;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line.unwrap(),
+            Err(e) => panic!("no `serve listing=` line within {STOP_LIMIT:?} ({e}): {lines:?}"),
+        };
+        if let Some(listing) = line.strip_prefix("serve listing=") {
+            return (guard, lines, listing.to_string());
+        }
+        lines.push(line);
+    }
+}
+
+#[test]
+fn a_served_bench_measures_in_two_processes_and_stops_on_sigterm() {
+    let (server, served, target) = serve();
+    assert_eq!(served.len(), 12, "{served:?}");
+    for line in &served {
+        let kv = pairs(line.strip_prefix("serve ").unwrap());
+        let keys: Vec<&str> = kv.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["impl", "workload-set", "addr"], "{line}");
+    }
+    assert!(served
+        .iter()
+        .any(|l| l.contains("impl=tether-packet workload-set=push")));
+
+    let workloads = ["rtt", "pipelined", "fanin", "bulk", "push", "tls", "idle"];
+    let mut args = vec!["--target", &target, "--quick", "--scale", "100"];
+    args.extend(workloads);
+    let (status, out, err) = bench(&args);
+    assert!(
+        status.success(),
+        "exit {status}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let mut seen = Vec::new();
+    for line in out.lines().filter(|l| l.starts_with("workload=")) {
+        let kv = pairs(line);
+        // idle measures in local processes of its own, and says so
+        let procs = if kv[0].1 == "idle" { "1" } else { "2" };
+        assert_eq!(kv[2], ("procs", procs), "{line}");
+        for (k, v) in &kv[3..] {
+            assert!(v.parse::<f64>().is_ok(), "{k}={v} in {line}");
+        }
+        seen.push((kv[0].1, kv[1].1));
+    }
+    let expected: Vec<(&str, &str)> = EXPECTED
+        .iter()
+        .filter(|(w, _)| workloads.contains(w))
+        .flat_map(|(w, impls)| impls.iter().map(move |i| (*w, *i)))
+        .collect();
+    assert_eq!(seen, expected, "stdout:\n{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("note: workload=idle") && l.contains("procs=1")),
+        "{out}"
+    );
+    assert!(out.contains("ratios tether/baseline"), "{out}");
+    for w in ["rtt ", "pipelined ", "push ", "tls "] {
+        assert!(
+            out.lines().any(|l| l.starts_with(w) && l.contains('x')),
+            "no {w}ratio:\n{out}"
+        );
+    }
+
+    assert!(server.signal_and_wait("TERM").success());
+}
+
+#[test]
+fn a_bench_server_stops_cleanly_on_sigint() {
+    let (server, _, _) = serve();
+    assert!(server.signal_and_wait("INT").success());
+}
+
+#[test]
+fn serve_and_target_together_are_a_usage_error() {
+    let (status, out, err) = bench(&["--serve", "127.0.0.1:0", "--target", "127.0.0.1:7000"]);
+    assert_eq!(status.code(), Some(2), "stdout {out} stderr {err}");
+    assert!(err.contains("--serve") && err.contains("--target"), "{err}");
+}
+
+#[test]
+fn an_unreachable_target_is_a_clear_error() {
+    // a port that was free a moment ago: nothing listens there
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let (status, out, err) = bench(&["--target", &target, "rtt", "--scale", "1000"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach a bench server"), "{err}");
+    assert!(!out.contains("workload="), "{out}");
+}
+
+#[test]
+fn a_target_that_is_not_a_bench_server_is_a_clear_error() {
+    // one that answers something else
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = http.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = http.accept() {
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let (status, _, err) = bench(&["--target", &target, "rtt", "--scale", "1000"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not a tether bench server"), "{err}");
+    assert!(err.contains("HTTP/1.1 400"), "{err}");
+
+    // one that accepts and says nothing: the wait for the listing is bounded
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = silent.local_addr().unwrap().to_string();
+    let start = Instant::now();
+    let (status, _, err) = bench(&["--target", &target, "rtt", "--scale", "1000"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("sent nothing"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    drop(silent);
 }

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::rig::payload;
+use super::rig::{payload, Pushes};
 use crate::CliResult;
 
 /// The largest frame either baseline accepts: 8 MiB, as tether's default.
@@ -41,9 +41,9 @@ pub struct StdServer {
 }
 
 impl StdServer {
-    /// Binds 127.0.0.1 on a free port and starts accepting.
-    pub fn start() -> io::Result<StdServer> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// Binds `at` (port 0: a free port) and starts accepting.
+    pub fn start(at: SocketAddr) -> io::Result<StdServer> {
+        let listener = TcpListener::bind(at)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
@@ -80,10 +80,24 @@ impl StdServer {
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         // wake the blocked accept
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        let _ = TcpStream::connect_timeout(&wakeable(self.addr), Duration::from_secs(1));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Where to connect to reach a listener bound at `addr`: an unspecified
+/// address (`0.0.0.0`, `::`) is reached on loopback.
+fn wakeable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let loopback = match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        SocketAddr::new(loopback, addr.port())
+    } else {
+        addr
     }
 }
 
@@ -166,20 +180,22 @@ pub fn codec() -> LengthDelimitedCodec {
 pub enum FramedService {
     /// Echo every frame.
     Echo,
-    /// Send this many 64-byte frames, then close (the push workload).
-    Push(u64),
+    /// Send 64-byte frames, as many as [`Pushes`] says, then wait for the
+    /// client to hang up (the push workload).
+    Push(Pushes),
 }
 
-/// The tokio-framed server: binds 127.0.0.1, reports its address on
-/// `ready`, serves each connection in its own task (after a TLS handshake,
-/// also in that task, when `tls` is given) until `stop`.
+/// The tokio-framed server: binds `at`, reports its address on `ready`,
+/// serves each connection in its own task (after a TLS handshake, also in
+/// that task, when `tls` is given) until `stop`.
 pub async fn framed_server(
+    at: SocketAddr,
     ready: oneshot::Sender<SocketAddr>,
     stop: oneshot::Receiver<()>,
     service: FramedService,
     tls: Option<TlsAcceptor>,
 ) -> CliResult<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tokio::net::TcpListener::bind(at).await?;
     let _ = ready.send(listener.local_addr()?);
     tokio::pin!(stop);
     // connection tasks are kept, so that stopping waits for them: nothing
@@ -236,8 +252,18 @@ where
             let (sink, stream) = framed.split();
             let _ = stream.map(|r| r.map(BytesMut::freeze)).forward(sink).await;
         }
-        FramedService::Push(n) => {
+        FramedService::Push(pushes) => {
             let mut framed = framed;
+            let n = match pushes {
+                Pushes::Fixed(n) => n,
+                Pushes::AskClient => match framed.next().await {
+                    Some(Ok(frame)) => match Pushes::decode_count(&frame) {
+                        Some(n) => n,
+                        None => return,
+                    },
+                    _ => return,
+                },
+            };
             let msg = payload(64);
             for _ in 0..n {
                 // feed() flushes once 8 KiB are buffered: batched writes
@@ -298,7 +324,7 @@ mod tests {
 
     #[test]
     fn std_client_and_server_echo_small_and_large_frames() {
-        let server = StdServer::start().unwrap();
+        let server = StdServer::start(crate::bench::rig::ANY_LOOPBACK_PORT).unwrap();
         let mut c = StdClient::connect(server.addr()).unwrap();
         assert_eq!(c.echo(b"hello").unwrap(), 5);
         assert_eq!(c.echo(&payload(200_000)).unwrap(), 200_000);

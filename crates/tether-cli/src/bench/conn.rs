@@ -1,6 +1,6 @@
 //! One echo connection of any implementation, so that a workload is written
 //! once for all of them: [`Conn`] for the async ones, [`BlockingConn`] for
-//! the blocking ones, and [`start_echo_server`] for the matching server.
+//! the blocking ones, and [`start_server`] for the matching server.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,55 +9,111 @@ use bytes::Bytes;
 use tether::framing::{LengthCodec, SentinelCodec};
 use tether::packet::{NoHandler, PacketConfig, PacketConnection};
 use tether::session::{Client, ClientOptions, Session};
-use tether::transport::tls::SelfSigned;
-use tether::transport::Endpoint;
+use tether::transport::{Endpoint, TlsClientConfig, TlsServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::baselines::{
     framed_connect, framed_connect_tls, framed_echo, framed_server, FramedService, FramedTcp,
     FramedTls, StdClient, StdServer,
 };
-use super::rig::{Ctx, Running};
-use super::stacks::{blocking_server, packet_server, session_server};
+use super::rig::{Pushes, Running, ServerRuntime};
+use super::served::WorkloadSet;
+use super::stacks::{blocking_server, packet_push_server, packet_server, session_server};
 use super::Impl;
 use crate::CliResult;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Starts the echo server of `imp` on the server runtime (over TLS 1.3
-/// with the run's self-signed certificate when `tls`).
-pub async fn start_echo_server(ctx: &Ctx, imp: Impl, tls: bool) -> CliResult<Running> {
-    let certs = if tls { Some(ctx.tls()?) } else { None };
-    let server_tls = certs.map(|c| c.server.clone());
+/// What a server started by [`start_server`] serves.
+pub enum ServerKind {
+    /// Echoes every frame (W1–W5, W8).
+    Echo,
+    /// Echoes every frame over TLS 1.3 with this configuration (W7).
+    EchoTls(TlsServerConfig),
+    /// Pushes 64-byte messages to each client (W6).
+    Push(Pushes),
+}
+
+impl ServerKind {
+    /// The served servers of this kind.
+    pub fn workload_set(&self) -> WorkloadSet {
+        match self {
+            ServerKind::Echo => WorkloadSet::Echo,
+            ServerKind::EchoTls(_) => WorkloadSet::Tls,
+            ServerKind::Push(_) => WorkloadSet::Push,
+        }
+    }
+}
+
+/// Starts the server of `imp` for `kind` on `runtime` (the std-blocking
+/// one on threads of its own), bound at `at`.
+pub async fn start_server(
+    runtime: &ServerRuntime,
+    imp: Impl,
+    at: SocketAddr,
+    kind: ServerKind,
+) -> CliResult<Running> {
+    match kind {
+        ServerKind::Echo => start_echo_server(runtime, imp, at, None).await,
+        ServerKind::EchoTls(config) => start_echo_server(runtime, imp, at, Some(config)).await,
+        ServerKind::Push(pushes) => start_push_server(runtime, imp, at, pushes).await,
+    }
+}
+
+async fn start_echo_server(
+    runtime: &ServerRuntime,
+    imp: Impl,
+    at: SocketAddr,
+    tls: Option<TlsServerConfig>,
+) -> CliResult<Running> {
     match imp {
-        Impl::StdBlocking if !tls => Ok(Running::Std(StdServer::start()?)),
+        Impl::StdBlocking if tls.is_none() => Ok(Running::Std(StdServer::start(at)?)),
         Impl::StdBlocking => Err("std-blocking has no TLS server".into()),
         Impl::TokioFramed => {
-            let acceptor = server_tls.map(|c| TlsAcceptor::from(c.rustls_config().clone()));
-            ctx.server
-                .spawn(|r, s| framed_server(r, s, FramedService::Echo, acceptor))
+            let acceptor = tls.map(|c| TlsAcceptor::from(c.rustls_config().clone()));
+            runtime
+                .spawn(|r, s| framed_server(at, r, s, FramedService::Echo, acceptor))
                 .await
         }
         Impl::TetherSentinel => {
-            ctx.server
-                .spawn(|r, s| session_server(r, s, SentinelCodec::lines(), server_tls))
+            runtime
+                .spawn(|r, s| session_server(at, r, s, SentinelCodec::lines(), tls))
                 .await
         }
-        Impl::TetherBlocking if !tls => {
-            let (server, addr) = blocking_server()?;
+        Impl::TetherBlocking if tls.is_none() => {
+            let (server, addr) = blocking_server(at)?;
             Ok(Running::Blocking(server, addr))
         }
-        Impl::TetherBlocking => Err("tether-blocking runs without TLS in the bench".into()),
+        Impl::TetherBlocking => Err("tether-blocking has no TLS server in the bench".into()),
         Impl::TetherLength => {
-            ctx.server
-                .spawn(|r, s| session_server(r, s, LengthCodec::new(), server_tls))
+            runtime
+                .spawn(|r, s| session_server(at, r, s, LengthCodec::new(), tls))
                 .await
         }
         Impl::TetherPacket | Impl::TetherPipeline => {
-            ctx.server
-                .spawn(|r, s| packet_server(r, s, server_tls))
+            runtime.spawn(|r, s| packet_server(at, r, s, tls)).await
+        }
+    }
+}
+
+async fn start_push_server(
+    runtime: &ServerRuntime,
+    imp: Impl,
+    at: SocketAddr,
+    pushes: Pushes,
+) -> CliResult<Running> {
+    match imp {
+        Impl::TokioFramed => {
+            runtime
+                .spawn(|r, s| framed_server(at, r, s, FramedService::Push(pushes), None))
                 .await
         }
+        Impl::TetherPacket => {
+            runtime
+                .spawn(|r, s| packet_push_server(at, r, s, pushes))
+                .await
+        }
+        _ => Err(format!("{} has no push server", imp.name()).into()),
     }
 }
 
@@ -77,7 +133,11 @@ pub enum Conn {
 
 impl Conn {
     /// Connects to the echo server of `imp` at `addr` (over TLS when `tls`).
-    pub async fn connect(imp: Impl, addr: SocketAddr, tls: Option<&SelfSigned>) -> CliResult<Conn> {
+    pub async fn connect(
+        imp: Impl,
+        addr: SocketAddr,
+        tls: Option<&TlsClientConfig>,
+    ) -> CliResult<Conn> {
         let endpoint = match tls {
             None => Endpoint::tcp(addr.ip().to_string(), addr.port()),
             Some(_) => Endpoint::Tls {
@@ -87,13 +147,13 @@ impl Conn {
         };
         let mut options = ClientOptions::default().connect_timeout(CONNECT_TIMEOUT);
         if let Some(t) = tls {
-            options = options.tls(t.client.clone());
+            options = options.tls(t.clone());
         }
         Ok(match imp {
             Impl::TokioFramed => match tls {
                 None => Conn::Framed(framed_connect(addr).await?),
                 Some(t) => {
-                    let connector = TlsConnector::from(t.client.rustls_config().clone());
+                    let connector = TlsConnector::from(t.rustls_config().clone());
                     Conn::FramedTls(Box::new(framed_connect_tls(addr, &connector).await?))
                 }
             },

@@ -137,12 +137,12 @@ pub fn idle_server(args: IdleServerArgs) -> ExitCode {
 /// In the server process: RSS before the clients connect and once they idle.
 fn measure(ctx: &Ctx, imp: Impl, n: u64) -> CliResult<(u64, u64)> {
     let exe = std::env::current_exe()?;
-    with_echo_server(ctx, imp, false, |server| {
+    with_echo_server(ctx, imp, false, |addr| {
         let before = quiet_rss()?;
         let mut child = Command::new(&exe)
             .arg("bench-hold-clients")
             .arg(imp.name())
-            .arg(server.addr().to_string())
+            .arg(addr.to_string())
             .arg(n.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -17,25 +17,46 @@
 //! threads measure the kernel, not a protocol); the sessions where a
 //! workload needs tags (pipelined) or server push.
 //!
-//! **Runtimes.** The server and the client run in one process (`procs=1`)
-//! on two separate current-thread tokio runtimes, each on its own thread:
-//! on a two-core machine that gives each side one core, with no work
-//! stealing between threads to blur the figures, and the same shape for
-//! every async implementation, baseline or tether. Async clients run as a
-//! task of the client runtime, as an application's code does, not in
-//! `block_on` (where each wake-up from another task costs tokio an extra
+//! **Runtimes.** By default the server and the client run in one process
+//! (`procs=1`) on two separate current-thread tokio runtimes, each on its
+//! own thread: on a two-core machine that gives each side one core, with
+//! no work stealing between threads to blur the figures, and the same
+//! shape for every async implementation, baseline or tether. Async clients
+//! run as a task of the client runtime, as an application's code does, not
+//! in `block_on` (where each wake-up from another task costs tokio an extra
 //! `epoll_wait`). Blocking clients run on the main thread; the blocking
 //! servers (std-blocking, tether-blocking) use a thread per connection, as
-//! such servers do, and no runtime. W8 measures in a fresh server process
-//! (hidden `bench-idle-server`, the same two runtimes) and keeps its idle
-//! clients in a third (hidden `bench-hold-clients`), so that 10,000 sockets
-//! on each side stay under the open-file limit and only the server's
-//! sessions are in the measured RSS.
+//! such servers do, and no runtime. Each workload starts its servers and
+//! stops them when done.
 //!
-//! Layout: [`rig`] (runtimes, servers' lifetimes, counts), [`baselines`]
-//! and [`stacks`] (the servers of each implementation), [`conn`] (one
-//! client connection of any implementation),
-//! [`workloads`] (W1–W7), [`idle`] (W8), [`report`] (lines, ratios, JSON),
+//! **Two processes** (`procs=2`, as BENCHMARKS.md prefers): `tether bench
+//! --serve ADDR` runs the same servers on the same kind of runtime, all at
+//! once and for as long as it runs, and `tether bench --target ADDR
+//! [WORKLOAD…]` runs the same clients against them and prints the same
+//! lines and ratios. ADDR itself serves a listing of the servers (each
+//! server on one of the 12 ports above ADDR in a fixed order, or on free
+//! ports when ADDR's port is 0) and of the CA the TLS servers' certificate
+//! is signed by, so the client needs nothing but ADDR ([`served`]). The
+//! push servers cannot know the client's count, so each push client sends
+//! it first (8 bytes, big-endian). `--serve` stops on SIGINT or SIGTERM,
+//! not on stdin closing (a server started with `&` has /dev/null there).
+//! A `--target` that does not answer, or answers something other than a
+//! listing, is an error within 5 s.
+//!
+//! W8 measures in a fresh server process (hidden `bench-idle-server`, the
+//! same two runtimes) and keeps its idle clients in a third (hidden
+//! `bench-hold-clients`), so that 10,000 sockets on each side stay under
+//! the open-file limit and only the server's sessions are in the measured
+//! RSS. With `--target` it still does so locally (a `note:` line says so,
+//! and its lines say `procs=1`): it needs a fresh server process of its
+//! own, which a long-running `--serve` is not.
+//!
+//! Layout: [`rig`] (runtimes, where the servers are, servers' lifetimes,
+//! counts), [`baselines`] and [`stacks`] (the servers of each
+//! implementation), [`conn`] (one client connection of any
+//! implementation, and starting any server), [`workloads`] (W1–W7),
+//! [`idle`] (W8), [`served`] and [`serve`] (the two-process mode: what
+//! both sides agree on, and `--serve`), [`report`] (lines, ratios, JSON),
 //! [`plot`] (the SVG chart).
 
 mod baselines;
@@ -44,10 +65,13 @@ mod idle;
 mod plot;
 mod report;
 mod rig;
+mod serve;
+mod served;
 mod stacks;
 mod workloads;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -56,11 +80,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub use idle::{hold_clients, idle_server, HoldArgs, IdleServerArgs};
 use report::Record;
 use rig::Ctx;
+use served::Target;
 
 use crate::CliResult;
 
 /// Arguments of `tether bench`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Two processes (procs=2), server and client apart:
+  tether bench --serve 127.0.0.1:7000          # in one terminal: the servers, until Ctrl-C
+  tether bench --target 127.0.0.1:7000 --quick # in another: the clients, the same lines and ratios
+--serve listens at ADDR for the client (a listing of its servers) and starts the servers
+at the next 12 ports up (port 0: free ports; the listing line it prints says where).")]
 pub struct BenchArgs {
     /// Workloads to run, by name or id (w1..w8); none runs them all.
     #[arg(value_enum, value_name = "WORKLOAD")]
@@ -77,6 +108,15 @@ pub struct BenchArgs {
     /// Run each workload N times and report the median run (by its headline figure).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
     runs: u32,
+    /// Start every implementation's server (ADDR itself: the listing; the
+    /// servers: the ports above it) and serve until SIGINT or SIGTERM, for
+    /// `--target ADDR` in another process.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["target", "workloads", "quick", "json", "plot", "runs", "scale"])]
+    serve: Option<SocketAddr>,
+    /// Measure against the servers of `tether bench --serve ADDR` in another
+    /// process (procs=2); idle still runs locally.
+    #[arg(long, value_name = "ADDR")]
+    target: Option<SocketAddr>,
     /// Divide every count by this too (tests use it to run in seconds).
     #[arg(long, hide = true, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     scale: u64,
@@ -207,7 +247,11 @@ impl Impl {
 
 /// Runs `tether bench`. Outside any tokio runtime: the bench builds its own.
 pub fn run(args: BenchArgs) -> ExitCode {
-    match run_inner(args) {
+    let outcome = match args.serve {
+        Some(at) => serve::serve(at).map(|()| true),
+        None => run_inner(args),
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -246,7 +290,10 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
     let divisor = if args.quick { 10 } else { 1 } * args.scale;
     let runs = args.runs as usize;
     idle::raise_open_file_limit();
-    let ctx = Ctx::new(divisor)?;
+    let ctx = match args.target {
+        Some(at) => Ctx::targeting(divisor, Target::fetch(at)?)?,
+        None => Ctx::new(divisor)?,
+    };
 
     let steps: usize = workloads.iter().map(|w| w.impls().len() * runs).sum();
     let bar = ProgressBar::new(steps as u64);
@@ -256,6 +303,15 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
     let mut records: Vec<Record> = Vec::new();
     let mut all_ok = true;
     for &w in &workloads {
+        let procs = procs_of(&ctx, w);
+        if procs != ctx.procs() {
+            bar.suspend(|| {
+                println!(
+                    "note: workload={} runs in local processes as without --target, so its lines say procs={procs}",
+                    w.name()
+                )
+            });
+        }
         for &imp in w.impls() {
             bar.set_message(format!("{} {}", w.name(), imp.name()));
             let mut results = Vec::new();
@@ -271,7 +327,7 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
                 }
                 bar.inc(1);
             }
-            if let Some(r) = report::median_run(results) {
+            if let Some(r) = report::median_run(results).map(|r| r.with_procs(procs)) {
                 bar.suspend(|| {
                     println!("{}", r.line());
                     let _ = std::io::stdout().flush();
@@ -281,11 +337,12 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
         }
     }
     bar.finish_and_clear();
+    let procs = ctx.procs();
     drop(ctx);
     println!();
     print!("{}", report::ratio_table(&records));
     if let (Some(mut f), Some(p)) = (json_file, args.json.as_deref()) {
-        let doc = report::to_json(&records, divisor, runs);
+        let doc = report::to_json(&records, divisor, runs, procs);
         serde_json::to_writer_pretty(&mut f, &doc)
             .map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
         writeln!(f).map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
@@ -295,4 +352,14 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
             .map_err(|e| format!("cannot write --plot {}: {e}", p.display()))?;
     }
     Ok(all_ok)
+}
+
+/// The `procs=` of `w`'s results: idle measures in fresh local processes
+/// of its own whatever the servers are, and says 1 as it always has.
+fn procs_of(ctx: &Ctx, w: Workload) -> u8 {
+    if w == Workload::Idle {
+        1
+    } else {
+        ctx.procs()
+    }
 }

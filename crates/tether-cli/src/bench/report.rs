@@ -57,6 +57,9 @@ pub struct Record {
     pub workload: Workload,
     /// Which implementation.
     pub implementation: Impl,
+    /// The processes it was measured across: 1 (server and client in this
+    /// process) or 2 (the server in a `--serve` process).
+    pub procs: u8,
     /// The figures, in printing order (after `workload`, `impl`, `procs`).
     pub fields: Vec<(&'static str, Value)>,
     /// The key of the figure ratios and medians are taken on.
@@ -75,10 +78,17 @@ impl Record {
         Record {
             workload,
             implementation,
+            procs: 1,
             fields: Vec::new(),
             headline,
             better,
         }
+    }
+
+    /// The record with `procs=` set.
+    pub fn with_procs(mut self, procs: u8) -> Self {
+        self.procs = procs;
+        self
     }
 
     /// Appends an integer figure.
@@ -109,12 +119,13 @@ impl Record {
         self.get(self.headline).unwrap_or(f64::NAN)
     }
 
-    /// The `key=value` line: `workload=… impl=… procs=1 …`.
+    /// The `key=value` line: `workload=… impl=… procs=… …`.
     pub fn line(&self) -> String {
         let mut s = format!(
-            "workload={} impl={} procs=1",
+            "workload={} impl={} procs={}",
             self.workload.name(),
-            self.implementation.name()
+            self.implementation.name(),
+            self.procs
         );
         for (k, v) in &self.fields {
             let _ = write!(s, " {k}={v}");
@@ -127,7 +138,7 @@ impl Record {
         let mut m = Map::new();
         m.insert("workload".into(), json!(self.workload.name()));
         m.insert("impl".into(), json!(self.implementation.name()));
-        m.insert("procs".into(), json!(1));
+        m.insert("procs".into(), json!(self.procs));
         for (k, v) in &self.fields {
             m.insert((*k).into(), v.to_json());
         }
@@ -224,10 +235,11 @@ pub fn ratio_table(records: &[Record]) -> String {
     s
 }
 
-/// The whole run as JSON: settings, every result, every ratio.
-pub fn to_json(records: &[Record], divisor: u64, runs: usize) -> Json {
+/// The whole run as JSON: settings (`procs`: 2 when measured against a
+/// `--serve` process), every result, every ratio.
+pub fn to_json(records: &[Record], divisor: u64, runs: usize, procs: u8) -> Json {
     json!({
-        "procs": 1,
+        "procs": procs,
         "divisor": divisor,
         "runs": runs,
         "ratio_convention": "greater than 1 means tether is better: tether/baseline for throughput, baseline/tether for rtt p50 latency and idle bytes per session",
@@ -318,6 +330,7 @@ mod tests {
         );
         assert_eq!(r.to_json()["p50_us"], json!(15.84));
         assert_eq!(r.to_json()["impl"], json!("tokio-framed"));
+        assert!(r.with_procs(2).line().contains(" procs=2 "));
     }
 
     #[test]
@@ -377,7 +390,8 @@ mod tests {
             rec(Workload::Bulk, Impl::TokioFramed, "mib_s", 100.0),
             rec(Workload::Bulk, Impl::TetherLength, "mib_s", 90.0),
         ];
-        let j = to_json(&records, 10, 1);
+        let j = to_json(&records, 10, 1, 2);
+        assert_eq!(j["procs"], json!(2));
         assert_eq!(j["results"].as_array().unwrap().len(), 2);
         assert_eq!(j["ratios"][0]["baseline"], json!("tokio-framed"));
         assert!((j["ratios"][0]["ratio"].as_f64().unwrap() - 0.9).abs() < 1e-9);

@@ -1,41 +1,66 @@
-//! The bench's machinery: the two runtimes, a server's lifetime, the
-//! scaled counts, payloads, and bounded waits.
+//! The bench's machinery: the two runtimes, where the servers are (here or
+//! at a `--target`), a server's lifetime, the scaled counts, payloads, and
+//! bounded waits.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tether::transport::tls::{self, SelfSigned};
+use tether::transport::{TlsClientConfig, TlsServerConfig};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 
 use super::baselines::StdServer;
+use super::served::Target;
 use crate::CliResult;
+
+/// Where an in-process server binds: loopback, a free port.
+pub const ANY_LOOPBACK_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 /// How long any single step (a connect, a server start, a whole
 /// workload's client side) may take before the bench gives up on it with
 /// an error instead of hanging. Far above any full-size run here.
 pub const STEP_LIMIT: Duration = Duration::from_secs(300);
 
-/// Everything a workload needs: the two runtimes, the counts, the TLS
-/// material.
+/// Everything a workload needs: the client runtime, where the servers
+/// are, the counts, the TLS material.
 pub struct Ctx {
     /// The client side: a current-thread runtime driven by the main thread.
     pub client: Runtime,
-    /// The server side: a current-thread runtime on its own thread.
-    pub server: ServerRuntime,
+    /// Where the servers run.
+    pub servers: Servers,
     /// The divisor applied to every count (`--quick`, `--scale`).
     pub divisor: u64,
     tls: std::sync::OnceLock<SelfSigned>,
 }
 
+/// Where a workload finds its servers.
+pub enum Servers {
+    /// Started for each workload on a runtime of this process (`procs=1`).
+    Local(ServerRuntime),
+    /// Already running in a `tether bench --serve` process (`procs=2`).
+    Target(Target),
+}
+
 impl Ctx {
-    /// Builds both runtimes.
+    /// The in-process bench: builds both runtimes.
     pub fn new(divisor: u64) -> CliResult<Ctx> {
         Ok(Ctx {
             client: current_thread()?,
-            server: ServerRuntime::start()?,
+            servers: Servers::Local(ServerRuntime::start()?),
+            divisor,
+            tls: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The two-process bench: clients here, servers at `target`.
+    pub fn targeting(divisor: u64, target: Target) -> CliResult<Ctx> {
+        Ok(Ctx {
+            client: current_thread()?,
+            servers: Servers::Target(target),
             divisor,
             tls: std::sync::OnceLock::new(),
         })
@@ -46,8 +71,30 @@ impl Ctx {
         (full / self.divisor).max(1)
     }
 
-    /// A self-signed certificate for 127.0.0.1, made once per run.
-    pub fn tls(&self) -> CliResult<&SelfSigned> {
+    /// The `procs=` of workload results measured against these servers.
+    pub fn procs(&self) -> u8 {
+        match self.servers {
+            Servers::Local(_) => 1,
+            Servers::Target(_) => 2,
+        }
+    }
+
+    /// The TLS configuration of the local servers: a self-signed
+    /// certificate for 127.0.0.1, made once per run.
+    pub fn tls_server(&self) -> CliResult<TlsServerConfig> {
+        Ok(self.self_signed()?.server.clone())
+    }
+
+    /// The TLS configuration of the clients: trusts the local servers'
+    /// certificate, or the one the target handed out.
+    pub fn tls_client(&self) -> CliResult<TlsClientConfig> {
+        match &self.servers {
+            Servers::Local(_) => Ok(self.self_signed()?.client.clone()),
+            Servers::Target(t) => Ok(t.tls_client()),
+        }
+    }
+
+    fn self_signed(&self) -> CliResult<&SelfSigned> {
         if let Some(t) = self.tls.get() {
             return Ok(t);
         }
@@ -103,7 +150,8 @@ pub struct ServerRuntime {
 }
 
 impl ServerRuntime {
-    fn start() -> CliResult<ServerRuntime> {
+    /// Starts the runtime's thread.
+    pub fn start() -> CliResult<ServerRuntime> {
         let rt = current_thread()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -207,6 +255,29 @@ impl Running {
     }
 }
 
+/// How many messages a push server sends each client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushes {
+    /// This many (the in-process bench, which knows the count).
+    Fixed(u64),
+    /// As many as the client asks for in its first message: a frame (or,
+    /// on the packet layer, a request) of 8 bytes, the count big-endian.
+    /// The `--serve` process, which does not know the client's counts.
+    AskClient,
+}
+
+impl Pushes {
+    /// The client's first message under [`Pushes::AskClient`].
+    pub fn encode_count(n: u64) -> Bytes {
+        Bytes::copy_from_slice(&n.to_be_bytes())
+    }
+
+    /// The count in a client's first message, if it is one.
+    pub fn decode_count(message: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(message.try_into().ok()?))
+    }
+}
+
 /// A payload of `len` printable bytes (`a`..`z`): valid for every framing,
 /// the `\n` sentinel included.
 pub fn payload(len: usize) -> Bytes {
@@ -228,5 +299,13 @@ mod tests {
         assert_eq!(p.len(), 64);
         assert!(p.iter().all(|b| b.is_ascii_lowercase()));
         assert!(!p.contains(&b'\n'));
+    }
+
+    #[test]
+    fn push_counts_round_trip() {
+        let m = Pushes::encode_count(100_000);
+        assert_eq!(m.len(), 8);
+        assert_eq!(Pushes::decode_count(&m), Some(100_000));
+        assert_eq!(Pushes::decode_count(b"short"), None);
     }
 }

@@ -9,8 +9,9 @@
 //!   (rq_type 0 echoes), or, for push, an accept loop that submits
 //!   requests to each client as it connects.
 //!
-//! Every server binds 127.0.0.1 on a free port, reports its address, and
-//! serves until told to stop; TLS ones use `Listener::bind_tls`.
+//! Every server binds the address it is given (in-process: 127.0.0.1 on a
+//! free port), reports its address, and serves until told to stop; TLS
+//! ones use `Listener::bind_tls`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,20 +30,23 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::baselines::drain;
-use super::rig::payload;
+use super::rig::{payload, Pushes};
 use crate::CliResult;
 
 /// Sessions a bench server accepts at once: above W8's 10,000 idle ones.
 const MAX_CONNECTIONS: usize = 65_536;
 
-/// Binds a tether listener on 127.0.0.1 (TLS when `tls` is given).
-pub async fn bind(tls: Option<TlsServerConfig>) -> CliResult<(Listener, SocketAddr)> {
+/// Binds a tether listener at `at` (TLS when `tls` is given).
+pub async fn bind(
+    at: SocketAddr,
+    tls: Option<TlsServerConfig>,
+) -> CliResult<(Listener, SocketAddr)> {
     let listener = match tls {
-        None => Listener::bind(&Endpoint::tcp("127.0.0.1", 0)).await?,
+        None => Listener::bind(&Endpoint::tcp(at.ip().to_string(), at.port())).await?,
         Some(cfg) => {
             let ep = Endpoint::Tls {
-                host: "127.0.0.1".into(),
-                port: 0,
+                host: at.ip().to_string(),
+                port: at.port(),
             };
             Listener::bind_tls(&ep, cfg).await?
         }
@@ -57,6 +61,7 @@ pub async fn bind(tls: Option<TlsServerConfig>) -> CliResult<(Listener, SocketAd
 
 /// A session server echoing every frame of `codec`.
 pub async fn session_server<C>(
+    at: SocketAddr,
     ready: oneshot::Sender<SocketAddr>,
     stop: oneshot::Receiver<()>,
     codec: C,
@@ -69,7 +74,7 @@ where
         + Send
         + 'static,
 {
-    let (listener, addr) = bind(tls).await?;
+    let (listener, addr) = bind(at, tls).await?;
     let server = Server::with_listener(listener, codec, Echo)
         .options(ServerOptions::default().max_connections(MAX_CONNECTIONS));
     let _ = ready.send(addr);
@@ -86,9 +91,9 @@ where
 
 /// The blocking session server over `LengthCodec`, echoing every frame:
 /// its own accept thread and a thread per connection, no runtime.
-pub fn blocking_server() -> CliResult<(tether::blocking::RunningServer, SocketAddr)> {
+pub fn blocking_server(at: SocketAddr) -> CliResult<(tether::blocking::RunningServer, SocketAddr)> {
     let server = tether::blocking::Server::bind_with(
-        &Endpoint::tcp("127.0.0.1", 0),
+        &Endpoint::tcp(at.ip().to_string(), at.port()),
         LengthCodec::new(),
         |request: BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(request)),
         ServerOptions::default().max_connections(MAX_CONNECTIONS),
@@ -118,25 +123,27 @@ impl Handler<BytesMut> for Echo {
 
 /// The packet server of the contract (`EchoService`).
 pub async fn packet_server(
+    at: SocketAddr,
     ready: oneshot::Sender<SocketAddr>,
     stop: oneshot::Receiver<()>,
     tls: Option<TlsServerConfig>,
 ) -> CliResult<()> {
-    let (listener, addr) = bind(tls).await?;
+    let (listener, addr) = bind(at, tls).await?;
     let _ = ready.send(addr);
     tether::packet::serve(listener, EchoService, PacketConfig::default(), stop).await;
     Ok(())
 }
 
-/// The push workload's packet server: as each client connects, pushes `n`
+/// The push workload's packet server: as each client connects, pushes
 /// 64-byte messages to it with [`PacketConnection::push`] (requests whose
-/// acknowledgements the connection discards).
+/// acknowledgements the connection discards), as many as `pushes` says.
 pub async fn packet_push_server(
+    at: SocketAddr,
     ready: oneshot::Sender<SocketAddr>,
     stop: oneshot::Receiver<()>,
-    n: u64,
+    pushes: Pushes,
 ) -> CliResult<()> {
-    let (mut listener, addr) = bind(None).await?;
+    let (mut listener, addr) = bind(at, None).await?;
     let _ = ready.send(addr);
     tokio::pin!(stop);
     let mut conns = tokio::task::JoinSet::new();
@@ -152,11 +159,45 @@ pub async fn packet_push_server(
                 }
             },
         };
-        let conn = PacketConnection::spawn(stream, NoHandler, PacketConfig::default());
-        conns.spawn(push_to(conn, n));
+        match pushes {
+            Pushes::Fixed(n) => {
+                let conn = PacketConnection::spawn(stream, NoHandler, PacketConfig::default());
+                conns.spawn(push_to(conn, n));
+            }
+            Pushes::AskClient => {
+                let (count, counted) = oneshot::channel();
+                let asked = PushCountRequest(std::sync::Mutex::new(Some(count)));
+                let conn = PacketConnection::spawn(stream, asked, PacketConfig::default());
+                conns.spawn(async move {
+                    tokio::select! {
+                        Ok(n) = counted => push_to(conn, n).await,
+                        _ = conn.closed() => {}
+                    }
+                });
+            }
+        }
     }
     drain(conns).await;
     Ok(())
+}
+
+/// The handler of a push server's connection under [`Pushes::AskClient`]:
+/// the client's request with the count is acknowledged and the count
+/// handed to the task that pushes.
+struct PushCountRequest(std::sync::Mutex<Option<oneshot::Sender<u64>>>);
+
+impl PacketHandler for PushCountRequest {
+    type Future = std::future::Ready<Response>;
+    fn handle(&self, request: IncomingRequest) -> Self::Future {
+        let Some(n) = Pushes::decode_count(&request.payload) else {
+            return std::future::ready(Response::fail("expected a push count (8 bytes)"));
+        };
+        let asked = self.0.lock().map(|mut once| once.take());
+        if let Ok(Some(count)) = asked {
+            let _ = count.send(n);
+        }
+        std::future::ready(Response::ok(0, Bytes::new()))
+    }
 }
 
 async fn push_to(conn: PacketConnection, n: u64) {

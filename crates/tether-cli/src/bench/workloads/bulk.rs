@@ -17,8 +17,7 @@ pub const SIZE: usize = 1024 * 1024;
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let n = ctx.count(512);
     let p = payload(SIZE);
-    let elapsed = with_echo_server(ctx, imp, false, |server| {
-        let addr = server.addr();
+    let elapsed = with_echo_server(ctx, imp, false, |addr| {
         if imp.is_blocking() {
             let mut c = BlockingConn::connect(imp, addr)?;
             let start = Instant::now();

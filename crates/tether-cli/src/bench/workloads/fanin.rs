@@ -20,8 +20,7 @@ pub const SESSIONS: u64 = 64;
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let per_session = (ctx.count(200_000) / SESSIONS).max(1);
     let total = per_session * SESSIONS;
-    let elapsed = with_echo_server(ctx, imp, false, |server| {
-        let addr = server.addr();
+    let elapsed = with_echo_server(ctx, imp, false, |addr| {
         ctx.run(async move {
             let mut conns = Vec::with_capacity(SESSIONS as usize);
             for _ in 0..SESSIONS {

@@ -1,7 +1,7 @@
 //! W1–W7 of BENCHMARKS.md, one function per workload and implementation
 //! (W8 lives in [`super::idle`]). Each starts its server on the server
-//! runtime, drives the clients, stops the server, and returns one
-//! [`Record`].
+//! runtime (or finds it at the `--target`), drives the clients, stops the
+//! server, and returns one [`Record`].
 
 mod bulk;
 mod fanin;
@@ -10,9 +10,11 @@ mod push;
 mod rtt;
 mod tls;
 
-use super::conn::start_echo_server;
+use std::net::SocketAddr;
+
+use super::conn::{start_server, ServerKind};
 use super::report::Record;
-use super::rig::{Ctx, Running};
+use super::rig::{Ctx, Servers, ANY_LOOPBACK_PORT};
 use super::{idle, Impl, Workload};
 use crate::CliResult;
 
@@ -31,16 +33,39 @@ pub fn run(ctx: &Ctx, w: Workload, imp: Impl, earlier: &[Record]) -> CliResult<R
     }
 }
 
-/// Runs `f` with the echo server of `imp` (TLS when `tls`), stopping the
-/// server afterwards whatever `f` returns.
+/// Runs `f` with the address of the echo server of `imp` (TLS when
+/// `tls`): one started for `f` and stopped afterwards whatever `f`
+/// returns, or the target's.
 pub fn with_echo_server<T>(
     ctx: &Ctx,
     imp: Impl,
     tls: bool,
-    f: impl FnOnce(&Running) -> CliResult<T>,
+    f: impl FnOnce(SocketAddr) -> CliResult<T>,
 ) -> CliResult<T> {
-    let server = ctx.block_on(start_echo_server(ctx, imp, tls))?;
-    let out = f(&server);
-    ctx.client.block_on(server.stop());
-    out
+    let kind = if tls {
+        ServerKind::EchoTls(ctx.tls_server()?)
+    } else {
+        ServerKind::Echo
+    };
+    with_server(ctx, imp, kind, f)
+}
+
+/// Runs `f` with the address of the server of `imp` for `kind`: one
+/// started for `f` and stopped afterwards whatever `f` returns, or the
+/// target's.
+pub fn with_server<T>(
+    ctx: &Ctx,
+    imp: Impl,
+    kind: ServerKind,
+    f: impl FnOnce(SocketAddr) -> CliResult<T>,
+) -> CliResult<T> {
+    match &ctx.servers {
+        Servers::Target(target) => f(target.addr(imp, kind.workload_set())?),
+        Servers::Local(runtime) => {
+            let server = ctx.block_on(start_server(runtime, imp, ANY_LOOPBACK_PORT, kind))?;
+            let out = f(server.addr());
+            ctx.client.block_on(server.stop());
+            out
+        }
+    }
 }

@@ -27,8 +27,7 @@ pub const IN_FLIGHT: usize = 64;
 /// Runs W3 for `imp` (tokio-framed or tether-packet).
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let n = ctx.count(200_000);
-    let elapsed = with_echo_server(ctx, imp, false, |server| {
-        let addr = server.addr();
+    let elapsed = with_echo_server(ctx, imp, false, |addr| {
         ctx.run(async move {
             match imp {
                 Impl::TokioFramed => framed(addr, n).await,

@@ -8,19 +8,25 @@
 //!   uses `PacketConnection::push`: a request whose acknowledgement (an
 //!   empty response from the client's handler) is read and discarded, many
 //!   in flight, bounded by the connection's queue and pending limits.
+//!
+//! Against a `--serve` process, which cannot know the count, each client
+//! first sends it ([`Pushes::AskClient`]): a frame, or a request, of 8
+//! bytes; the clock includes that one message.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tether::packet::{PacketConfig, PacketConnection};
 use tether::transport::Endpoint;
 use tokio::task::JoinSet;
 
-use crate::bench::baselines::{framed_connect, framed_server, FramedService};
+use super::with_server;
+use crate::bench::baselines::framed_connect;
+use crate::bench::conn::ServerKind;
 use crate::bench::report::Record;
-use crate::bench::rig::{per_sec, Ctx};
-use crate::bench::stacks::{packet_push_server, PushCounter};
+use crate::bench::rig::{per_sec, Ctx, Pushes, Servers};
+use crate::bench::stacks::PushCounter;
 use crate::bench::{Impl, Workload};
 use crate::CliResult;
 
@@ -30,39 +36,37 @@ pub const CLIENTS: u64 = 16;
 /// Runs W6 for `imp` (tokio-framed or tether-packet).
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let per_client = ctx.count(100_000);
-    let server = ctx.block_on(async {
-        match imp {
-            Impl::TokioFramed => {
-                ctx.server
-                    .spawn(|r, s| framed_server(r, s, FramedService::Push(per_client), None))
-                    .await
-            }
-            Impl::TetherPacket => {
-                ctx.server
-                    .spawn(|r, s| packet_push_server(r, s, per_client))
-                    .await
-            }
-            _ => Err(format!("{} has no push server", imp.name()).into()),
-        }
+    // a local server is told the count; a served one asks each client
+    let pushes = match ctx.servers {
+        Servers::Local(_) => Pushes::Fixed(per_client),
+        Servers::Target(_) => Pushes::AskClient,
+    };
+    let elapsed = with_server(ctx, imp, ServerKind::Push(pushes), |addr| {
+        let ask = (pushes == Pushes::AskClient).then_some(per_client);
+        ctx.run(clients(imp, addr, per_client, ask))
     })?;
-    let addr = server.addr();
-    let elapsed = ctx.run(clients(imp, addr, per_client));
-    ctx.client.block_on(server.stop());
     let total = per_client * CLIENTS;
     Ok(Record::new(Workload::Push, imp, "msgs_s")
         .int("clients", CLIENTS)
         .int("messages_per_client", per_client)
-        .float("msgs_s", per_sec(total, elapsed?), 0))
+        .float("msgs_s", per_sec(total, elapsed), 0))
 }
 
-async fn clients(imp: Impl, addr: SocketAddr, per_client: u64) -> CliResult<Duration> {
+/// Runs the clients at once; each first asks for `ask` messages when the
+/// server waits to be told.
+async fn clients(
+    imp: Impl,
+    addr: SocketAddr,
+    per_client: u64,
+    ask: Option<u64>,
+) -> CliResult<Duration> {
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..CLIENTS {
         tasks.spawn(async move {
             match imp {
-                Impl::TokioFramed => framed_client(addr, per_client).await,
-                _ => packet_client(addr, per_client).await,
+                Impl::TokioFramed => framed_client(addr, per_client, ask).await,
+                _ => packet_client(addr, per_client, ask).await,
             }
         });
     }
@@ -72,8 +76,11 @@ async fn clients(imp: Impl, addr: SocketAddr, per_client: u64) -> CliResult<Dura
     Ok(start.elapsed())
 }
 
-async fn framed_client(addr: SocketAddr, n: u64) -> CliResult<()> {
+async fn framed_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<()> {
     let mut f = framed_connect(addr).await?;
+    if let Some(count) = ask {
+        f.send(Pushes::encode_count(count)).await?;
+    }
     let mut got = 0;
     while got < n {
         match f.next().await {
@@ -87,7 +94,7 @@ async fn framed_client(addr: SocketAddr, n: u64) -> CliResult<()> {
     Ok(())
 }
 
-async fn packet_client(addr: SocketAddr, n: u64) -> CliResult<()> {
+async fn packet_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<()> {
     let counter = PushCounter::new(n);
     let ep = Endpoint::tcp(addr.ip().to_string(), addr.port());
     let conn = PacketConnection::connect(
@@ -97,6 +104,12 @@ async fn packet_client(addr: SocketAddr, n: u64) -> CliResult<()> {
         PacketConfig::default(),
     )
     .await?;
+    if let Some(count) = ask {
+        let answer = conn.submit(0, 0, Pushes::encode_count(count)).await?;
+        if !answer.ok {
+            return Err("the push server refused the count".into());
+        }
+    }
     tokio::select! {
         _ = counter.finished() => {}
         ended = conn.closed() => {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tether::transport::tls::SelfSigned;
+use tether::transport::TlsClientConfig;
 
 use super::with_echo_server;
 use crate::bench::conn::{BlockingConn, Conn};
@@ -22,11 +22,11 @@ pub type Latencies = (Vec<Duration>, Duration);
 pub fn rtt(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let (warm, n) = (ctx.count(1_000), ctx.count(20_000));
     let p = payload(64);
-    let (lat, total) = with_echo_server(ctx, imp, false, |server| {
+    let (lat, total) = with_echo_server(ctx, imp, false, |addr| {
         if imp.is_blocking() {
-            sequential_blocking(imp, server.addr(), &p, warm, n)
+            sequential_blocking(imp, addr, &p, warm, n)
         } else {
-            ctx.run(sequential(imp, server.addr(), None, p.clone(), warm, n))
+            ctx.run(sequential(imp, addr, None, p.clone(), warm, n))
         }
     })?;
     Ok(latency_record(
@@ -50,7 +50,7 @@ pub fn latency_record(record: Record, mut lat: Vec<Duration>, total: Duration) -
 pub async fn sequential(
     imp: Impl,
     addr: SocketAddr,
-    tls: Option<SelfSigned>,
+    tls: Option<TlsClientConfig>,
     p: Bytes,
     warm: u64,
     n: u64,
@@ -99,17 +99,17 @@ fn sequential_blocking(
 pub fn connect(ctx: &Ctx, imp: Impl, earlier: &[Record]) -> CliResult<Record> {
     let n = ctx.count(2_000);
     let p = payload(64);
-    let total = with_echo_server(ctx, imp, false, |server| {
+    let total = with_echo_server(ctx, imp, false, |addr| {
         if imp.is_blocking() {
             let start = Instant::now();
             for _ in 0..n {
-                let mut c = BlockingConn::connect(imp, server.addr())?;
+                let mut c = BlockingConn::connect(imp, addr)?;
                 c.echo(&p)?;
                 c.close()?;
             }
             Ok(start.elapsed())
         } else {
-            ctx.run(sessionless(imp, server.addr(), None, p.clone(), n))
+            ctx.run(sessionless(imp, addr, None, p.clone(), n))
         }
     })?;
     let req_s = per_sec(n, total);
@@ -130,7 +130,7 @@ pub fn connect(ctx: &Ctx, imp: Impl, earlier: &[Record]) -> CliResult<Record> {
 pub async fn sessionless(
     imp: Impl,
     addr: SocketAddr,
-    tls: Option<SelfSigned>,
+    tls: Option<TlsClientConfig>,
     p: Bytes,
     n: u64,
 ) -> CliResult<Duration> {

@@ -14,12 +14,12 @@ use crate::CliResult;
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let (warm, n, m) = (ctx.count(1_000), ctx.count(20_000), ctx.count(2_000));
     let p = payload(64);
-    let certs = ctx.tls()?.clone();
-    let ((lat, total), once) = with_echo_server(ctx, imp, true, |server| {
-        let addr = server.addr();
+    let trust = ctx.tls_client()?;
+    let ((lat, total), once) = with_echo_server(ctx, imp, true, |addr| {
+        let (trust, p) = (trust.clone(), p.clone());
         ctx.run(async move {
-            let session = sequential(imp, addr, Some(certs.clone()), p.clone(), warm, n).await?;
-            let once = sessionless(imp, addr, Some(certs), p, m).await?;
+            let session = sequential(imp, addr, Some(trust.clone()), p.clone(), warm, n).await?;
+            let once = sessionless(imp, addr, Some(trust), p, m).await?;
             Ok((session, once))
         })
     })?;

@@ -1,0 +1,160 @@
+//! `tether bench --serve ADDR`: the server side of the two-process bench.
+//!
+//! Starts every server of [`SERVED`] on one current-thread runtime on a
+//! thread of its own (the std-blocking one on threads of its own), as the
+//! in-process bench does, then the listing at ADDR (see [`super::served`]).
+//! Prints each server's `serve impl=… workload-set=… addr=…` line, then
+//! `serve listing=ADDR` once everything is up, and serves until SIGINT or
+//! SIGTERM; then stops every server and exits 0. Stdin is not watched: a
+//! server started in the background (`&`) has its stdin at /dev/null.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use tether::transport::tls::{self, SelfSigned};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::oneshot;
+
+use super::conn::{start_server, ServerKind};
+use super::idle::raise_open_file_limit;
+use super::rig::{current_thread, Pushes, Running, ServerRuntime};
+use super::served::{certificate_names, listing, server_addr, Entry, WorkloadSet, SERVED};
+use crate::CliResult;
+
+/// Serves the bench at `at` until SIGINT or SIGTERM.
+pub fn serve(at: SocketAddr) -> CliResult<()> {
+    // as the in-process bench does: many clients may come and go
+    raise_open_file_limit();
+    let runtime = ServerRuntime::start()?;
+    let control = current_thread()?;
+    control.block_on(async {
+        // registered before anything is printed: whoever reads the lines
+        // may signal at once
+        let mut stop = StopSignals::register()?;
+        let certs = tls::self_signed(&certificate_names(at.ip()))?;
+        let mut running = Vec::new();
+        let served = start_all(&runtime, at, &certs, &mut running).await;
+        let outcome = match served {
+            Ok(listing_addr) => {
+                say(&format!("serve listing={listing_addr}"));
+                eprintln!(
+                    "tether: bench servers up; run `tether bench --target {listing_addr}`; \
+                     SIGINT or SIGTERM stops them"
+                );
+                stop.recv().await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        // all at once: each may wait a little for its connections to end
+        futures_util::future::join_all(running.into_iter().map(Running::stop)).await;
+        outcome
+    })
+}
+
+/// Starts every server, printing its line, then the listing; all go into
+/// `running`, so that they are stopped whatever fails. Returns where the
+/// listing is.
+async fn start_all(
+    runtime: &ServerRuntime,
+    at: SocketAddr,
+    certs: &SelfSigned,
+    running: &mut Vec<Running>,
+) -> CliResult<SocketAddr> {
+    // the last port first: a base too high fails before anything starts
+    server_addr(at, SERVED.len() - 1)?;
+    let mut entries = Vec::with_capacity(SERVED.len());
+    for (index, &(imp, set)) in SERVED.iter().enumerate() {
+        let bind_at = server_addr(at, index)?;
+        let kind = match set {
+            WorkloadSet::Echo => ServerKind::Echo,
+            WorkloadSet::Tls => ServerKind::EchoTls(certs.server.clone()),
+            WorkloadSet::Push => ServerKind::Push(Pushes::AskClient),
+        };
+        let server = start_server(runtime, imp, bind_at, kind)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot start the {} server for {} at {bind_at}: {e}",
+                    imp.name(),
+                    set.name()
+                )
+            })?;
+        let entry = Entry {
+            imp,
+            set,
+            addr: server.addr(),
+        };
+        say(&entry.line());
+        entries.push(entry);
+        running.push(server);
+    }
+    let text = listing(&entries, &certs.ca_pem);
+    let listing = runtime
+        .spawn(|ready, stop| listing_server(at, ready, stop, text))
+        .await
+        .map_err(|e| format!("cannot serve the listing at {at}: {e}"))?;
+    let listing_addr = listing.addr();
+    running.push(listing);
+    Ok(listing_addr)
+}
+
+/// Prints a line on stdout at once; a reader that has gone away (stdout
+/// closed) does not stop the servers.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// Sends `text` to every client that connects to `at`, then closes.
+async fn listing_server(
+    at: SocketAddr,
+    ready: oneshot::Sender<SocketAddr>,
+    stop: oneshot::Receiver<()>,
+    text: String,
+) -> CliResult<()> {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind(at).await?;
+    let _ = ready.send(listener.local_addr()?);
+    let text: std::sync::Arc<str> = text.into();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else {
+                    // EMFILE and friends: back off rather than spin
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                };
+                let text = text.clone();
+                tokio::spawn(async move {
+                    let _ = stream.write_all(text.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, caught from the moment they are registered.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    fn register() -> CliResult<StopSignals> {
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
