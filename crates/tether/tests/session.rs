@@ -539,3 +539,32 @@ async fn telnet_loses_no_data_and_refuses_every_option() {
         "the device saw refusals and an escaped request"
     );
 }
+
+#[tokio::test]
+async fn graceful_shutdown_closes_an_idle_connection_at_once() {
+    let server = lines_server(1024).await;
+    let mut stream = raw(server.local_endpoint()).await;
+    // one request, so that the connection waits in its read loop
+    stream.write_all(b"ECHO x\n").await.unwrap();
+    let mut buf = [0u8; 256];
+    timeout(LIMIT, stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    // a long grace: only an idle connection left open would use it up
+    timeout(LIMIT, server.shutdown(Duration::from_secs(5)))
+        .await
+        .expect("shutdown finished");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown waited for an idle connection: {:?}",
+        started.elapsed()
+    );
+    let end = timeout(LIMIT, stream.read(&mut buf)).await.unwrap();
+    assert!(
+        matches!(end, Ok(0)),
+        "the client sees a clean end of stream: {end:?}"
+    );
+}

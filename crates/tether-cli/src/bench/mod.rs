@@ -105,7 +105,7 @@ pub struct BenchArgs {
     /// Write an SVG bar chart of the tether/baseline ratios to FILE.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
-    /// Run each workload N times and report the median run (by its headline figure).
+    /// Run each workload N times, the implementations taking turns, and report each one's median run (by its headline figure).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
     runs: u32,
     /// Start every implementation's server (ADDR itself: the listing; the
@@ -312,12 +312,16 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
                 )
             });
         }
-        for &imp in w.impls() {
-            bar.set_message(format!("{} {}", w.name(), imp.name()));
-            let mut results = Vec::new();
-            for _ in 0..runs {
+        // Round-robin over the implementations, run after run, so that a
+        // change of pace of a shared machine mid-workload (it happens, by a
+        // factor of three) falls on every implementation alike rather than
+        // on the ones that happened to run then.
+        let mut results: Vec<Vec<Record>> = vec![Vec::new(); w.impls().len()];
+        for _ in 0..runs {
+            for (i, &imp) in w.impls().iter().enumerate() {
+                bar.set_message(format!("{} {}", w.name(), imp.name()));
                 match workloads::run(&ctx, w, imp, &records) {
-                    Ok(r) => results.push(r),
+                    Ok(r) => results[i].push(r),
                     Err(e) => {
                         all_ok = false;
                         bar.suspend(|| {
@@ -327,7 +331,9 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
                 }
                 bar.inc(1);
             }
-            if let Some(r) = report::median_run(results).map(|r| r.with_procs(procs)) {
+        }
+        for runs_of_one in results {
+            if let Some(r) = report::median_run(runs_of_one).map(|r| r.with_procs(procs)) {
                 bar.suspend(|| {
                     println!("{}", r.line());
                     let _ = std::io::stdout().flush();

@@ -425,7 +425,8 @@ impl Running {
         let Some(accept) = self.accept.take() else {
             return;
         };
-        let deadline = Instant::now() + grace;
+        // (capped: `Instant + Duration::MAX` would panic; a year is for ever)
+        let deadline = Instant::now() + grace.min(Duration::from_secs(365 * 24 * 3600));
         let connections = {
             let state = self.shared.lock();
             // Under the lock: a connection registers either before this

@@ -40,7 +40,8 @@ impl LengthCodec {
     }
 
     /// A `prefix`-byte big-endian prefix (1 to 8) and frames of at most
-    /// `max_length` bytes.
+    /// `max_length` bytes (at most [`isize::MAX`] less the prefix: no
+    /// buffer holds more).
     ///
     /// # Panics
     /// If `prefix` is not between 1 and 8.
@@ -48,7 +49,8 @@ impl LengthCodec {
         assert!((1..=8).contains(&prefix), "a length prefix is 1 to 8 bytes");
         LengthCodec {
             prefix,
-            max_length,
+            // so that a frame and its prefix add up without overflow
+            max_length: max_length.min(isize::MAX as usize - prefix),
             skip: 0,
         }
     }
@@ -205,6 +207,23 @@ mod tests {
         assert_eq!(&frames[0][..], &body[..]);
         assert_eq!(&frames[1][..], b"next");
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_huge_declared_length_under_a_huge_maximum_is_no_panic() {
+        let mut codec = LengthCodec::with_prefix(8, usize::MAX);
+        let mut buf = BytesMut::from(&[0xffu8; 9][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FramingError::FrameTooLong { .. })
+        ));
+        let mut codec = LengthCodec::with_prefix(8, usize::MAX);
+        let mut buf = BytesMut::from(&[0x7fu8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xf7, 1][..]);
+        assert!(
+            codec.decode(&mut buf).unwrap().is_none(),
+            "waits for the body"
+        );
+        assert!(buf.capacity() <= 9 + RESERVE_AHEAD);
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! Working buffers that belong to a thread rather than to a connection.
 //!
 //! A connection task borrows a [`Scratch`] when it wakes up with work and
-//! gives it back when it goes to sleep with nothing buffered and no reply
-//! awaited (one due a round trip later would take them straight back), so
-//! ten thousand idle connections hold no buffers at all, while a busy one finds
+//! gives it back when it goes to sleep with nothing buffered, so ten
+//! thousand idle connections hold no buffers at all, while a busy one finds
 //! warm buffers in its thread's pool and allocates nothing per packet.
 //! (Two other designs were measured and dropped: giving the buffers to the
 //! allocator at every sleep cost a third more instructions per round trip;
@@ -13,7 +12,7 @@
 //! ```text
 //! wake-up ──► Scratch::take() ──► read, decode, handle, encode, write
 //!                                        │
-//! sleep (all empty, no reply awaited) ◄── scratch.give_back() (kept if the pool has room)
+//! sleep (all empty) ◄── scratch.give_back() (kept if the pool has room)
 //! ```
 
 use std::cell::RefCell;
@@ -26,7 +25,7 @@ use super::Response;
 
 /// Scratch sets a thread keeps. A thread works for one connection at a
 /// time, so one set is enough; a few more cover connections that go to
-/// sleep holding theirs (a packet half received, replies awaited).
+/// sleep holding theirs (a packet half received).
 const POOL_SIZE: usize = 4;
 
 /// A read buffer grown past this (for a big packet) goes to the allocator,

@@ -14,7 +14,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -49,6 +49,8 @@ pub(crate) struct FrameIo<C> {
     pub(crate) codec: C,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    // How much of `wbuf` is already written.
+    written: usize,
     buffers: Buffers,
     // The read buffer grew past KEEP_AT_MOST. (Its capacity can't tell once
     // a frame is split off: the rest may be a few bytes of a big allocation.)
@@ -62,6 +64,7 @@ impl<C> FrameIo<C> {
             codec,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
+            written: 0,
             buffers,
             rbuf_grown: false,
         }
@@ -118,8 +121,9 @@ where
         // every few dozen short frames rather than at every read.
         if self.rbuf.capacity() - self.rbuf.len() < chunk / 4 {
             self.rbuf.reserve(chunk);
-            self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
         }
+        // (the codec too may have made room, for a long frame)
+        self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
         let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf);
         if read.is_pending() && self.buffers == Buffers::Lazy {
             self.give_back_empty();
@@ -160,21 +164,17 @@ where
         // vectored write on every call, costing more than the frame itself.
         // The buffer is not advanced as it goes out: cleared whole, it keeps
         // all its room, where advancing would eat into it a frame at a time
-        // until every encode had to make room again.
-        let mut written = 0;
-        while written < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[written..]).await {
-                Ok(0) => {
-                    self.wbuf.advance(written);
-                    return Err(std::io::ErrorKind::WriteZero.into());
-                }
-                Ok(n) => written += n,
-                Err(e) => {
-                    self.wbuf.advance(written);
-                    return Err(e);
-                }
+        // until every encode had to make room again. The offset written so
+        // far lives in `self`, so a flush cancelled half-way and called
+        // again sends each byte once.
+        while self.written < self.wbuf.len() {
+            let n = self.stream.write(&self.wbuf[self.written..]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
             }
+            self.written += n;
         }
+        self.written = 0;
         if self.wbuf.capacity() > KEEP_AT_MOST {
             self.wbuf = BytesMut::new(); // grown for a bulk frame
         } else {
@@ -262,6 +262,31 @@ mod tests {
         peer.write_all(&frame).await.unwrap();
         let got = io.read_frame().await.unwrap().unwrap();
         assert_eq!(got.len(), len);
+    }
+
+    #[tokio::test]
+    async fn a_flush_cancelled_half_way_sends_each_byte_once() {
+        let (a, mut peer) = memory_pair(64);
+        let mut io = FrameIo::new(a, LengthCodec::new(), Buffers::Kept);
+        io.queue(&[1u8; 100][..]).unwrap();
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(20), io.flush()).await;
+        assert!(cut.is_err(), "the pipe holds 64 bytes: the flush waits");
+        io.queue(&[2u8; 5][..]).unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        io.shutdown().await.unwrap();
+        drop(io);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut want = vec![0, 0, 0, 100];
+        want.extend([1u8; 100]);
+        want.extend([0, 0, 0, 5, 2, 2, 2, 2, 2]);
+        assert_eq!(got, want);
     }
 
     #[tokio::test]

@@ -300,8 +300,8 @@ where
         // One wait for the stop signal for the connection's life, rather than
         // a new one (registered, then dropped) at every request. It is
         // polled once, to register the task's waker, and again only once
-        // the signal has changed: re-polling it at every request locked its
-        // waiter list each time.
+        // the signal has changed (an atomic load): re-polling it at every
+        // request locked its waiter list each time.
         let mut stop = self.stop.clone();
         let stopping = stop.changed();
         tokio::pin!(stopping);
@@ -318,10 +318,23 @@ where
                             debug!(error = %e, "write failed");
                             return;
                         }
-                        tokio::select! {
-                            biased;
-                            _ = &mut stopping, if self.stop.has_changed().unwrap_or(true) => break,
-                            next = self.io.read_frame() => next,
+                        // Not `select!` with an `if`: its condition is
+                        // looked at once, so a stop sent while the
+                        // connection waits for a request would go unseen.
+                        let signal = &self.stop;
+                        let read = self.io.read_frame();
+                        tokio::pin!(read);
+                        let next = std::future::poll_fn(|cx| {
+                            if signal.has_changed().unwrap_or(true)
+                                && stopping.as_mut().poll(cx).is_ready()
+                            {
+                                return Poll::Ready(None);
+                            }
+                            read.as_mut().poll(cx).map(Some)
+                        });
+                        match next.await {
+                            Some(next) => next,
+                            None => break,
                         }
                     }
                     Err(e) => Err(e),
