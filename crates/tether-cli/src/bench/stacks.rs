@@ -51,12 +51,16 @@ pub async fn bind(
             Listener::bind_tls(&ep, cfg).await?
         }
     };
-    let addr = listener
-        .local_endpoint()
+    let addr = socket_addr(&listener.local_endpoint())?;
+    Ok((listener, addr))
+}
+
+/// The IP address and port a bound endpoint listens on.
+fn socket_addr(endpoint: &Endpoint) -> CliResult<SocketAddr> {
+    Ok(endpoint
         .host_port()
         .and_then(|hp| hp.parse().ok())
-        .ok_or("the listener has no IP address")?;
-    Ok((listener, addr))
+        .ok_or("the listener has no IP address")?)
 }
 
 /// A session server echoing every frame of `codec`.
@@ -98,11 +102,7 @@ pub fn blocking_server(at: SocketAddr) -> CliResult<(tether::blocking::RunningSe
         |request: BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(request)),
         ServerOptions::default().max_connections(MAX_CONNECTIONS),
     )?;
-    let addr = server
-        .local_endpoint()
-        .host_port()
-        .and_then(|hp| hp.parse().ok())
-        .ok_or("the listener has no IP address")?;
+    let addr = socket_addr(&server.local_endpoint())?;
     Ok((server, addr))
 }
 
