@@ -396,4 +396,38 @@ fn a_target_that_is_not_a_bench_server_is_a_clear_error() {
     assert!(err.contains("sent nothing"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(30));
     drop(silent);
+
+    // one that trickles the greeting a byte at a time: the 5 s are for the
+    // whole listing, not for each read
+    let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = slow.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = slow.accept() {
+            for b in b"tether-bench-serve 1\nserve " {
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        }
+    });
+    let start = Instant::now();
+    let (status, _, err) = bench(&["--target", &target, "rtt", "--scale", "1000"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn serving_on_an_unspecified_address_is_refused() {
+    let (status, out, err) = bench(&["--serve", "0.0.0.0:0"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("needs the address clients will reach"),
+        "{err}"
+    );
+    assert!(!out.contains("serve impl="), "{out}");
 }

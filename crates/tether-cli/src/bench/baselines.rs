@@ -221,7 +221,11 @@ pub async fn framed_server(
             match tls {
                 None => serve_framed(stream, service).await,
                 Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(stream).await {
+                    // as tether's TLS listener: a handshake gets 10 s
+                    let handshake = acceptor.accept(stream);
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(Duration::from_secs(10), handshake).await
+                    {
                         serve_framed(stream, service).await
                     }
                 }
@@ -256,13 +260,15 @@ where
             let mut framed = framed;
             let n = match pushes {
                 Pushes::Fixed(n) => n,
-                Pushes::AskClient => match framed.next().await {
-                    Some(Ok(frame)) => match Pushes::decode_count(&frame) {
-                        Some(n) => n,
-                        None => return,
-                    },
-                    _ => return,
-                },
+                Pushes::AskClient => {
+                    match tokio::time::timeout(Pushes::ASK_TIMEOUT, framed.next()).await {
+                        Ok(Some(Ok(frame))) => match Pushes::decode_count(&frame) {
+                            Some(n) => n,
+                            None => return,
+                        },
+                        _ => return,
+                    }
+                }
             };
             let msg = payload(64);
             for _ in 0..n {
@@ -273,7 +279,8 @@ where
             }
             let _ = SinkExt::<Bytes>::flush(&mut framed).await;
             // wait for the client to hang up, so our close is never a reset
-            let _ = framed.next().await;
+            // (a while: one that never does must not pin the connection)
+            let _ = tokio::time::timeout(Pushes::ASK_TIMEOUT, framed.next()).await;
         }
     }
 }

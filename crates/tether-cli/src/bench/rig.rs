@@ -273,9 +273,20 @@ impl Pushes {
     }
 
     /// The count in a client's first message, if it is one.
+    /// `None` unless it is 1 to [`Pushes::MAX_ASKED`]: a served push
+    /// server shares its runtime with every other server, and a count of
+    /// `u64::MAX` would keep it busy for ever.
     pub fn decode_count(message: &[u8]) -> Option<u64> {
-        Some(u64::from_be_bytes(message.try_into().ok()?))
+        let n = u64::from_be_bytes(message.try_into().ok()?);
+        (1..=Self::MAX_ASKED).contains(&n).then_some(n)
     }
+
+    /// The most messages a client may ask for: W6's count.
+    pub const MAX_ASKED: u64 = 100_000;
+
+    /// How long a served push server waits for a client's count (and for
+    /// it to hang up afterwards) before closing the connection.
+    pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// A payload of `len` printable bytes (`a`..`z`): valid for every framing,
@@ -307,5 +318,7 @@ mod tests {
         assert_eq!(m.len(), 8);
         assert_eq!(Pushes::decode_count(&m), Some(100_000));
         assert_eq!(Pushes::decode_count(b"short"), None);
+        assert_eq!(Pushes::decode_count(&Pushes::encode_count(0)), None);
+        assert_eq!(Pushes::decode_count(&Pushes::encode_count(u64::MAX)), None);
     }
 }

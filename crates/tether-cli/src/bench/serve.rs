@@ -23,6 +23,17 @@ use crate::CliResult;
 
 /// Serves the bench at `at` until SIGINT or SIGTERM.
 pub fn serve(at: SocketAddr) -> CliResult<()> {
+    if at.ip().is_unspecified() {
+        // the TLS servers' certificate names this address, and the clients
+        // check it against the one they reach
+        return Err(format!(
+            "--serve needs the address clients will reach, not {}: the TLS servers' \
+             certificate names it (e.g. --serve 127.0.0.1:{})",
+            at.ip(),
+            at.port()
+        )
+        .into());
+    }
     // as the in-process bench does: many clients may come and go
     raise_open_file_limit();
     let runtime = ServerRuntime::start()?;

@@ -168,13 +168,17 @@ impl Target {
                  (is `tether bench --serve {listing}` running?)"
             )
         })?;
-        stream.set_read_timeout(Some(LISTING_TIMEOUT))?;
-        let mut bytes = Vec::new();
-        // on a timeout, what arrived before it is kept and judged below
-        let read = (&mut stream).take(LISTING_MAX).read_to_end(&mut bytes);
+        let (bytes, read) = read_bounded(&mut stream, LISTING_TIMEOUT, LISTING_MAX as usize);
         let text = String::from_utf8_lossy(&bytes);
-        if !text.starts_with(GREETING) {
+        if text.lines().next() != Some(GREETING) {
             return Err(not_a_bench_server(listing, &text, read.err()).into());
+        }
+        if bytes.len() >= LISTING_MAX as usize {
+            return Err(format!(
+                "the listing from {listing} is longer than {} KiB",
+                LISTING_MAX / 1024
+            )
+            .into());
         }
         Target::parse(listing, &text)
     }
@@ -204,8 +208,8 @@ impl Target {
     }
 
     /// Where the server of `imp` for `set` listens: its port from the
-    /// listing, at the IP address the listing was fetched from (a server
-    /// bound to 0.0.0.0 is reached where its listing was).
+    /// listing, at the IP address the listing was fetched from (the one
+    /// `--serve` was given: an unspecified address is refused there).
     pub fn addr(&self, imp: Impl, set: WorkloadSet) -> CliResult<SocketAddr> {
         let entry = self
             .entries
@@ -226,6 +230,37 @@ impl Target {
     pub fn tls_client(&self) -> TlsClientConfig {
         self.tls.clone()
     }
+}
+
+/// Reads `stream` to its end, but for at most `limit` in all (not per
+/// read: a peer trickling a byte at a time must not stretch it) and at most
+/// `max` bytes. What arrived is kept either way, with the error that
+/// stopped the reading.
+fn read_bounded(
+    stream: &mut TcpStream,
+    limit: Duration,
+    max: usize,
+) -> (Vec<u8>, std::io::Result<()>) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while bytes.len() < max {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return (bytes, Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        if let Err(e) = stream.set_read_timeout(Some(left)) {
+            return (bytes, Err(e));
+        }
+        let room = chunk.len().min(max - bytes.len());
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (bytes, Err(e)),
+        }
+    }
+    (bytes, Ok(()))
 }
 
 /// The error for a listing address where something else answered.

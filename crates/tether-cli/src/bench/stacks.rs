@@ -172,6 +172,10 @@ pub async fn packet_push_server(
                     tokio::select! {
                         Ok(n) = counted => push_to(conn, n).await,
                         _ = conn.closed() => {}
+                        // a client that never says: closed, not kept
+                        () = tokio::time::sleep(Pushes::ASK_TIMEOUT) => {
+                            let _ = conn.close().await;
+                        }
                     }
                 });
             }
