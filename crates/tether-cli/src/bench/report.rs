@@ -235,8 +235,9 @@ pub fn ratio_table(records: &[Record]) -> String {
     s
 }
 
-/// The whole run as JSON: settings (`procs`: 2 when measured against a
-/// `--serve` process), every result, every ratio.
+/// The whole run as JSON: settings (`procs`: the run's mode, 2 when
+/// measured against a `--serve` process; each result says where it was
+/// measured, and W8's always says 1), every result, every ratio.
 pub fn to_json(records: &[Record], divisor: u64, runs: usize, procs: u8) -> Json {
     json!({
         "procs": procs,

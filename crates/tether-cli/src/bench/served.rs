@@ -99,7 +99,10 @@ pub fn server_addr(listing: SocketAddr, index: usize) -> CliResult<SocketAddr> {
             SERVED.len()
         )
     })?;
-    Ok(SocketAddr::new(listing.ip(), port))
+    // (the listing's address with another port: an IPv6 scope stays)
+    let mut addr = listing;
+    addr.set_port(port);
+    Ok(addr)
 }
 
 /// One server in a listing.
@@ -223,7 +226,9 @@ impl Target {
                     set.name()
                 )
             })?;
-        Ok(SocketAddr::new(self.listing.ip(), entry.addr.port()))
+        let mut addr = self.listing;
+        addr.set_port(entry.addr.port());
+        Ok(addr)
     }
 
     /// A TLS client configuration trusting the served certificate.
