@@ -359,13 +359,9 @@ fn serve_and_target_together_are_a_usage_error() {
 
 #[test]
 fn an_unreachable_target_is_a_clear_error() {
-    // a port that was free a moment ago: nothing listens there
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let target = format!("127.0.0.1:{port}");
+    // port 1: privileged, so no test running beside this one can take it
+    // (a port found free a moment ago could be a `--serve 127.0.0.1:0`'s)
+    let target = "127.0.0.1:1".to_string();
     let (status, out, err) = bench(&["--target", &target, "rtt", "--scale", "1000"]);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("cannot reach a bench server"), "{err}");
