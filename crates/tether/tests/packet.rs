@@ -283,6 +283,50 @@ async fn duplicate_tag_fails_and_connection_stays_healthy() {
 }
 
 #[tokio::test]
+async fn duplicate_tags_within_one_batch_and_of_a_running_request_fail() {
+    // all in one read: requests answered at once still hold their tags
+    // until the batch is done, as a request still running holds its own
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::Encoder;
+    let (a, b) = memory_pair(4096);
+    let mut bytes = bytes::BytesMut::new();
+    for p in [
+        rq(5, 10, 0, b"held"),
+        rq(6, 0, 0, b"six"),
+        rq(6, 0, 0, b"six again"),
+        rq(4, 0, 0, b"four"),
+        rq(5, 0, 0, b"five again"),
+        rq(8, 0, 0, b"eight"),
+    ] {
+        PacketCodec::new().encode(p, &mut bytes).unwrap();
+    }
+    let mut peer = raw(a);
+    t(peer.get_mut().write_all(&bytes)).await.unwrap();
+    let gate = Arc::new(Notify::new());
+    let server = PacketConnection::spawn(b, gated(gate.clone()), cfg());
+    let dup = DUPLICATE_TAG.as_bytes();
+    // refusals go out while the batch is decoded, answers after it
+    assert_eq!(next(&mut peer).await, rs(6, false, 0, dup));
+    assert_eq!(next(&mut peer).await, rs(5, false, 0, dup));
+    assert_eq!(next(&mut peer).await, rs(6, true, 0, b"six"));
+    assert_eq!(next(&mut peer).await, rs(4, true, 0, b"four"));
+    assert_eq!(next(&mut peer).await, rs(8, true, 0, b"eight"));
+    // a later batch: answered tags are free, the running one is not
+    t(peer.send(rq(6, 0, 1, b"six later"))).await.unwrap();
+    assert_eq!(next(&mut peer).await, rs(6, true, 1, b"six later"));
+    t(peer.send(rq(5, 0, 0, b"five later"))).await.unwrap();
+    assert_eq!(next(&mut peer).await, rs(5, false, 0, dup));
+    assert_eq!(server.stats().handlers_running, 1);
+    gate.notify_one();
+    assert_eq!(next(&mut peer).await, rs(5, true, 0, b"held"));
+    t(peer.send(rq(5, 0, 2, b"five free"))).await.unwrap();
+    assert_eq!(next(&mut peer).await, rs(5, true, 2, b"five free"));
+    let s = server.stats();
+    assert_eq!((s.requests_received, s.requests_rejected), (9, 3));
+    assert_eq!(s.handlers_running, 0);
+}
+
+#[tokio::test]
 async fn unknown_channel_gets_the_reference_answer() {
     let (a, b) = memory_pair(4096);
     let _server = PacketConnection::spawn(b, EchoService, cfg());

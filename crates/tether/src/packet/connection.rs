@@ -324,6 +324,7 @@ impl PacketConnection {
             slot: Box::pin(None),
             completed: Vec::new(),
             answered: Vec::new(),
+            incoming_registered: false,
             incoming: Vec::new(),
             to_wake: Vec::new(),
             read_open: true,
@@ -859,10 +860,15 @@ struct Driver<S, H: Handler> {
     /// Handler results collected before taking the lock (reused).
     completed: Vec<(Key, Response)>,
     /// The peer's requests answered at once, whose tags are released
-    /// under the lock after the batch (reused).
+    /// under the lock after the batch, or, for a batch admitted without
+    /// registering (`incoming_registered` false), those still running,
+    /// registered then (reused).
     answered: Vec<Key>,
     /// The peer's requests decoded under the lock, run after it (reused).
     incoming: Vec<IncomingRequest>,
+    /// The requests in `incoming` are registered as being handled (see
+    /// `Protocol::admit_in_batch`).
+    incoming_registered: bool,
     /// Requesters to wake after releasing the lock (reused).
     to_wake: Vec<Waker>,
     config: PacketConfig,
@@ -1147,6 +1153,7 @@ where
         }
         let mut incoming = std::mem::take(&mut self.incoming);
         let mut answered = std::mem::take(&mut self.answered);
+        let registered = self.incoming_registered;
         answered.reserve(incoming.len());
         for rq in incoming.drain(..) {
             let key = (rq.channel, rq.tag);
@@ -1154,14 +1161,22 @@ where
                 // encoded at once, straight into the write buffer (it
                 // needs no lock); only the tags are released under it
                 self.encode_response(key, response);
-                answered.push(key);
+                if registered {
+                    answered.push(key);
+                }
+            } else if !registered {
+                answered.push(key); // still running: registered below
             }
         }
         self.incoming = incoming;
         if !answered.is_empty() {
             let mut st = self.shared.lock();
             for (channel, tag) in answered.drain(..) {
-                st.proto.finish_request(channel, tag);
+                if registered {
+                    st.proto.finish_request(channel, tag);
+                } else {
+                    st.proto.register_request(channel, tag);
+                }
             }
         }
         self.answered = answered;
@@ -1286,6 +1301,7 @@ where
                 }
                 let shared = self.shared.clone();
                 let mut st = shared.lock();
+                st.proto.start_batch();
                 while self.running.len() + self.incoming.len() < self.config.max_handlers
                     && self.wbuf.len() < WRITE_HIGH_WATER
                 {
@@ -1308,6 +1324,7 @@ where
                         }
                     }
                 }
+                self.incoming_registered = st.proto.batch_registered();
                 drop(st);
                 if self.chunk_pos == self.chunk.len() {
                     // let the read buffer reuse its storage once the
@@ -1391,6 +1408,33 @@ where
                         self.on_response(st, (channel, tag), waiter, response);
                     }
                     None => unknown_response(channel, tag),
+                }
+                return;
+            }
+            // a request goes straight to the batch; most are answered at
+            // once, before the next batch, without registering their tags
+            Packet::Request {
+                channel,
+                tag,
+                rq_type,
+                flags,
+                payload,
+            } => {
+                match st.proto.admit_in_batch(channel, tag, &self.incoming) {
+                    Ok(()) if self.eof_sent => {
+                        // no response can go out: released at once
+                        if st.proto.batch_registered() {
+                            st.proto.finish_request(channel, tag);
+                        }
+                    }
+                    Ok(()) => self.incoming.push(IncomingRequest {
+                        channel,
+                        tag,
+                        rq_type,
+                        flags,
+                        payload,
+                    }),
+                    Err(reason) => self.reject(channel, tag, reason),
                 }
                 return;
             }

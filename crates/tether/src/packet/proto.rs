@@ -288,6 +288,11 @@ pub struct Protocol<W> {
     local_erq: bool,
     peer_erq: bool,
     peer_eof: bool,
+    /// The last tag [`admit_in_batch`](Self::admit_in_batch) admitted
+    /// without registering it since [`start_batch`](Self::start_batch).
+    batch_last: Option<u64>,
+    /// The batch's requests were registered: the rest of it is too.
+    batch_registered: bool,
     stats: Arc<Stats>,
 }
 
@@ -307,6 +312,8 @@ impl<W> Protocol<W> {
             local_erq: false,
             peer_erq: false,
             peer_eof: false,
+            batch_last: None,
+            batch_registered: false,
             stats: Arc::default(),
         }
     }
@@ -381,6 +388,77 @@ impl<W> Protocol<W> {
         };
         bump(&self.stats.requests_rejected, 1);
         Err(reason)
+    }
+
+    /// Starts a batch of [`admit_in_batch`](Self::admit_in_batch) calls.
+    #[inline]
+    pub(crate) fn start_batch(&mut self) {
+        self.batch_last = None;
+        self.batch_registered = false;
+    }
+
+    /// True once the current batch's requests are registered (see
+    /// [`admit_in_batch`](Self::admit_in_batch)).
+    #[inline]
+    pub(crate) fn batch_registered(&self) -> bool {
+        self.batch_registered
+    }
+
+    /// What [`admit_request`](Self::admit_request) does, for a driver that
+    /// answers most requests before the next batch: registering their tags
+    /// only to release them at once cost more than the rest of admitting.
+    /// `batch` holds the requests admitted so far in this batch and not
+    /// finished.
+    ///
+    /// While the batch's tags rise (as every peer allocates them), none of
+    /// them can repeat another of the batch: an admitted request is not
+    /// registered, and its caller must either answer it or
+    /// [`register_request`](Self::register_request) it before the next
+    /// [`start_batch`](Self::start_batch). Only the table of requests still
+    /// running from earlier batches is checked for duplicates. A tag not
+    /// above the batch's last might repeat one of `batch`: those are
+    /// registered then, and the rest of the batch goes the way of
+    /// `admit_request` ([`batch_registered`](Self::batch_registered) turns
+    /// true), so duplicates are refused exactly as by `admit_request`.
+    #[inline]
+    pub(crate) fn admit_in_batch(
+        &mut self,
+        channel: u64,
+        tag: u64,
+        batch: &[IncomingRequest],
+    ) -> Result<(), &'static str> {
+        if !self.batch_registered && channel == 0 && !self.peer_erq {
+            if self.batch_last.map_or(true, |last| tag > last) {
+                bump(&self.stats.requests_received, 1);
+                if self.handling.contains((0, tag)) {
+                    bump(&self.stats.requests_rejected, 1);
+                    return Err(DUPLICATE_TAG);
+                }
+                self.batch_last = Some(tag);
+                return Ok(());
+            }
+            self.register_batch(batch);
+        }
+        self.admit_request(channel, tag)
+    }
+
+    #[cold]
+    fn register_batch(&mut self, batch: &[IncomingRequest]) {
+        self.batch_registered = true;
+        for rq in batch {
+            self.register_request(rq.channel, rq.tag);
+        }
+    }
+
+    /// Registers the peer's request `(channel, tag)`, admitted by
+    /// [`admit_in_batch`](Self::admit_in_batch) without it, as being
+    /// handled (call [`finish_request`](Self::finish_request) once it is
+    /// answered).
+    pub(crate) fn register_request(&mut self, channel: u64, tag: u64) {
+        self.handling.insert((channel, tag), ());
+        self.stats
+            .handlers_running
+            .store(self.handling.len() as u64, Relaxed);
     }
 
     /// Handles one received packet.
@@ -588,6 +666,87 @@ mod tests {
         ));
         p.finish_request(0, 7);
         assert!(matches!(p.receive(req(0, 7)), Event::Request(_)));
+    }
+
+    fn incoming(tag: u64) -> IncomingRequest {
+        IncomingRequest {
+            channel: 0,
+            tag,
+            rq_type: 0,
+            flags: 0,
+            payload: Bytes::new(),
+        }
+    }
+
+    /// Admits `tags` as one batch the way the driver does; the requests
+    /// admitted, and the rejections.
+    fn batch(p: &mut Protocol<u64>, tags: &[u64]) -> (Vec<u64>, Vec<&'static str>) {
+        p.start_batch();
+        let (mut admitted, mut rejected) = (Vec::new(), Vec::new());
+        for &tag in tags {
+            match p.admit_in_batch(0, tag, &admitted) {
+                Ok(()) => admitted.push(incoming(tag)),
+                Err(reason) => rejected.push(reason),
+            }
+        }
+        (admitted.iter().map(|rq| rq.tag).collect(), rejected)
+    }
+
+    #[test]
+    fn rising_batch_is_admitted_without_registering() {
+        let mut p: Protocol<u64> = Protocol::new();
+        assert_eq!(batch(&mut p, &[2, 3, 5]), (vec![2, 3, 5], vec![]));
+        assert!(!p.batch_registered());
+        assert_eq!(p.handling(), 0);
+        // answered at once: the tags may come again in the next batch
+        assert_eq!(batch(&mut p, &[2, 3]), (vec![2, 3], vec![]));
+        let s = p.stats().snapshot();
+        assert_eq!((s.requests_received, s.requests_rejected), (5, 0));
+    }
+
+    #[test]
+    fn duplicate_within_a_batch_is_rejected_as_before() {
+        let mut p: Protocol<u64> = Protocol::new();
+        // the repeat registers the batch so far; the rest goes the usual way
+        assert_eq!(
+            batch(&mut p, &[2, 3, 3, 1, 4, 4]),
+            (vec![2, 3, 1, 4], vec![DUPLICATE_TAG, DUPLICATE_TAG])
+        );
+        assert!(p.batch_registered());
+        assert_eq!(p.handling(), 4);
+        for tag in [2, 3, 1, 4] {
+            p.finish_request(0, tag);
+        }
+        assert_eq!(p.handling(), 0);
+        let s = p.stats().snapshot();
+        assert_eq!((s.requests_received, s.requests_rejected), (6, 2));
+        // a falling tag that repeats nothing is admitted (registered)
+        assert_eq!(batch(&mut p, &[5, 4]), (vec![5, 4], vec![]));
+        assert_eq!(p.handling(), 2);
+    }
+
+    #[test]
+    fn duplicate_of_a_running_request_is_rejected_in_a_batch() {
+        let mut p: Protocol<u64> = Protocol::new();
+        assert_eq!(batch(&mut p, &[7, 8]), (vec![7, 8], vec![]));
+        p.register_request(0, 7); // still running after the batch
+        assert_eq!(batch(&mut p, &[7, 9]), (vec![9], vec![DUPLICATE_TAG]));
+        assert!(!p.batch_registered());
+        p.finish_request(0, 7);
+        assert_eq!(batch(&mut p, &[7]), (vec![7], vec![]));
+        assert_eq!(p.stats().snapshot().handlers_running, 0);
+    }
+
+    #[test]
+    fn batch_refuses_other_channels_and_after_erq() {
+        let mut p: Protocol<u64> = Protocol::new();
+        p.start_batch();
+        assert_eq!(p.admit_in_batch(3, 2, &[]), Err(UNKNOWN_CHANNEL));
+        assert_eq!(p.handling(), 0);
+        assert!(matches!(p.receive(Packet::Erq), Event::PeerErq));
+        assert_eq!(p.admit_in_batch(0, 2, &[]), Err(REQUESTS_NOT_ALLOWED));
+        let s = p.stats().snapshot();
+        assert_eq!((s.requests_received, s.requests_rejected), (2, 2));
     }
 
     #[test]

@@ -117,6 +117,18 @@ impl<V> TagTable<V> {
         self.other.insert(key, value)
     }
 
+    /// True if `key` has an entry.
+    #[inline]
+    pub fn contains(&self, key: (u64, u64)) -> bool {
+        if self.is_empty() {
+            return false; // the hot path: no entry at all
+        }
+        match self.ring_index(key) {
+            Some(i) if self.ring[i].is_some() => true,
+            _ => !self.other.is_empty() && self.other.contains_key(&key),
+        }
+    }
+
     /// The value under `key`.
     pub fn get_mut(&mut self, key: (u64, u64)) -> Option<&mut V> {
         match self.ring_index(key) {
