@@ -61,12 +61,10 @@ pub struct Pipeline {
     in_flight: usize,
 }
 
-/// Where [`Pipeline::submit`] left a request.
-enum Step {
-    Queued(u64),
+/// Where [`Pipeline::submit`] left a request it could not queue at once.
+enum Slow {
     Wait(Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>),
     Failed(Box<PacketError>),
-    Done,
 }
 
 /// The future of [`Pipeline::submit`]: resolves to the request's tag once
@@ -77,16 +75,21 @@ enum Step {
 #[must_use = "a request waiting for room is dropped with its Submit future"]
 pub struct Submit<'a> {
     pipeline: &'a mut Pipeline,
-    step: Step,
+    /// The tag of a request queued when submitted (the usual case), until
+    /// returned. Apart from `slow`: taking it drops nothing, where setting
+    /// an enum holding boxes called its drop glue twice per request.
+    queued: Option<u64>,
+    /// Otherwise, until done.
+    slow: Option<Slow>,
 }
 
 impl std::fmt::Debug for Submit<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let step = match &self.step {
-            Step::Queued(_) => "queued",
-            Step::Wait(_) => "waiting for room",
-            Step::Failed(_) => "failed",
-            Step::Done => "done",
+        let step = match (&self.queued, &self.slow) {
+            (Some(_), _) => "queued",
+            (None, Some(Slow::Wait(_))) => "waiting for room",
+            (None, Some(Slow::Failed(_))) => "failed",
+            (None, None) => "done",
         };
         f.debug_struct("Submit").field("step", &step).finish()
     }
@@ -98,9 +101,8 @@ impl Future for Submit<'_> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Step::Queued(tag) = this.step {
+        if let Some(tag) = this.queued.take() {
             // the usual case: queued when submitted
-            this.step = Step::Done;
             return Poll::Ready(Ok(tag));
         }
         this.poll_slow(cx)
@@ -109,19 +111,19 @@ impl Future for Submit<'_> {
 
 impl Submit<'_> {
     fn poll_slow(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, PacketError>> {
-        if let Step::Wait(slow) = &mut self.step {
+        if let Some(Slow::Wait(slow)) = &mut self.slow {
             let tag = match slow.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(r) => r,
             };
-            self.step = Step::Done;
+            self.slow = None;
             if tag.is_ok() {
                 self.pipeline.in_flight += 1;
             }
             return Poll::Ready(tag);
         }
-        Poll::Ready(match std::mem::replace(&mut self.step, Step::Done) {
-            Step::Failed(e) => Err(*e),
+        Poll::Ready(match self.slow.take() {
+            Some(Slow::Failed(e)) => Err(*e),
             _ => Err(PacketError::ended("polled after completion")),
         })
     }
@@ -175,24 +177,21 @@ impl Pipeline {
         // small (the rare error boxed): it is built and moved per request
         let now = check_request(rq_type, flags, payload.len(), self.shared.max_body_len)
             .and_then(|()| try_enqueue(&self.shared, 0, rq_type, flags, &payload, taker));
-        let step = match now {
+        let (queued, slow) = match now {
             Ok(Some(tag)) => {
                 self.in_flight += 1;
-                Step::Queued(tag)
+                (Some(tag), None)
             }
-            Ok(None) => Step::Wait(Box::pin(enqueue_slow(
-                self.shared.clone(),
-                0,
-                rq_type,
-                flags,
-                payload,
-                taker,
-            ))),
-            Err(e) => Step::Failed(Box::new(e)),
+            Ok(None) => {
+                let wait = enqueue_slow(self.shared.clone(), 0, rq_type, flags, payload, taker);
+                (None, Some(Slow::Wait(Box::pin(wait))))
+            }
+            Err(e) => (None, Some(Slow::Failed(Box::new(e)))),
         };
         Submit {
             pipeline: self,
-            step,
+            queued,
+            slow,
         }
     }
 
