@@ -351,7 +351,8 @@ impl<W> Protocol<W> {
     /// that pending request, or gives `None` (and counts an unknown
     /// response) if it is not pending. A driver may call it for each
     /// response it decodes instead of `receive`.
-    #[inline]
+    // always: #[inline] left it a call from the driver's big loop
+    #[inline(always)]
     pub fn take_waiter(&mut self, channel: u64, tag: u64) -> Option<W> {
         let waiter = self.pending.remove((channel, tag));
         if waiter.is_some() {
@@ -420,7 +421,8 @@ impl<W> Protocol<W> {
     /// registered then, and the rest of the batch goes the way of
     /// `admit_request` ([`batch_registered`](Self::batch_registered) turns
     /// true), so duplicates are refused exactly as by `admit_request`.
-    #[inline]
+    // always: #[inline] left it a call from the driver's big loop
+    #[inline(always)]
     pub(crate) fn admit_in_batch(
         &mut self,
         channel: u64,
