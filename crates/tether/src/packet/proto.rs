@@ -327,6 +327,8 @@ impl<W> Protocol<W> {
     ///
     /// Fails after [`Protocol::end_requests`] or the peer's EOF, giving
     /// the waiter back.
+    // always: #[inline] left it a call from submit's enqueue
+    #[inline(always)]
     pub fn start_request(&mut self, channel: u64, waiter: W) -> Result<u64, (PacketError, W)> {
         if self.local_erq {
             return Err((PacketError::RequestsEnded, waiter));

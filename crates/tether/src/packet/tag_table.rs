@@ -141,7 +141,8 @@ impl<V> TagTable<V> {
     }
 
     /// Removes and returns the value under `key`.
-    #[inline]
+    // always: #[inline] left it a call from take_waiter
+    #[inline(always)]
     pub fn remove(&mut self, key: (u64, u64)) -> Option<V> {
         if let Some(i) = self.ring_index(key) {
             let v = if i == 0 {
