@@ -60,7 +60,8 @@ impl<V> TagTable<V> {
     }
 
     /// Inserts `value` under `key`, replacing (and returning) any old value.
-    #[inline]
+    // always: #[inline] left it a call from start_request
+    #[inline(always)]
     pub fn insert(&mut self, key: (u64, u64), value: V) -> Option<V> {
         let (channel, tag) = key;
         // the hot path: the next consecutive tag appended, or the only one
