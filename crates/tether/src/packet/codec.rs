@@ -138,10 +138,15 @@ impl PacketCodec {
     ) -> Result<Packet, PacketError> {
         // the run was checked whole and within the limit: only the length
         // prefix is read again, not checked
-        let (len, n) = match varint::decode(&chunk[*pos..]) {
-            Ok(Some((len, n))) if len <= (chunk.len() - *pos - n) as u64 => (len as usize, n),
-            // cannot happen for a run found by whole_packets_len
-            _ => return Err(PacketError::Truncated { field: "packet" }),
+        let rest = &chunk[*pos..];
+        let (len, n) = match rest.first() {
+            // a one-byte prefix (a small packet) needs no varint loop
+            Some(&b) if b < 0x80 && usize::from(b) < rest.len() => (usize::from(b), 1),
+            _ => match varint::decode(rest) {
+                Ok(Some((len, n))) if len <= (rest.len() - n) as u64 => (len as usize, n),
+                // cannot happen for a run found by whole_packets_len
+                _ => return Err(PacketError::Truncated { field: "packet" }),
+            },
         };
         let body = *pos + n;
         *pos = body + len;
