@@ -6,8 +6,8 @@
 //! tokio-framed baseline, which has no tags, is an in-order pipeline
 //! keeping 64 outstanding: it takes every reply already buffered, then
 //! refills the window in one write. (Futures taken in completion order
-//! through a `FuturesUnordered` cost a third more instructions per request
-//! than either, most of it the `FuturesUnordered`: `Pipeline` is tether's
+//! through a `FuturesUnordered` cost half as many instructions again per
+//! request, most of it the `FuturesUnordered`: `Pipeline` is tether's
 //! answer for that shape.)
 
 use std::collections::VecDeque;
