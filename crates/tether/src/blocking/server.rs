@@ -226,9 +226,10 @@ impl RunningServer {
     /// Graceful shutdown: stops accepting at once, lets requests in
     /// progress finish and their replies go out (up to `grace`), then
     /// closes every connection. Connections waiting for a request close at
-    /// once. Returns within `grace` and a fraction of a second: a handler
-    /// still running after that is left to finish on its own thread, its
-    /// connection closed.
+    /// once. Over TCP and Unix it returns within `grace` and a fraction of
+    /// a second: a handler still running after that is left to finish on
+    /// its own thread, its connection closed. Over TLS (the runtime path)
+    /// the runtime too gets up to `grace` to wind down its handler threads.
     pub fn shutdown(mut self, grace: Duration) {
         self.stop(grace);
     }

@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
 use super::handler::{Handler, TypedRequest, HANDLER_FAILED};
-use super::proto::{Event, IncomingRequest, Protocol, Stats, StatsSnapshot};
+use super::proto::{IncomingRequest, Protocol, Stats, StatsSnapshot};
 use super::scratch::{Scratch, POOL_MAX_BUFFER};
 use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
@@ -1396,26 +1396,23 @@ where
     }
 
     fn on_packet(&mut self, st: &mut State, packet: Packet) {
-        // a response, most of what a client receives, goes straight to its
-        // waiter (what `receive` does, without building and matching an
-        // Event around it; for requests that measured no faster)
-        let packet = match packet {
+        // what `Protocol::receive` does, without building and matching an
+        // Event around each packet: a response goes straight to its waiter,
+        // a request straight to the batch
+        match packet {
             Packet::Response {
                 channel,
                 tag,
                 ok,
                 flags,
                 payload,
-            } => {
-                match st.proto.take_waiter(channel, tag) {
-                    Some(waiter) => {
-                        let response = Response { ok, flags, payload };
-                        self.on_response(st, (channel, tag), waiter, response);
-                    }
-                    None => unknown_response(channel, tag),
+            } => match st.proto.take_waiter(channel, tag) {
+                Some(waiter) => {
+                    let response = Response { ok, flags, payload };
+                    self.on_response(st, (channel, tag), waiter, response);
                 }
-                return;
-            }
+                None => unknown_response(channel, tag),
+            },
             // a request goes straight to the batch; most are answered at
             // once, before the next batch, without registering their tags
             Packet::Request {
@@ -1441,40 +1438,17 @@ where
                     }),
                     Err(reason) => self.reject(channel, tag, reason),
                 }
-                return;
             }
-            other => other,
-        };
-        match st.proto.receive(packet) {
-            Event::Response {
-                channel,
-                tag,
-                waiter,
-                response,
-            } => self.on_response(st, (channel, tag), waiter, response),
-            Event::UnknownResponse { channel, tag } => unknown_response(channel, tag),
-            Event::Request(rq) => self.on_request(st, rq),
-            Event::Reject {
-                channel,
-                tag,
-                reason,
-            } => self.reject(channel, tag, reason),
-            Event::PeerErq => tracing::debug!("peer sent ERQ"),
-            Event::PeerEof => {
-                tracing::debug!("peer sent EOF");
-                self.read_ended(st, "the peer sent EOF");
+            Packet::Erq | Packet::Eof => {
+                let eof = matches!(packet, Packet::Eof);
+                st.proto.receive(packet); // PeerErq or PeerEof: notes it
+                if eof {
+                    tracing::debug!("peer sent EOF");
+                    self.read_ended(st, "the peer sent EOF");
+                } else {
+                    tracing::debug!("peer sent ERQ");
+                }
             }
-        }
-    }
-
-    /// Queues one of the peer's requests for its handler (run after the
-    /// batch, outside the lock).
-    #[inline]
-    fn on_request(&mut self, st: &mut State, rq: IncomingRequest) {
-        if self.eof_sent {
-            st.proto.finish_request(rq.channel, rq.tag);
-        } else {
-            self.incoming.push(rq);
         }
     }
 

@@ -8,7 +8,7 @@
 //!   more than their sockets, and a busy server allocates nothing per
 //!   request.
 //! - [`Buffers::Kept`] (client sessions): the buffers stay between requests,
-//!   saving an allocation, a free and a readiness poll per request; one
+//!   saving a trip through the pool per request; one
 //!   that grew past [`KEEP_AT_MOST`] for a bulk frame is given back.
 
 use std::pin::Pin;
@@ -134,17 +134,15 @@ where
     /// Gives the empty buffers back: to the pool, or to the allocator if
     /// they grew for a bulk frame.
     fn give_back_empty(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+        if self.rbuf.is_empty() {
             let rbuf = std::mem::take(&mut self.rbuf);
             if !std::mem::take(&mut self.rbuf_grown) {
                 pool::give(rbuf);
             }
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-            let wbuf = std::mem::take(&mut self.wbuf);
-            if wbuf.capacity() <= KEEP_AT_MOST {
-                pool::give(wbuf);
-            }
+        if self.wbuf.is_empty() {
+            // (`flush` already let go of one grown past KEEP_AT_MOST)
+            pool::give(std::mem::take(&mut self.wbuf));
         }
     }
     /// Encodes a frame into the write buffer; [`flush`](Self::flush) sends it.

@@ -238,10 +238,10 @@ where
                     let info = ConnectionInfo { id: ConnectionId(next_id.fetch_add(1, Ordering::Relaxed)), peer: stream.peer() };
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         warn!(peer = %info.peer, max = self.options.max_connections, "connection refused: too many connections");
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        stats.count_refused();
                         continue;
                     };
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    stats.count_accepted();
                     let conn = Connection {
                         io: FrameIo::new(stream, self.codec.clone(), Buffers::Lazy),
                         handler: self.handler.clone(),

@@ -84,17 +84,15 @@ impl ByteStream {
     }
 
     /// Waits until a read would find data (or end of stream), without
-    /// reading. Lets an idle connection hold no read buffer until then.
+    /// reading, so that a caller can wait holding no read buffer.
     /// Transports that cannot tell return at once.
     pub async fn readable(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
     }
 
-    /// [`readable`](Self::readable) as a poll: `Ready` once a read would
-    /// find data (or end of stream). Only the waker of the latest call is
-    /// woken, which suits the one task that reads a stream. Cheaper than a
-    /// `readable()` future per wait, which joins the socket's waiter list.
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// [`readable`](Self::readable) as a poll. Only the waker of the latest
+    /// call is woken, which suits the one task that reads a stream.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &self.inner {
             Inner::Tcp(s) => s.poll_read_ready(cx),
             Inner::Unix(s) => s.poll_read_ready(cx),
