@@ -80,24 +80,10 @@ impl StdServer {
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         // wake the blocked accept
-        let _ = TcpStream::connect_timeout(&wakeable(self.addr), Duration::from_secs(1));
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Where to connect to reach a listener bound at `addr`: an unspecified
-/// address (`0.0.0.0`, `::`) is reached on loopback.
-fn wakeable(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        let loopback = match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        };
-        SocketAddr::new(loopback, addr.port())
-    } else {
-        addr
     }
 }
 

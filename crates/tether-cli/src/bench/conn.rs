@@ -117,6 +117,19 @@ async fn start_push_server(
     }
 }
 
+/// A packet connection to `addr` serving `handler`, within the bench's
+/// connect timeout.
+pub async fn packet_connect<H: tether::packet::Handler>(
+    addr: SocketAddr,
+    handler: H,
+) -> CliResult<PacketConnection> {
+    let endpoint = Endpoint::tcp(addr.ip().to_string(), addr.port());
+    Ok(
+        PacketConnection::connect(&endpoint, CONNECT_TIMEOUT, handler, PacketConfig::default())
+            .await?,
+    )
+}
+
 /// An async client connection of one implementation.
 pub enum Conn {
     /// tokio-framed over TCP.

@@ -11,6 +11,7 @@
 //! | `tether-length` | async `session` over `LengthCodec` | rtt, connect, fanin, bulk, tls, idle |
 //! | `tether-blocking` | the blocking API on both ends (`LengthCodec`): `blocking::Session` against `blocking::Server`, a thread per connection | rtt, connect, bulk |
 //! | `tether-packet` | the packet layer: tagged, multiplexed (`submit`) | all |
+//! | `tether-pipeline` | the packet layer through a `Pipeline`: responses in completion order from one queue | pipelined |
 //!
 //! Left out on purpose: std-blocking where it would need a thread per
 //! request in flight or per idle session (pipelined, fanin, push, idle: 10,000
@@ -313,8 +314,8 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
             });
         }
         // Round-robin over the implementations, run after run, so that a
-        // change of pace of a shared machine mid-workload (it happens, by a
-        // factor of three) falls on every implementation alike rather than
+        // change of pace of a shared machine mid-workload (it happens, by
+        // four times or more) falls on every implementation alike rather than
         // on the ones that happened to run then.
         let mut results: Vec<Vec<Record>> = vec![Vec::new(); w.impls().len()];
         for _ in 0..runs {

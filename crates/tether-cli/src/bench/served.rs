@@ -310,6 +310,28 @@ pub fn certificate_names(at: IpAddr) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::Workload;
+
+    #[test]
+    fn every_server_a_workload_needs_is_served() {
+        for w in Workload::ALL {
+            let set = match w {
+                Workload::Idle => continue, // measured locally
+                Workload::Tls => WorkloadSet::Tls,
+                Workload::Push => WorkloadSet::Push,
+                _ => WorkloadSet::Echo,
+            };
+            for &imp in w.impls() {
+                assert!(
+                    SERVED.contains(&(imp, set)),
+                    "{} needs {} for {}",
+                    w.name(),
+                    imp.name(),
+                    set.name()
+                );
+            }
+        }
+    }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -14,11 +14,11 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tether::packet::{NoHandler, PacketConfig, PacketConnection};
-use tether::transport::Endpoint;
+use tether::packet::{NoHandler, PacketConnection};
 
 use super::with_echo_server;
 use crate::bench::baselines::framed_connect;
+use crate::bench::conn::packet_connect;
 use crate::bench::report::Record;
 use crate::bench::rig::{payload, per_sec, Ctx};
 use crate::bench::{Impl, Workload};
@@ -48,15 +48,7 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
 
 /// A packet connection to the echo server, serving nothing itself.
 async fn connect(addr: std::net::SocketAddr) -> CliResult<PacketConnection> {
-    let ep = Endpoint::tcp(addr.ip().to_string(), addr.port());
-    let c = PacketConnection::connect(
-        &ep,
-        std::time::Duration::from_secs(5),
-        NoHandler,
-        PacketConfig::default(),
-    )
-    .await?;
-    Ok(c)
+    packet_connect(addr, NoHandler).await
 }
 
 async fn packet(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Duration> {

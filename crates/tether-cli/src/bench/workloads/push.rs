@@ -17,12 +17,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tether::packet::{PacketConfig, PacketConnection};
-use tether::transport::Endpoint;
 use tokio::task::JoinSet;
 
 use super::with_server;
 use crate::bench::baselines::framed_connect;
+use crate::bench::conn::packet_connect;
 use crate::bench::conn::ServerKind;
 use crate::bench::report::Record;
 use crate::bench::rig::{per_sec, Ctx, Pushes, Servers};
@@ -96,14 +95,7 @@ async fn framed_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<
 
 async fn packet_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<()> {
     let counter = PushCounter::new(n);
-    let ep = Endpoint::tcp(addr.ip().to_string(), addr.port());
-    let conn = PacketConnection::connect(
-        &ep,
-        Duration::from_secs(5),
-        counter.clone(),
-        PacketConfig::default(),
-    )
-    .await?;
+    let conn = packet_connect(addr, counter.clone()).await?;
     if let Some(count) = ask {
         let answer = conn.submit(0, 0, Pushes::encode_count(count)).await?;
         if !answer.ok {
