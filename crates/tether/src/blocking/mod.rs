@@ -41,3 +41,25 @@ pub use crate::packet::blocking::PacketConnection;
 pub use crate::pair::blocking::{OneClientServer, Pair};
 pub use server::{RunningServer, Server};
 pub use session::{Client, Session};
+
+use bytes::BytesMut;
+
+/// The most one `read` asks for. The room it reads into is zero-filled
+/// first (safe code cannot read into uninitialised memory); capping it
+/// keeps that fill as small as the copy the kernel does anyway, even when
+/// the buffer has grown for a bulk frame.
+const READ_AT_MOST: usize = 64 * 1024;
+
+/// One `read` into the spare room of `buf` (at most [`READ_AT_MOST`] of
+/// it), for the blocking session and server alike; the number of bytes.
+fn read_into(
+    buf: &mut BytesMut,
+    read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+) -> std::io::Result<usize> {
+    let len = buf.len();
+    let room = (buf.capacity() - len).min(READ_AT_MOST);
+    buf.resize(len + room, 0);
+    let result = read(&mut buf[len..]);
+    buf.truncate(len + *result.as_ref().unwrap_or(&0));
+    result
+}

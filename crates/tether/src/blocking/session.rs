@@ -113,11 +113,11 @@ impl Io {
         match self {
             Io::Tcp(s, set) => {
                 set.read(remaining, |t| s.set_read_timeout(t))?;
-                read_into(s, buf)
+                super::read_into(buf, |room| s.read(room))
             }
             Io::Unix(s, set) => {
                 set.read(remaining, |t| s.set_read_timeout(t))?;
-                read_into(s, buf)
+                super::read_into(buf, |room| s.read(room))
             }
             Io::Bridged(rt, s) => rt.block_on(async {
                 match remaining {
@@ -258,18 +258,6 @@ fn remaining(deadline: Option<Instant>) -> io::Result<Option<Duration>> {
             }
         }
     }
-}
-
-fn read_into(reader: &mut impl Read, buf: &mut BytesMut) -> io::Result<usize> {
-    let len = buf.len();
-    // Zero-filling the spare room once per read keeps this free of unsafe code;
-    // at 4 KiB it costs far less than the syscall.
-    let spare = buf.capacity() - len;
-    buf.resize(len + spare, 0);
-    let result = reader.read(&mut buf[len..]);
-    let got = *result.as_ref().unwrap_or(&0);
-    buf.truncate(len + got);
-    result
 }
 
 /// A blocking session: the twin of [`crate::session::Session`], with the

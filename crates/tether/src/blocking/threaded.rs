@@ -80,12 +80,6 @@ pub(crate) const FORCE_WAIT: Duration = Duration::from_millis(100);
 /// rather than dropped (std's `bind` asks for 128).
 const BACKLOG: i32 = 1024;
 
-/// The most one `read` asks for. The room it reads into is zero-filled
-/// first (safe code cannot read into uninitialised memory); capping it
-/// keeps that fill as small as the copy the kernel does anyway, even when
-/// the buffer has grown for a bulk frame.
-const READ_AT_MOST: usize = 64 * 1024;
-
 /// How long the self-connect that wakes the accept loop may take. On
 /// loopback it completes or fails at once; a full backlog means the accept
 /// loop is awake anyway.
@@ -693,12 +687,8 @@ where
     fn read_some(&mut self) -> io::Result<usize> {
         self.rbuf.reserve(READ_CHUNK);
         self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
-        let len = self.rbuf.len();
-        let room = (self.rbuf.capacity() - len).min(READ_AT_MOST);
-        self.rbuf.resize(len + room, 0);
-        let result = self.socket.read(&mut self.rbuf[len..]);
-        self.rbuf.truncate(len + *result.as_ref().unwrap_or(&0));
-        result
+        let socket = &self.socket;
+        super::read_into(&mut self.rbuf, |room| socket.read(room))
     }
 
     /// Writes the queued replies, in one write when the kernel takes it.
