@@ -419,28 +419,9 @@ fn put_raw_general(
     }
 }
 
-/// Writes `value` as a varint at `buf[at..]`; returns the end. Values
-/// below 2^21 (tags of the first two million requests, small lengths) take
-/// a branch each, without a loop.
-#[inline(always)]
+/// Writes `value` as a varint at `buf[at..]`; returns the end. (Only the
+/// rare packets `put_raw`'s one-word path does not take come here.)
 fn put_varint_at(buf: &mut [u8], at: usize, value: u64) -> usize {
-    if value < 1 << 7 {
-        buf[at] = value as u8;
-        return at + 1;
-    }
-    if value < 1 << 14 {
-        let b = &mut buf[at..at + 2];
-        b[0] = (value >> 7) as u8 | 0x80;
-        b[1] = value as u8 & 0x7f;
-        return at + 2;
-    }
-    if value < 1 << 21 {
-        let b = &mut buf[at..at + 3];
-        b[0] = (value >> 14) as u8 | 0x80;
-        b[1] = (value >> 7) as u8 | 0x80;
-        b[2] = value as u8 & 0x7f;
-        return at + 3;
-    }
     let n = varint::encoded_len(value);
     let b = &mut buf[at..at + n];
     let mut v = value;
