@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
 use super::handler::{Handler, TypedRequest, HANDLER_FAILED};
-use super::proto::{IncomingRequest, Protocol, Stats, StatsSnapshot};
+use super::proto::{Batch, IncomingRequest, Protocol, Stats, StatsSnapshot};
 use super::scratch::{Scratch, POOL_MAX_BUFFER};
 use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
@@ -324,8 +324,8 @@ impl PacketConnection {
             slot: Box::pin(None),
             completed: Vec::new(),
             answered: Vec::new(),
-            incoming_registered: false,
             incoming: Vec::new(),
+            batch: Batch::START,
             to_wake: Vec::new(),
             read_open: true,
             closing: false,
@@ -865,14 +865,14 @@ struct Driver<S, H: Handler> {
     completed: Vec<(Key, Response)>,
     /// The peer's requests answered at once, whose tags are released
     /// under the lock after the batch, or, for a batch admitted without
-    /// registering (`incoming_registered` false), those still running,
+    /// registering (`batch` not registered), those still running,
     /// registered then (reused).
     answered: Vec<Key>,
     /// The peer's requests decoded under the lock, run after it (reused).
     incoming: Vec<IncomingRequest>,
-    /// The requests in `incoming` are registered as being handled (see
-    /// `Protocol::admit_in_batch`).
-    incoming_registered: bool,
+    /// Whether the requests in `incoming` are registered as being handled
+    /// (see `Protocol::admit_in_batch`).
+    batch: Batch,
     /// Requesters to wake after releasing the lock (reused).
     to_wake: Vec<Waker>,
     config: PacketConfig,
@@ -1157,7 +1157,7 @@ where
         }
         let mut incoming = std::mem::take(&mut self.incoming);
         let mut answered = std::mem::take(&mut self.answered);
-        let registered = self.incoming_registered;
+        let registered = self.batch == Batch::Registered;
         answered.reserve(incoming.len());
         for rq in incoming.drain(..) {
             let key = (rq.channel, rq.tag);
@@ -1306,7 +1306,7 @@ where
                 }
                 let shared = self.shared.clone();
                 let mut st = shared.lock();
-                st.proto.start_batch();
+                self.batch = Batch::START;
                 while self.running.len() + self.incoming.len() < self.config.max_handlers
                     && self.wbuf.len() < WRITE_HIGH_WATER
                 {
@@ -1329,7 +1329,6 @@ where
                         }
                     }
                 }
-                self.incoming_registered = st.proto.batch_registered();
                 drop(st);
                 if self.chunk_pos == self.chunk.len() {
                     // let the read buffer reuse its storage once the
@@ -1422,10 +1421,13 @@ where
                 flags,
                 payload,
             } => {
-                match st.proto.admit_in_batch(channel, tag, &self.incoming) {
+                match st
+                    .proto
+                    .admit_in_batch(&mut self.batch, channel, tag, &self.incoming)
+                {
                     Ok(()) if self.eof_sent => {
                         // no response can go out: released at once
-                        if st.proto.batch_registered() {
+                        if self.batch == Batch::Registered {
                             st.proto.finish_request(channel, tag);
                         }
                     }
