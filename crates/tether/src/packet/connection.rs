@@ -399,30 +399,17 @@ impl PacketConnection {
         flags: u64,
         payload: impl Into<Bytes>,
     ) -> ResponseFuture {
-        let payload: Bytes = payload.into();
-        let state = match check_request(rq_type, flags, payload.len(), self.shared.max_body_len)
-            .and_then(|()| {
-                try_enqueue(
-                    &self.shared,
-                    channel,
-                    rq_type,
-                    flags,
-                    &payload,
-                    Taker::Future,
-                )
-            }) {
-            Ok(Some(tag)) => RfState::Waiting((channel, tag)),
-            Ok(None) => RfState::Queued(
-                channel,
-                Box::pin(enqueue_slow(
-                    self.shared.clone(),
-                    channel,
-                    rq_type,
-                    flags,
-                    payload,
-                    Taker::Future,
-                )),
-            ),
+        let payload = payload.into();
+        let state = match enqueue(
+            &self.shared,
+            channel,
+            rq_type,
+            flags,
+            payload,
+            Taker::Future,
+        ) {
+            Ok(Enqueued::Now(tag)) => RfState::Waiting((channel, tag)),
+            Ok(Enqueued::Later(wait)) => RfState::Queued(channel, wait),
             Err(e) => RfState::Failed(Some(e)),
         };
         ResponseFuture {
@@ -500,18 +487,11 @@ impl PacketConnection {
         flags: u64,
         payload: impl Into<Bytes>,
     ) -> Result<(), PacketError> {
-        let payload: Bytes = payload.into();
-        check_request(rq_type, flags, payload.len(), self.shared.max_body_len)?;
-        if try_enqueue(&self.shared, 0, rq_type, flags, &payload, Taker::Nobody)?.is_none() {
-            enqueue_slow(
-                self.shared.clone(),
-                0,
-                rq_type,
-                flags,
-                payload,
-                Taker::Nobody,
-            )
-            .await?;
+        let payload = payload.into();
+        if let Enqueued::Later(wait) =
+            enqueue(&self.shared, 0, rq_type, flags, payload, Taker::Nobody)?
+        {
+            wait.await?;
         }
         Ok(())
     }
@@ -583,12 +563,44 @@ fn unknown_response(channel: u64, tag: u64) {
     );
 }
 
+/// How [`enqueue`] left a request.
+pub(super) enum Enqueued {
+    /// Queued at once under this tag (the usual case).
+    Now(u64),
+    /// Not queued for want of room: this future waits for room, queues the
+    /// request and resolves to its tag.
+    Later(WaitForRoom),
+}
+
+/// A request waiting for room in the queue (see [`Enqueued::Later`]).
+pub(super) type WaitForRoom = Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>;
+
+/// Submits a request: checks it, then queues it if there is room, or else
+/// returns the future that will (every way in takes this one path).
+#[inline(always)] // see try_enqueue
+pub(super) fn enqueue(
+    shared: &Arc<Shared>,
+    channel: u64,
+    rq_type: u64,
+    flags: u64,
+    payload: Bytes,
+    taker: Taker,
+) -> Result<Enqueued, PacketError> {
+    check_request(rq_type, flags, payload.len(), shared.max_body_len)?;
+    match try_enqueue(shared, channel, rq_type, flags, &payload, taker)? {
+        Some(tag) => Ok(Enqueued::Now(tag)),
+        None => Ok(Enqueued::Later(wait_for_room(
+            shared, channel, rq_type, flags, payload, taker,
+        ))),
+    }
+}
+
 /// Queues a request if there is room: `Ok(None)` if there is not.
 // always inlined, like the driver's hot helpers below: #[inline] left
 // them calls, their arguments and results moved through memory (W3
 // measured each of these worth 10 to 55 instructions a request)
 #[inline(always)]
-pub(super) fn try_enqueue(
+fn try_enqueue(
     shared: &Shared,
     channel: u64,
     rq_type: u64,
@@ -623,28 +635,35 @@ pub(super) fn try_enqueue(
     Ok(Some(tag))
 }
 
-/// Waits for room, then queues the request.
-pub(super) async fn enqueue_slow(
-    shared: Arc<Shared>,
+/// The future that waits for room, then queues the request: the slow
+/// path of [`enqueue`], boxed and cold so that the fast path it is inlined
+/// into stays small (built inline, it left `push` ~80 instructions a
+/// message slower).
+#[cold]
+fn wait_for_room(
+    shared: &Arc<Shared>,
     channel: u64,
     rq_type: u64,
     flags: u64,
     payload: Bytes,
     taker: Taker,
-) -> Result<u64, PacketError> {
-    loop {
-        let notified = shared.space.notified();
-        let mut notified = std::pin::pin!(notified);
-        {
-            let mut st = shared.lock();
-            st.space_waiters = true;
-            notified.as_mut().enable();
+) -> WaitForRoom {
+    let shared = shared.clone();
+    Box::pin(async move {
+        loop {
+            let notified = shared.space.notified();
+            let mut notified = std::pin::pin!(notified);
+            {
+                let mut st = shared.lock();
+                st.space_waiters = true;
+                notified.as_mut().enable();
+            }
+            if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload, taker)? {
+                return Ok(tag);
+            }
+            notified.await;
         }
-        if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload, taker)? {
-            return Ok(tag);
-        }
-        notified.await;
-    }
+    })
 }
 
 /// The response to one request (see [`PacketConnection::submit`]).
@@ -662,10 +681,7 @@ enum RfState {
     /// Queued on the wire under this (channel, tag).
     Waiting(Key),
     /// Waiting for room in the queue.
-    Queued(
-        u64,
-        Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>,
-    ),
+    Queued(u64, WaitForRoom),
     Failed(Option<PacketError>),
     Done,
 }
@@ -748,7 +764,7 @@ impl Drop for ResponseFuture {
     }
 }
 
-pub(super) fn check_request(
+fn check_request(
     rq_type: u64,
     flags: u64,
     payload_len: usize,
