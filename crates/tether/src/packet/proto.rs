@@ -353,9 +353,7 @@ impl<W> Protocol<W> {
         };
         self.pending.insert((channel, tag), waiter);
         bump(&self.stats.requests_sent, 1);
-        self.stats
-            .in_flight
-            .store(self.pending.len() as u64, Relaxed);
+        self.publish_in_flight();
         Ok(tag)
     }
 
@@ -370,9 +368,7 @@ impl<W> Protocol<W> {
         let waiter = self.pending.remove((channel, tag));
         if waiter.is_some() {
             bump(&self.stats.responses_received, 1);
-            self.stats
-                .in_flight
-                .store(self.pending.len() as u64, Relaxed);
+            self.publish_in_flight();
         } else {
             bump(&self.stats.unknown_responses, 1);
         }
@@ -395,9 +391,7 @@ impl<W> Protocol<W> {
         } else if self.handling.insert((channel, tag), ()).is_some() {
             DUPLICATE_TAG
         } else {
-            self.stats
-                .handlers_running
-                .store(self.handling.len() as u64, Relaxed);
+            self.publish_handlers_running();
             return Ok(());
         };
         bump(&self.stats.requests_rejected, 1);
@@ -461,6 +455,20 @@ impl<W> Protocol<W> {
     /// answered).
     pub(crate) fn register_request(&mut self, channel: u64, tag: u64) {
         self.handling.insert((channel, tag), ());
+        self.publish_handlers_running();
+    }
+
+    /// Publishes how many of our requests await a response.
+    #[inline(always)] // on the per-request path, as its callers are
+    fn publish_in_flight(&self) {
+        self.stats
+            .in_flight
+            .store(self.pending.len() as u64, Relaxed);
+    }
+
+    /// Publishes how many of the peer's requests are being handled.
+    #[inline(always)] // on the per-request path, as its callers are
+    fn publish_handlers_running(&self) {
         self.stats
             .handlers_running
             .store(self.handling.len() as u64, Relaxed);
@@ -520,16 +528,14 @@ impl<W> Protocol<W> {
     /// be used again by the peer).
     pub fn finish_request(&mut self, channel: u64, tag: u64) {
         self.handling.remove((channel, tag));
-        self.stats
-            .handlers_running
-            .store(self.handling.len() as u64, Relaxed);
+        self.publish_handlers_running();
     }
 
     /// Forgets every request being handled (their handlers were abandoned
     /// at the close deadline; no response will be sent).
     pub fn abandon_handling(&mut self) {
         self.handling = TagTable::default();
-        self.stats.handlers_running.store(0, Relaxed);
+        self.publish_handlers_running();
     }
 
     /// Records that this end sends ERQ. Returns true the first time (send
@@ -562,7 +568,7 @@ impl<W> Protocol<W> {
     /// (to fail them when the connection ends).
     pub fn take_pending(&mut self) -> Vec<((u64, u64), W)> {
         let out = self.pending.drain();
-        self.stats.in_flight.store(0, Relaxed);
+        self.publish_in_flight();
         out
     }
 
@@ -577,9 +583,7 @@ impl<W> Protocol<W> {
         let w = self.pending.remove((channel, tag));
         if w.is_some() {
             bump(&self.stats.cancelled, 1);
-            self.stats
-                .in_flight
-                .store(self.pending.len() as u64, Relaxed);
+            self.publish_in_flight();
         }
         w
     }
@@ -593,9 +597,7 @@ impl<W: Waiter> Protocol<W> {
         self.pending.retain(|w| !w.is_cancelled());
         let n = before - self.pending.len();
         bump(&self.stats.cancelled, n as u64);
-        self.stats
-            .in_flight
-            .store(self.pending.len() as u64, Relaxed);
+        self.publish_in_flight();
         n
     }
 
