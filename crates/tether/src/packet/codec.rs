@@ -366,6 +366,18 @@ mod tests {
         assert!(buf.is_empty());
     }
 
+    /// A success on tag 2 whose body is 3 bytes of fields and `payload_len`
+    /// of payload.
+    fn ok_response(payload_len: usize) -> Packet {
+        Packet::Response {
+            channel: 0,
+            tag: 2,
+            ok: true,
+            flags: 0,
+            payload: Bytes::from(vec![0u8; payload_len]),
+        }
+    }
+
     #[test]
     fn oversize_body_is_refused_naming_the_limit() {
         let mut codec = PacketCodec::with_max_body_len(100);
@@ -389,13 +401,7 @@ mod tests {
         );
         // exactly the limit is fine
         let mut buf = BytesMut::new();
-        let p = Packet::Response {
-            channel: 0,
-            tag: 2,
-            ok: true,
-            flags: 0,
-            payload: Bytes::from(vec![0u8; 97]),
-        };
+        let p = ok_response(97);
         codec.encode(&p, &mut buf).unwrap();
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(p));
     }
@@ -404,13 +410,7 @@ mod tests {
     fn encoding_oversize_is_refused() {
         let mut codec = PacketCodec::with_max_body_len(10);
         let mut buf = BytesMut::new();
-        let p = Packet::Response {
-            channel: 0,
-            tag: 2,
-            ok: true,
-            flags: 0,
-            payload: Bytes::from(vec![0u8; 20]),
-        };
+        let p = ok_response(20);
         assert!(matches!(
             codec.encode(&p, &mut buf),
             Err(PacketError::TooLarge { .. })

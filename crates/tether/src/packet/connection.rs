@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
 use super::handler::{Handler, TypedRequest, HANDLER_FAILED};
-use super::proto::{IncomingRequest, Protocol, Stats, StatsSnapshot};
+use super::proto::{Batch, IncomingRequest, Protocol, Stats, StatsSnapshot};
 use super::scratch::{Scratch, POOL_MAX_BUFFER};
 use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
@@ -324,8 +324,8 @@ impl PacketConnection {
             slot: Box::pin(None),
             completed: Vec::new(),
             answered: Vec::new(),
-            incoming_registered: false,
             incoming: Vec::new(),
+            batch: Batch::START,
             to_wake: Vec::new(),
             read_open: true,
             closing: false,
@@ -399,30 +399,17 @@ impl PacketConnection {
         flags: u64,
         payload: impl Into<Bytes>,
     ) -> ResponseFuture {
-        let payload: Bytes = payload.into();
-        let state = match check_request(rq_type, flags, payload.len(), self.shared.max_body_len)
-            .and_then(|()| {
-                try_enqueue(
-                    &self.shared,
-                    channel,
-                    rq_type,
-                    flags,
-                    &payload,
-                    Taker::Future,
-                )
-            }) {
-            Ok(Some(tag)) => RfState::Waiting((channel, tag)),
-            Ok(None) => RfState::Queued(
-                channel,
-                Box::pin(enqueue_slow(
-                    self.shared.clone(),
-                    channel,
-                    rq_type,
-                    flags,
-                    payload,
-                    Taker::Future,
-                )),
-            ),
+        let payload = payload.into();
+        let state = match enqueue(
+            &self.shared,
+            channel,
+            rq_type,
+            flags,
+            payload,
+            Taker::Future,
+        ) {
+            Ok(Enqueued::Now(tag)) => RfState::Waiting((channel, tag)),
+            Ok(Enqueued::Later(wait)) => RfState::Queued(channel, wait),
             Err(e) => RfState::Failed(Some(e)),
         };
         ResponseFuture {
@@ -500,18 +487,11 @@ impl PacketConnection {
         flags: u64,
         payload: impl Into<Bytes>,
     ) -> Result<(), PacketError> {
-        let payload: Bytes = payload.into();
-        check_request(rq_type, flags, payload.len(), self.shared.max_body_len)?;
-        if try_enqueue(&self.shared, 0, rq_type, flags, &payload, Taker::Nobody)?.is_none() {
-            enqueue_slow(
-                self.shared.clone(),
-                0,
-                rq_type,
-                flags,
-                payload,
-                Taker::Nobody,
-            )
-            .await?;
+        let payload = payload.into();
+        if let Enqueued::Later(wait) =
+            enqueue(&self.shared, 0, rq_type, flags, payload, Taker::Nobody)?
+        {
+            wait.await?;
         }
         Ok(())
     }
@@ -583,12 +563,44 @@ fn unknown_response(channel: u64, tag: u64) {
     );
 }
 
+/// How [`enqueue`] left a request.
+pub(super) enum Enqueued {
+    /// Queued at once under this tag (the usual case).
+    Now(u64),
+    /// Not queued for want of room: this future waits for room, queues the
+    /// request and resolves to its tag.
+    Later(WaitForRoom),
+}
+
+/// A request waiting for room in the queue (see [`Enqueued::Later`]).
+pub(super) type WaitForRoom = Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>;
+
+/// Submits a request: checks it, then queues it if there is room, or else
+/// returns the future that will (every way in takes this one path).
+#[inline(always)] // see try_enqueue
+pub(super) fn enqueue(
+    shared: &Arc<Shared>,
+    channel: u64,
+    rq_type: u64,
+    flags: u64,
+    payload: Bytes,
+    taker: Taker,
+) -> Result<Enqueued, PacketError> {
+    check_request(rq_type, flags, payload.len(), shared.max_body_len)?;
+    match try_enqueue(shared, channel, rq_type, flags, &payload, taker)? {
+        Some(tag) => Ok(Enqueued::Now(tag)),
+        None => Ok(Enqueued::Later(wait_for_room(
+            shared, channel, rq_type, flags, payload, taker,
+        ))),
+    }
+}
+
 /// Queues a request if there is room: `Ok(None)` if there is not.
 // always inlined, like the driver's hot helpers below: #[inline] left
 // them calls, their arguments and results moved through memory (W3
 // measured each of these worth 10 to 55 instructions a request)
 #[inline(always)]
-pub(super) fn try_enqueue(
+fn try_enqueue(
     shared: &Shared,
     channel: u64,
     rq_type: u64,
@@ -623,28 +635,35 @@ pub(super) fn try_enqueue(
     Ok(Some(tag))
 }
 
-/// Waits for room, then queues the request.
-pub(super) async fn enqueue_slow(
-    shared: Arc<Shared>,
+/// The future that waits for room, then queues the request: the slow
+/// path of [`enqueue`], boxed and cold so that the fast path it is inlined
+/// into stays small (built inline, it left `push` ~80 instructions a
+/// message slower).
+#[cold]
+fn wait_for_room(
+    shared: &Arc<Shared>,
     channel: u64,
     rq_type: u64,
     flags: u64,
     payload: Bytes,
     taker: Taker,
-) -> Result<u64, PacketError> {
-    loop {
-        let notified = shared.space.notified();
-        let mut notified = std::pin::pin!(notified);
-        {
-            let mut st = shared.lock();
-            st.space_waiters = true;
-            notified.as_mut().enable();
+) -> WaitForRoom {
+    let shared = shared.clone();
+    Box::pin(async move {
+        loop {
+            let notified = shared.space.notified();
+            let mut notified = std::pin::pin!(notified);
+            {
+                let mut st = shared.lock();
+                st.space_waiters = true;
+                notified.as_mut().enable();
+            }
+            if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload, taker)? {
+                return Ok(tag);
+            }
+            notified.await;
         }
-        if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload, taker)? {
-            return Ok(tag);
-        }
-        notified.await;
-    }
+    })
 }
 
 /// The response to one request (see [`PacketConnection::submit`]).
@@ -662,10 +681,7 @@ enum RfState {
     /// Queued on the wire under this (channel, tag).
     Waiting(Key),
     /// Waiting for room in the queue.
-    Queued(
-        u64,
-        Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>,
-    ),
+    Queued(u64, WaitForRoom),
     Failed(Option<PacketError>),
     Done,
 }
@@ -748,7 +764,7 @@ impl Drop for ResponseFuture {
     }
 }
 
-pub(super) fn check_request(
+fn check_request(
     rq_type: u64,
     flags: u64,
     payload_len: usize,
@@ -865,14 +881,14 @@ struct Driver<S, H: Handler> {
     completed: Vec<(Key, Response)>,
     /// The peer's requests answered at once, whose tags are released
     /// under the lock after the batch, or, for a batch admitted without
-    /// registering (`incoming_registered` false), those still running,
+    /// registering (`batch` not registered), those still running,
     /// registered then (reused).
     answered: Vec<Key>,
     /// The peer's requests decoded under the lock, run after it (reused).
     incoming: Vec<IncomingRequest>,
-    /// The requests in `incoming` are registered as being handled (see
-    /// `Protocol::admit_in_batch`).
-    incoming_registered: bool,
+    /// Whether the requests in `incoming` are registered as being handled
+    /// (see `Protocol::admit_in_batch`).
+    batch: Batch,
     /// Requesters to wake after releasing the lock (reused).
     to_wake: Vec<Waker>,
     config: PacketConfig,
@@ -1157,7 +1173,7 @@ where
         }
         let mut incoming = std::mem::take(&mut self.incoming);
         let mut answered = std::mem::take(&mut self.answered);
-        let registered = self.incoming_registered;
+        let registered = self.batch == Batch::Registered;
         answered.reserve(incoming.len());
         for rq in incoming.drain(..) {
             let key = (rq.channel, rq.tag);
@@ -1306,7 +1322,7 @@ where
                 }
                 let shared = self.shared.clone();
                 let mut st = shared.lock();
-                st.proto.start_batch();
+                self.batch = Batch::START;
                 while self.running.len() + self.incoming.len() < self.config.max_handlers
                     && self.wbuf.len() < WRITE_HIGH_WATER
                 {
@@ -1329,7 +1345,6 @@ where
                         }
                     }
                 }
-                self.incoming_registered = st.proto.batch_registered();
                 drop(st);
                 if self.chunk_pos == self.chunk.len() {
                     // let the read buffer reuse its storage once the
@@ -1422,10 +1437,13 @@ where
                 flags,
                 payload,
             } => {
-                match st.proto.admit_in_batch(channel, tag, &self.incoming) {
+                match st
+                    .proto
+                    .admit_in_batch(&mut self.batch, channel, tag, &self.incoming)
+                {
                     Ok(()) if self.eof_sent => {
                         // no response can go out: released at once
-                        if st.proto.batch_registered() {
+                        if self.batch == Batch::Registered {
                             st.proto.finish_request(channel, tag);
                         }
                     }

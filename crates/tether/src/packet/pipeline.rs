@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::connection::{check_request, enqueue_slow, try_enqueue, PipeSlot, Shared, Taker};
+use super::connection::{enqueue, Enqueued, PipeSlot, Shared, Taker, WaitForRoom};
 use super::{PacketConnection, PacketError, Response};
 
 /// Requests on one connection whose responses come back through one
@@ -63,7 +63,7 @@ pub struct Pipeline {
 
 /// Where [`Pipeline::submit`] left a request it could not queue at once.
 enum Slow {
-    Wait(Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>),
+    Wait(WaitForRoom),
     Failed(Box<PacketError>),
 }
 
@@ -171,21 +171,15 @@ impl Pipeline {
     /// room (dropping it before then drops the request). Errors as
     /// `submit`'s (the request is then not in flight).
     pub fn submit(&mut self, rq_type: u64, flags: u64, payload: impl Into<Bytes>) -> Submit<'_> {
-        let payload: Bytes = payload.into();
         let taker = Taker::Pipeline(self.slot);
         // the fast path runs here, not in the future, and the future stays
         // small (the rare error boxed): it is built and moved per request
-        let now = check_request(rq_type, flags, payload.len(), self.shared.max_body_len)
-            .and_then(|()| try_enqueue(&self.shared, 0, rq_type, flags, &payload, taker));
-        let (queued, slow) = match now {
-            Ok(Some(tag)) => {
+        let (queued, slow) = match enqueue(&self.shared, 0, rq_type, flags, payload.into(), taker) {
+            Ok(Enqueued::Now(tag)) => {
                 self.in_flight += 1;
                 (Some(tag), None)
             }
-            Ok(None) => {
-                let wait = enqueue_slow(self.shared.clone(), 0, rq_type, flags, payload, taker);
-                (None, Some(Slow::Wait(Box::pin(wait))))
-            }
+            Ok(Enqueued::Later(wait)) => (None, Some(Slow::Wait(wait))),
             Err(e) => (None, Some(Slow::Failed(Box::new(e)))),
         };
         Submit {

@@ -278,6 +278,24 @@ impl TagAllocator {
     }
 }
 
+/// Where a batch of the peer's requests admitted by
+/// [`Protocol::admit_in_batch`] stands: whether its requests are registered
+/// as being handled. The driver that decodes the batch keeps it beside the
+/// batch's requests, for as long as it acts on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Batch {
+    /// Each tag admitted rose above the one before, up to `last` (`None`
+    /// before the first); none is registered.
+    Rising { last: Option<u64> },
+    /// The batch's requests are registered, as the rest of it will be.
+    Registered,
+}
+
+impl Batch {
+    /// A batch before its first request.
+    pub(crate) const START: Batch = Batch::Rising { last: None };
+}
+
 /// The protocol state of one connection, sans-IO. `W` is whatever the
 /// driver uses to deliver a response to its requester.
 #[derive(Debug)]
@@ -288,11 +306,6 @@ pub struct Protocol<W> {
     local_erq: bool,
     peer_erq: bool,
     peer_eof: bool,
-    /// The last tag [`admit_in_batch`](Self::admit_in_batch) admitted
-    /// without registering it since [`start_batch`](Self::start_batch).
-    batch_last: Option<u64>,
-    /// The batch's requests were registered: the rest of it is too.
-    batch_registered: bool,
     stats: Arc<Stats>,
 }
 
@@ -312,8 +325,6 @@ impl<W> Protocol<W> {
             local_erq: false,
             peer_erq: false,
             peer_eof: false,
-            batch_last: None,
-            batch_registered: false,
             stats: Arc::default(),
         }
     }
@@ -342,9 +353,7 @@ impl<W> Protocol<W> {
         };
         self.pending.insert((channel, tag), waiter);
         bump(&self.stats.requests_sent, 1);
-        self.stats
-            .in_flight
-            .store(self.pending.len() as u64, Relaxed);
+        self.publish_in_flight();
         Ok(tag)
     }
 
@@ -359,9 +368,7 @@ impl<W> Protocol<W> {
         let waiter = self.pending.remove((channel, tag));
         if waiter.is_some() {
             bump(&self.stats.responses_received, 1);
-            self.stats
-                .in_flight
-                .store(self.pending.len() as u64, Relaxed);
+            self.publish_in_flight();
         } else {
             bump(&self.stats.unknown_responses, 1);
         }
@@ -384,72 +391,60 @@ impl<W> Protocol<W> {
         } else if self.handling.insert((channel, tag), ()).is_some() {
             DUPLICATE_TAG
         } else {
-            self.stats
-                .handlers_running
-                .store(self.handling.len() as u64, Relaxed);
+            self.publish_handlers_running();
             return Ok(());
         };
         bump(&self.stats.requests_rejected, 1);
         Err(reason)
     }
 
-    /// Starts a batch of [`admit_in_batch`](Self::admit_in_batch) calls.
-    #[inline]
-    pub(crate) fn start_batch(&mut self) {
-        self.batch_last = None;
-        self.batch_registered = false;
-    }
-
-    /// True once the current batch's requests are registered (see
-    /// [`admit_in_batch`](Self::admit_in_batch)).
-    #[inline]
-    pub(crate) fn batch_registered(&self) -> bool {
-        self.batch_registered
-    }
-
     /// What [`admit_request`](Self::admit_request) does, for a driver that
     /// answers most requests before the next batch: registering their tags
     /// only to release them at once cost more than the rest of admitting.
-    /// `batch` holds the requests admitted so far in this batch and not
-    /// finished.
+    /// `batch` is where the batch stands ([`Batch::START`] before its first
+    /// request); `admitted` holds the requests admitted so far in it and
+    /// not finished.
     ///
     /// While the batch's tags rise (as every peer allocates them), none of
     /// them can repeat another of the batch: an admitted request is not
     /// registered, and its caller must either answer it or
     /// [`register_request`](Self::register_request) it before the next
-    /// [`start_batch`](Self::start_batch). Only the table of requests still
-    /// running from earlier batches is checked for duplicates. A tag not
-    /// above the batch's last might repeat one of `batch`: those are
-    /// registered then, and the rest of the batch goes the way of
-    /// `admit_request` ([`batch_registered`](Self::batch_registered) turns
-    /// true), so duplicates are refused exactly as by `admit_request`.
+    /// batch starts. Only the table of requests still running from earlier
+    /// batches is checked for duplicates. A tag not above the batch's last
+    /// might repeat one of `admitted`: those are registered then, and the
+    /// rest of the batch goes the way of `admit_request` (`batch` turns
+    /// [`Batch::Registered`]), so duplicates are refused exactly as by
+    /// `admit_request`.
     // always: #[inline] left it a call from the driver's big loop
     #[inline(always)]
     pub(crate) fn admit_in_batch(
         &mut self,
+        batch: &mut Batch,
         channel: u64,
         tag: u64,
-        batch: &[IncomingRequest],
+        admitted: &[IncomingRequest],
     ) -> Result<(), &'static str> {
-        if !self.batch_registered && channel == 0 && !self.peer_erq {
-            if self.batch_last.map_or(true, |last| tag > last) {
-                bump(&self.stats.requests_received, 1);
-                if self.handling.contains((0, tag)) {
-                    bump(&self.stats.requests_rejected, 1);
-                    return Err(DUPLICATE_TAG);
+        if let Batch::Rising { last } = batch {
+            if channel == 0 && !self.peer_erq {
+                if last.map_or(true, |last| tag > last) {
+                    bump(&self.stats.requests_received, 1);
+                    if self.handling.contains((0, tag)) {
+                        bump(&self.stats.requests_rejected, 1);
+                        return Err(DUPLICATE_TAG);
+                    }
+                    *last = Some(tag);
+                    return Ok(());
                 }
-                self.batch_last = Some(tag);
-                return Ok(());
+                self.register_batch(admitted);
+                *batch = Batch::Registered;
             }
-            self.register_batch(batch);
         }
         self.admit_request(channel, tag)
     }
 
     #[cold]
-    fn register_batch(&mut self, batch: &[IncomingRequest]) {
-        self.batch_registered = true;
-        for rq in batch {
+    fn register_batch(&mut self, admitted: &[IncomingRequest]) {
+        for rq in admitted {
             self.register_request(rq.channel, rq.tag);
         }
     }
@@ -460,6 +455,20 @@ impl<W> Protocol<W> {
     /// answered).
     pub(crate) fn register_request(&mut self, channel: u64, tag: u64) {
         self.handling.insert((channel, tag), ());
+        self.publish_handlers_running();
+    }
+
+    /// Publishes how many of our requests await a response.
+    #[inline(always)] // on the per-request path, as its callers are
+    fn publish_in_flight(&self) {
+        self.stats
+            .in_flight
+            .store(self.pending.len() as u64, Relaxed);
+    }
+
+    /// Publishes how many of the peer's requests are being handled.
+    #[inline(always)] // on the per-request path, as its callers are
+    fn publish_handlers_running(&self) {
         self.stats
             .handlers_running
             .store(self.handling.len() as u64, Relaxed);
@@ -519,16 +528,14 @@ impl<W> Protocol<W> {
     /// be used again by the peer).
     pub fn finish_request(&mut self, channel: u64, tag: u64) {
         self.handling.remove((channel, tag));
-        self.stats
-            .handlers_running
-            .store(self.handling.len() as u64, Relaxed);
+        self.publish_handlers_running();
     }
 
     /// Forgets every request being handled (their handlers were abandoned
     /// at the close deadline; no response will be sent).
     pub fn abandon_handling(&mut self) {
         self.handling = TagTable::default();
-        self.stats.handlers_running.store(0, Relaxed);
+        self.publish_handlers_running();
     }
 
     /// Records that this end sends ERQ. Returns true the first time (send
@@ -561,7 +568,7 @@ impl<W> Protocol<W> {
     /// (to fail them when the connection ends).
     pub fn take_pending(&mut self) -> Vec<((u64, u64), W)> {
         let out = self.pending.drain();
-        self.stats.in_flight.store(0, Relaxed);
+        self.publish_in_flight();
         out
     }
 
@@ -576,9 +583,7 @@ impl<W> Protocol<W> {
         let w = self.pending.remove((channel, tag));
         if w.is_some() {
             bump(&self.stats.cancelled, 1);
-            self.stats
-                .in_flight
-                .store(self.pending.len() as u64, Relaxed);
+            self.publish_in_flight();
         }
         w
     }
@@ -592,9 +597,7 @@ impl<W: Waiter> Protocol<W> {
         self.pending.retain(|w| !w.is_cancelled());
         let n = before - self.pending.len();
         bump(&self.stats.cancelled, n as u64);
-        self.stats
-            .in_flight
-            .store(self.pending.len() as u64, Relaxed);
+        self.publish_in_flight();
         n
     }
 
@@ -683,27 +686,30 @@ mod tests {
     }
 
     /// Admits `tags` as one batch the way the driver does; the requests
-    /// admitted, and the rejections.
-    fn batch(p: &mut Protocol<u64>, tags: &[u64]) -> (Vec<u64>, Vec<&'static str>) {
-        p.start_batch();
+    /// admitted, the rejections, and where the batch stands at its end.
+    fn batch(p: &mut Protocol<u64>, tags: &[u64]) -> (Vec<u64>, Vec<&'static str>, Batch) {
+        let mut batch = Batch::START;
         let (mut admitted, mut rejected) = (Vec::new(), Vec::new());
         for &tag in tags {
-            match p.admit_in_batch(0, tag, &admitted) {
+            match p.admit_in_batch(&mut batch, 0, tag, &admitted) {
                 Ok(()) => admitted.push(incoming(tag)),
                 Err(reason) => rejected.push(reason),
             }
         }
-        (admitted.iter().map(|rq| rq.tag).collect(), rejected)
+        (admitted.iter().map(|rq| rq.tag).collect(), rejected, batch)
     }
 
     #[test]
     fn rising_batch_is_admitted_without_registering() {
         let mut p: Protocol<u64> = Protocol::new();
-        assert_eq!(batch(&mut p, &[2, 3, 5]), (vec![2, 3, 5], vec![]));
-        assert!(!p.batch_registered());
+        let rising = |last| Batch::Rising { last: Some(last) };
+        assert_eq!(
+            batch(&mut p, &[2, 3, 5]),
+            (vec![2, 3, 5], vec![], rising(5))
+        );
         assert_eq!(p.handling(), 0);
         // answered at once: the tags may come again in the next batch
-        assert_eq!(batch(&mut p, &[2, 3]), (vec![2, 3], vec![]));
+        assert_eq!(batch(&mut p, &[2, 3]), (vec![2, 3], vec![], rising(3)));
         let s = p.stats().snapshot();
         assert_eq!((s.requests_received, s.requests_rejected), (5, 0));
     }
@@ -714,9 +720,12 @@ mod tests {
         // the repeat registers the batch so far; the rest goes the usual way
         assert_eq!(
             batch(&mut p, &[2, 3, 3, 1, 4, 4]),
-            (vec![2, 3, 1, 4], vec![DUPLICATE_TAG, DUPLICATE_TAG])
+            (
+                vec![2, 3, 1, 4],
+                vec![DUPLICATE_TAG, DUPLICATE_TAG],
+                Batch::Registered
+            )
         );
-        assert!(p.batch_registered());
         assert_eq!(p.handling(), 4);
         for tag in [2, 3, 1, 4] {
             p.finish_request(0, tag);
@@ -725,30 +734,42 @@ mod tests {
         let s = p.stats().snapshot();
         assert_eq!((s.requests_received, s.requests_rejected), (6, 2));
         // a falling tag that repeats nothing is admitted (registered)
-        assert_eq!(batch(&mut p, &[5, 4]), (vec![5, 4], vec![]));
+        assert_eq!(
+            batch(&mut p, &[5, 4]),
+            (vec![5, 4], vec![], Batch::Registered)
+        );
         assert_eq!(p.handling(), 2);
     }
 
     #[test]
     fn duplicate_of_a_running_request_is_rejected_in_a_batch() {
         let mut p: Protocol<u64> = Protocol::new();
-        assert_eq!(batch(&mut p, &[7, 8]), (vec![7, 8], vec![]));
+        let rising = |last| Batch::Rising { last: Some(last) };
+        assert_eq!(batch(&mut p, &[7, 8]), (vec![7, 8], vec![], rising(8)));
         p.register_request(0, 7); // still running after the batch
-        assert_eq!(batch(&mut p, &[7, 9]), (vec![9], vec![DUPLICATE_TAG]));
-        assert!(!p.batch_registered());
+        assert_eq!(
+            batch(&mut p, &[7, 9]),
+            (vec![9], vec![DUPLICATE_TAG], rising(9))
+        );
         p.finish_request(0, 7);
-        assert_eq!(batch(&mut p, &[7]), (vec![7], vec![]));
+        assert_eq!(batch(&mut p, &[7]), (vec![7], vec![], rising(7)));
         assert_eq!(p.stats().snapshot().handlers_running, 0);
     }
 
     #[test]
     fn batch_refuses_other_channels_and_after_erq() {
         let mut p: Protocol<u64> = Protocol::new();
-        p.start_batch();
-        assert_eq!(p.admit_in_batch(3, 2, &[]), Err(UNKNOWN_CHANNEL));
+        let mut batch = Batch::START;
+        assert_eq!(
+            p.admit_in_batch(&mut batch, 3, 2, &[]),
+            Err(UNKNOWN_CHANNEL)
+        );
         assert_eq!(p.handling(), 0);
         assert!(matches!(p.receive(Packet::Erq), Event::PeerErq));
-        assert_eq!(p.admit_in_batch(0, 2, &[]), Err(REQUESTS_NOT_ALLOWED));
+        assert_eq!(
+            p.admit_in_batch(&mut batch, 0, 2, &[]),
+            Err(REQUESTS_NOT_ALLOWED)
+        );
         let s = p.stats().snapshot();
         assert_eq!((s.requests_received, s.requests_rejected), (2, 2));
     }

@@ -119,7 +119,7 @@ impl Packet {
                 payload,
             } => body_len(
                 *tag,
-                flags << 2 | 2 | u64::from(*channel != 0),
+                request_word(*channel, *flags),
                 *channel,
                 Some(rq_type.wrapping_add(1)),
                 payload.len(),
@@ -132,7 +132,7 @@ impl Packet {
                 payload,
             } => body_len(
                 *tag,
-                (flags << 1 | u64::from(*ok)) << 2 | u64::from(*channel != 0),
+                response_word(*channel, *ok, *flags),
                 *channel,
                 None,
                 payload.len(),
@@ -433,6 +433,18 @@ fn put_varint_at(buf: &mut [u8], at: usize, value: u64) -> usize {
     at + n
 }
 
+/// A request's header word H: `flags << 2 | is_request << 1 | has_channel`.
+#[inline(always)]
+fn request_word(channel: u64, flags: u64) -> u64 {
+    flags << 2 | 2 | u64::from(channel != 0)
+}
+
+/// A response's header word H, whose wire flags are `flags << 1 | ok`.
+#[inline(always)]
+fn response_word(channel: u64, ok: bool, flags: u64) -> u64 {
+    (flags << 1 | u64::from(ok)) << 2 | u64::from(channel != 0)
+}
+
 /// Appends a request packet to `dst` without building a [`Packet`].
 #[inline]
 pub fn encode_request(
@@ -449,7 +461,7 @@ pub fn encode_request(
     if rq_type > MAX_RQ_TYPE {
         return Err(PacketError::OutOfRange("rq_type u64::MAX"));
     }
-    let h = flags << 2 | 2 | u64::from(channel != 0);
+    let h = request_word(channel, flags);
     put_raw(dst, tag, h, channel, Some(rq_type + 1), payload);
     Ok(())
 }
@@ -467,7 +479,7 @@ pub fn encode_response(
     if flags > MAX_RESPONSE_FLAGS {
         return Err(PacketError::OutOfRange("response flags wider than 61 bits"));
     }
-    let h = (flags << 1 | u64::from(ok)) << 2 | u64::from(channel != 0);
+    let h = response_word(channel, ok, flags);
     put_raw(dst, tag, h, channel, None, payload);
     Ok(())
 }
