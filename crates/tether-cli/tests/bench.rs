@@ -3,48 +3,20 @@
 //! asserted: only the shape of the output and of the files. The
 //! two-process mode runs a `--serve` child and a `--target` one.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use std::io::Write;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+use common::{run, tether, KillOnDrop, Lines, Scratch};
+
+/// How long one `tether bench` may take.
 const LIMIT: Duration = Duration::from_secs(240);
 
 /// Runs `tether bench ARGS…`, killing it (and failing) after `LIMIT`.
 fn bench(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(TETHER)
-        .arg("bench")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // read both pipes on threads so a full pipe never stalls the child
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            panic!("tether bench did not exit within {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status, out.join().unwrap(), err.join().unwrap())
+    run(tether("bench").args(args), b"", LIMIT)
 }
 
 /// The `key=value` pairs of a result line.
@@ -119,18 +91,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
 
 #[test]
 fn every_workload_prints_its_lines_the_table_the_json_and_the_chart() {
-    let dir = std::env::temp_dir().join(format!("tether-bench-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("bench.json");
-    let svg = dir.join("bench.svg");
-    let (status, out, err) = bench(&[
-        "--scale",
-        "1000",
-        "--json",
-        json.to_str().unwrap(),
-        "--plot",
-        svg.to_str().unwrap(),
-    ]);
+    let scratch = Scratch::new("bench");
+    let json = scratch.path("bench.json");
+    let svg = scratch.path("bench.svg");
+    let (status, out, err) = bench(&["--scale", "1000", "--json", &json, "--plot", &svg]);
     assert!(
         status.success(),
         "exit {status}\nstdout:\n{out}\nstderr:\n{err}"
@@ -175,7 +139,6 @@ fn every_workload_prints_its_lines_the_table_the_json_and_the_chart() {
         &chart[..chart.len().min(80)]
     );
     assert!(chart.trim_end().ends_with("</svg>"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -216,75 +179,29 @@ fn an_unwritable_json_path_fails_before_measuring() {
 
 // ---- two processes: `--serve` and `--target` ----
 
-/// A child process killed when dropped, so a failing test leaves none behind.
-struct KillOnDrop(Option<Child>);
-
-impl KillOnDrop {
-    /// Sends `signal` (`TERM`, `INT`) and waits, bounded, for the exit.
-    fn signal_and_wait(mut self, signal: &str) -> ExitStatus {
-        let mut child = self.0.take().unwrap();
-        Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > STOP_LIMIT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the bench server did not stop within {STOP_LIMIT:?} of SIG{signal}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// How long a bench server may take to start, or to stop once signalled.
 const STOP_LIMIT: Duration = Duration::from_secs(30);
 
 /// A running `tether bench --serve 127.0.0.1:0`: the guard, the lines it
 /// printed, and where its listing is (the `--target`).
 fn serve() -> (KillOnDrop, Vec<String>, String) {
-    let mut child = Command::new(TETHER)
-        .args(["bench", "--serve", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = KillOnDrop(Some(child));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let mut server = KillOnDrop::spawn(
+        tether("bench")
+            .args(["--serve", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+        STOP_LIMIT,
+    );
+    let stdout = Lines::read(server.child().stdout.take().unwrap());
     let deadline = Instant::now() + STOP_LIMIT;
     let mut lines = Vec::new();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(line) => line.unwrap(),
-            Err(e) => panic!("no `serve listing=` line within {STOP_LIMIT:?} ({e}): {lines:?}"),
-        };
+        let line = stdout.next_before(deadline).unwrap_or_else(|e| {
+            panic!("no `serve listing=` line within {STOP_LIMIT:?} ({e}): {lines:?}")
+        });
         if let Some(listing) = line.strip_prefix("serve listing=") {
-            return (guard, lines, listing.to_string());
+            return (server, lines, listing.to_string());
         }
         lines.push(line);
     }

@@ -1,74 +1,8 @@
 //! The command-line contract of DESIGN.md, driven through the real binary.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// Waits for `child` to exit, killing it (and failing) after `LIMIT`.
-fn wait_bounded(child: &mut Child) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            panic!("process did not exit within {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Starts `tether serve …` and returns it with the address from its first line.
-fn serve(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(TETHER)
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .trim()
-        .to_string();
-    (child, addr)
-}
-
-fn call(args: &[&str], stdin: &[u8]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(TETHER)
-        .arg("call")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let status = wait_bounded(&mut child);
-    let mut out = String::new();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    (status, out, err)
-}
-
-fn terminate(mut child: Child) -> ExitStatus {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    wait_bounded(&mut child)
-}
+use common::{call, run, serve, tether, LIMIT, TETHER};
 
 #[test]
 fn serve_lines_and_call_over_stdin_and_arguments() {
@@ -95,7 +29,10 @@ fn serve_lines_and_call_over_stdin_and_arguments() {
     );
     assert!(status.success());
     assert_eq!(out, "x y\nERR unknown command\n");
-    assert!(terminate(server).success(), "SIGTERM is a graceful exit 0");
+    assert!(
+        server.signal_and_wait("TERM").success(),
+        "SIGTERM is a graceful exit 0"
+    );
 }
 
 #[test]
@@ -109,7 +46,7 @@ fn call_fails_with_one_line_when_a_reply_is_late_or_the_peer_is_away() {
     assert_eq!(out, "a\n");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("no reply within"), "{err}");
-    assert!(terminate(server).success());
+    assert!(server.signal_and_wait("TERM").success());
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -151,15 +88,8 @@ fn bad_arguments_are_named() {
 
 #[test]
 fn demo_runs_and_exits_zero() {
-    let mut child = Command::new(TETHER)
-        .arg("demo")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_bounded(&mut child);
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    assert!(status.success(), "{out}");
+    let (status, out, err) = run(&mut tether("demo"), b"", LIMIT);
+    assert!(status.success(), "{out}{err}");
     assert!(out.contains("demo: all sections passed"), "{out}");
 }
 

@@ -1,66 +1,24 @@
 //! `tether serve mount`, driven through the real binary.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::{serve, KillOnDrop, LIMIT};
 use tether::pair::{PairConfig, TextPair};
 use tether::sim::mount::{Axis, Command as MountCommand, Reply};
 use tether::transport::Endpoint;
 
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// Waits for `child` to exit, killing it (and failing) after `LIMIT`.
-fn wait_bounded(child: &mut Child) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            panic!("process did not exit within {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn terminate(mut child: Child, signal: &str) -> ExitStatus {
-    Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    wait_bounded(&mut child)
-}
-
 /// Starts `tether serve mount --connect PEER` and returns it with the
 /// address of its first line.
-fn serve_mount(peer: &Endpoint) -> (Child, String) {
-    let mut child = Command::new(TETHER)
-        .args([
-            "serve",
-            "mount",
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--connect",
-        ])
-        .arg(peer.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .trim()
-        .to_string();
-    (child, addr)
+fn serve_mount(peer: &Endpoint) -> (KillOnDrop, String) {
+    serve(&[
+        "mount",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--connect",
+        &peer.to_string(),
+    ])
 }
 
 #[tokio::test]
@@ -114,7 +72,7 @@ async fn serve_mount_answers_through_a_pair_and_stops_on_sigterm() {
             },
         ]
     );
-    assert!(terminate(child, "TERM").success());
+    assert!(child.signal_and_wait("TERM").success());
     assert!(
         client.wait_disconnected(LIMIT).await,
         "the link goes down with the simulator"
@@ -131,5 +89,5 @@ fn serve_mount_waiting_for_its_peer_stops_on_sigint() {
         .port();
     let (child, _) = serve_mount(&Endpoint::tcp("127.0.0.1", port));
     std::thread::sleep(Duration::from_millis(200));
-    assert!(terminate(child, "INT").success());
+    assert!(child.signal_and_wait("INT").success());
 }

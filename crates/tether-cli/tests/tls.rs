@@ -1,105 +1,20 @@
 //! `tether serve … --listen tls://` and `tether call tls://…` through the real binary.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
-const LIMIT: Duration = Duration::from_secs(20);
+use std::process::ExitStatus;
 
-/// A scratch directory of this test process, removed on drop.
-struct Scratch(PathBuf);
+use common::{run, serve, tether, Scratch, LIMIT};
 
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("tether-cli-tls-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.0.join(file).display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills the server when a test fails half-way.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_bounded(child: &mut Child) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            panic!("process did not exit within {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn serve(args: &[&str]) -> (Server, String) {
-    let mut child = Command::new(TETHER)
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).unwrap();
-    let addr = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .trim()
-        .to_string();
-    (server, addr)
-}
-
+/// `tether call ARGS…` with `env` set and `TETHER_TLS_CA` otherwise unset:
+/// its exit status, stdout and stderr, within [`LIMIT`].
 fn call(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(TETHER)
-        .arg("call")
+    let mut command = tether("call");
+    command
         .args(args)
         .env_remove("TETHER_TLS_CA")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_bounded(&mut child);
-    let mut out = String::new();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    (status, out, err)
-}
-
-fn terminate(mut server: Server) -> ExitStatus {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(server.0.id().to_string())
-        .status()
-        .unwrap();
-    wait_bounded(&mut server.0)
+        .envs(env.iter().copied());
+    run(&mut command, b"", LIMIT)
 }
 
 #[test]
@@ -145,7 +60,10 @@ fn serve_with_a_self_signed_certificate_and_call_trusting_its_ca() {
         "{err}"
     );
 
-    assert!(terminate(server).success(), "SIGTERM is a graceful exit 0");
+    assert!(
+        server.signal_and_wait("TERM").success(),
+        "SIGTERM is a graceful exit 0"
+    );
 }
 
 #[test]
@@ -193,20 +111,16 @@ fn serve_with_certificate_files_and_refuse_an_untrusted_server() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&endpoint), "{err}");
     assert!(err.contains("unknown certificate authority"), "{err}");
-    assert!(terminate(server).success());
+    assert!(server.signal_and_wait("TERM").success());
 }
 
 #[test]
 fn serve_on_tls_without_a_certificate_is_refused() {
-    let mut child = Command::new(TETHER)
-        .args(["serve", "lines", "--listen", "tls://127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_bounded(&mut child);
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let (status, _, err) = run(
+        tether("serve").args(["lines", "--listen", "tls://127.0.0.1:0"]),
+        b"",
+        LIMIT,
+    );
     assert!(!status.success());
     assert!(err.contains("--tls-self-signed"), "{err}");
 }

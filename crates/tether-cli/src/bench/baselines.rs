@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::rig::{payload, Pushes};
+use super::rig::{payload, serve_connections, Pushes};
 use crate::CliResult;
 
 /// The largest frame either baseline accepts: 8 MiB, as tether's default.
@@ -183,27 +183,11 @@ pub async fn framed_server(
 ) -> CliResult<()> {
     let listener = tokio::net::TcpListener::bind(at).await?;
     let _ = ready.send(listener.local_addr()?);
-    tokio::pin!(stop);
-    // connection tasks are kept, so that stopping waits for them: nothing
-    // from this workload is left running into the next one
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut stop => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => {
-                    // EMFILE and friends: back off rather than spin
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
+    serve_connections(listener, stop, |stream| {
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let tls = tls.clone();
-        conns.spawn(async move {
+        async move {
             match tls {
                 None => serve_framed(stream, service).await,
                 Some(acceptor) => {
@@ -216,20 +200,10 @@ pub async fn framed_server(
                     }
                 }
             }
-        });
-    }
-    drain(conns).await;
-    Ok(())
-}
-
-/// Waits up to 5 s for a server's connection tasks to end (their clients
-/// have gone), then aborts what is left.
-pub async fn drain(mut conns: tokio::task::JoinSet<()>) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while conns.join_next().await.is_some() {}
+        }
     })
     .await;
-    conns.shutdown().await;
+    Ok(())
 }
 
 async fn serve_framed<S>(stream: S, service: FramedService)

@@ -1,8 +1,9 @@
 //! The bench's machinery: the two runtimes, where the servers are (here or
-//! at a `--target`), a server's lifetime, the scaled counts, payloads, and
-//! bounded waits.
+//! at a `--target`), a server's lifetime and its accept loop, the scaled
+//! counts, payloads, and bounded waits.
 
 use std::future::Future;
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -253,6 +254,70 @@ impl Running {
             Running::Blocking(s, _) => s.shutdown(Duration::from_secs(1)),
         }
     }
+}
+
+/// A listener the bench's own accept loop ([`serve_connections`]) takes
+/// connections from: tokio's, or tether's.
+pub trait Accept {
+    /// An accepted connection.
+    type Stream: Send + 'static;
+    /// Waits for the next connection.
+    fn accept_next(&mut self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_next(&mut self) -> io::Result<Self::Stream> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+impl Accept for tether::transport::Listener {
+    type Stream = tether::transport::ByteStream;
+    async fn accept_next(&mut self) -> io::Result<Self::Stream> {
+        self.accept().await
+    }
+}
+
+/// The accept loop of the servers the bench writes itself: accepts on
+/// `listener` until `stop` resolves, and runs what `serve` makes of each
+/// connection as a task of its own; then [`drain`]s those tasks.
+pub async fn serve_connections<L, F, Fut>(mut listener: L, stop: impl Future, mut serve: F)
+where
+    L: Accept,
+    F: FnMut(L::Stream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::pin!(stop);
+    // connection tasks are kept, so that stopping waits for them: nothing
+    // from this workload is left running into the next one
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stop => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            accepted = listener.accept_next() => match accepted {
+                Ok(stream) => stream,
+                Err(_) => {
+                    // EMFILE and friends: back off rather than spin
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        conns.spawn(serve(stream));
+    }
+    drain(conns).await;
+}
+
+/// Waits up to 5 s for a server's connection tasks to end (their clients
+/// have gone), then aborts what is left.
+async fn drain(mut conns: tokio::task::JoinSet<()>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.shutdown().await;
 }
 
 /// How many messages a push server sends each client.

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::conn::{start_server, ServerKind};
 use super::idle::raise_open_file_limit;
-use super::rig::{current_thread, Pushes, Running, ServerRuntime};
+use super::rig::{current_thread, serve_connections, Pushes, Running, ServerRuntime};
 use super::served::{certificate_names, listing, server_addr, Entry, WorkloadSet, SERVED};
 use crate::CliResult;
 
@@ -117,7 +117,8 @@ fn say(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
-/// Sends `text` to every client that connects to `at`, then closes.
+/// Sends `text` to every client that connects to `at`, then closes; once
+/// stopped, waits for the sends still going as the other servers do.
 async fn listing_server(
     at: SocketAddr,
     ready: oneshot::Sender<SocketAddr>,
@@ -128,24 +129,15 @@ async fn listing_server(
     let listener = tokio::net::TcpListener::bind(at).await?;
     let _ = ready.send(listener.local_addr()?);
     let text: std::sync::Arc<str> = text.into();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(()),
-            accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else {
-                    // EMFILE and friends: back off rather than spin
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                };
-                let text = text.clone();
-                tokio::spawn(async move {
-                    let _ = stream.write_all(text.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
+    serve_connections(listener, stop, |mut stream| {
+        let text = text.clone();
+        async move {
+            let _ = stream.write_all(text.as_bytes()).await;
+            let _ = stream.shutdown().await;
         }
-    }
+    })
+    .await;
+    Ok(())
 }
 
 /// SIGINT and SIGTERM, caught from the moment they are registered.

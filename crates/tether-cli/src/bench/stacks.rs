@@ -13,24 +13,25 @@
 //! free port), reports its address, and serves until told to stop; TLS
 //! ones use `Listener::bind_tls`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use tether::framing::{FramingError, LengthCodec};
 use tether::packet::{
     EchoService, Handler as PacketHandler, IncomingRequest, NoHandler, PacketConfig,
     PacketConnection, Response,
 };
 use tether::session::{ConnectionInfo, Handler, HandlerError, Server, ServerOptions};
-use tether::transport::{Endpoint, Listener, TlsServerConfig};
+use tether::transport::{ByteStream, Endpoint, Listener, TlsServerConfig};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::baselines::drain;
-use super::rig::{payload, Pushes};
+use super::rig::{payload, serve_connections, Pushes};
 use crate::CliResult;
 
 /// Sessions a bench server accepts at once: above W8's 10,000 idle ones.
@@ -143,46 +144,36 @@ pub async fn packet_push_server(
     stop: oneshot::Receiver<()>,
     pushes: Pushes,
 ) -> CliResult<()> {
-    let (mut listener, addr) = bind(at, None).await?;
+    let (listener, addr) = bind(at, None).await?;
     let _ = ready.send(addr);
-    tokio::pin!(stop);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let stream = tokio::select! {
-            _ = &mut stop => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        match pushes {
-            Pushes::Fixed(n) => {
-                let conn = PacketConnection::spawn(stream, NoHandler, PacketConfig::default());
-                conns.spawn(push_to(conn, n));
-            }
-            Pushes::AskClient => {
-                let (count, counted) = oneshot::channel();
-                let asked = PushCountRequest(std::sync::Mutex::new(Some(count)));
-                let conn = PacketConnection::spawn(stream, asked, PacketConfig::default());
-                conns.spawn(async move {
-                    tokio::select! {
-                        Ok(n) = counted => push_to(conn, n).await,
-                        _ = conn.closed() => {}
-                        // a client that never says: closed, not kept
-                        () = tokio::time::sleep(Pushes::ASK_TIMEOUT) => {
-                            let _ = conn.close().await;
-                        }
-                    }
-                });
+    serve_connections(listener, stop, |stream| match pushes {
+        Pushes::Fixed(n) => {
+            let conn = PacketConnection::spawn(stream, NoHandler, PacketConfig::default());
+            Either::Left(push_to(conn, n))
+        }
+        Pushes::AskClient => Either::Right(push_as_asked(stream)),
+    })
+    .await;
+    Ok(())
+}
+
+/// Serves `stream` under [`Pushes::AskClient`]: the connection starts at
+/// once, and the task pushes as many messages as the client's first
+/// request asks for.
+fn push_as_asked(stream: ByteStream) -> impl Future<Output = ()> + Send {
+    let (count, counted) = oneshot::channel();
+    let asked = PushCountRequest(std::sync::Mutex::new(Some(count)));
+    let conn = PacketConnection::spawn(stream, asked, PacketConfig::default());
+    async move {
+        tokio::select! {
+            Ok(n) = counted => push_to(conn, n).await,
+            _ = conn.closed() => {}
+            // a client that never says: closed, not kept
+            () = tokio::time::sleep(Pushes::ASK_TIMEOUT) => {
+                let _ = conn.close().await;
             }
         }
     }
-    drain(conns).await;
-    Ok(())
 }
 
 /// The handler of a push server's connection under [`Pushes::AskClient`]:
