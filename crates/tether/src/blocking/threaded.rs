@@ -46,7 +46,7 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +58,8 @@ use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::{debug, info, warn};
 
+use super::socket::StdStream;
+use super::{PlainHandler, ServerCodec};
 use crate::framing::FramingError;
 use crate::session::{
     ConnectionId, ConnectionInfo, HandlerError, ServerOptions, ServerStats, KEEP_AT_MOST,
@@ -91,56 +93,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Whether the blocking server serves `endpoint` with a thread per connection.
 pub(crate) fn serves(endpoint: &Endpoint) -> bool {
     matches!(endpoint, Endpoint::Tcp { .. } | Endpoint::Unix(_))
-}
-
-/// A connected peer's socket.
-#[derive(Debug)]
-enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Socket {
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let result = match self {
-                Socket::Tcp(s) => (&*s).read(buf),
-                Socket::Unix(s) => (&*s).read(buf),
-            };
-            match result {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
-    }
-
-    fn write_all(&self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => (&*s).write_all(buf),
-            Socket::Unix(s) => (&*s).write_all(buf),
-        }
-    }
-
-    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.shutdown(how),
-            Socket::Unix(s) => s.shutdown(how),
-        }
-    }
-
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.set_read_timeout(t),
-            Socket::Unix(s) => s.set_read_timeout(t),
-        }
-    }
-
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.set_write_timeout(t),
-            Socket::Unix(s) => s.set_write_timeout(t),
-        }
-    }
 }
 
 /// A bound listener; a Unix one removes its socket file when dropped, as
@@ -191,16 +143,16 @@ impl StdListener {
         }
     }
 
-    fn accept(&self) -> io::Result<(Socket, PeerAddr)> {
+    fn accept(&self) -> io::Result<(StdStream, PeerAddr)> {
         match self {
             StdListener::Tcp(l) => {
                 let (stream, addr) = l.accept()?;
                 stream.set_nodelay(true)?;
-                Ok((Socket::Tcp(stream), PeerAddr::Tcp(addr)))
+                Ok((StdStream::Tcp(stream), PeerAddr::Tcp(addr)))
             }
             StdListener::Unix(l, _) => {
                 let (stream, _) = l.accept()?;
-                Ok((Socket::Unix(stream), PeerAddr::Unix))
+                Ok((StdStream::Unix(stream), PeerAddr::Unix))
             }
         }
     }
@@ -278,7 +230,7 @@ struct Shared {
 #[derive(Debug)]
 struct State {
     /// The socket of every live connection, to wake or close it.
-    live: HashMap<ConnectionId, Arc<Socket>>,
+    live: HashMap<ConnectionId, Arc<StdStream>>,
     /// Connection threads, to join on stop (finished ones are pruned as
     /// new ones start).
     threads: Vec<(ConnectionId, JoinHandle<()>)>,
@@ -364,12 +316,8 @@ impl Running {
         options: ServerOptions,
     ) -> Result<Running, TransportError>
     where
-        C: Decoder<Item = Req, Error = FramingError>
-            + Encoder<Resp, Error = FramingError>
-            + Clone
-            + Send
-            + 'static,
-        F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
+        C: ServerCodec<Req, Resp>,
+        F: PlainHandler<Req, Resp>,
     {
         let (listener, local, wake) = StdListener::bind(endpoint)?;
         let shared = Arc::new(Shared {
@@ -481,12 +429,8 @@ fn accept_loop<C, F, Req, Resp>(
     handler: Arc<F>,
     shared: Arc<Shared>,
 ) where
-    C: Decoder<Item = Req, Error = FramingError>
-        + Encoder<Resp, Error = FramingError>
-        + Clone
-        + Send
-        + 'static,
-    F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
+    C: ServerCodec<Req, Resp>,
+    F: PlainHandler<Req, Resp>,
 {
     let ended = AcceptEnded(shared.clone());
     let mut next_id = 1;
@@ -567,7 +511,7 @@ fn accept_loop<C, F, Req, Resp>(
 struct Stopped;
 
 struct Connection<C, F> {
-    socket: Arc<Socket>,
+    socket: Arc<StdStream>,
     codec: C,
     handler: Arc<F>,
     info: ConnectionInfo,
@@ -688,7 +632,7 @@ where
         self.rbuf.reserve(READ_CHUNK);
         self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
         let socket = &self.socket;
-        super::read_into(&mut self.rbuf, |room| socket.read(room))
+        super::read_into(&mut self.rbuf, |room| read_retrying(socket, room))
     }
 
     /// Writes the queued replies, in one write when the kernel takes it.
@@ -696,7 +640,7 @@ where
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        self.socket.write_all(&self.wbuf)?;
+        (&*self.socket).write_all(&self.wbuf)?;
         if self.wbuf.capacity() > KEEP_AT_MOST {
             self.wbuf = BytesMut::new();
         } else {
@@ -727,10 +671,20 @@ where
             if left.is_zero() || self.socket.set_read_timeout(Some(left)).is_err() {
                 break;
             }
-            match self.socket.read(&mut scratch) {
+            match read_retrying(&self.socket, &mut scratch) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => seen += n,
             }
+        }
+    }
+}
+
+/// One `read`, retried when a signal interrupts it.
+fn read_retrying(socket: &StdStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match (&*socket).read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }
@@ -747,6 +701,7 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 mod tests {
     use super::*;
     use crate::framing::LengthCodec;
+    use std::os::unix::net::UnixStream;
 
     fn echo(options: ServerOptions) -> Running {
         Running::start(
@@ -812,7 +767,7 @@ mod tests {
             max_connections: 1,
         });
         let mut conn = Connection {
-            socket: Arc::new(Socket::Unix(a)),
+            socket: Arc::new(StdStream::Unix(a)),
             codec: LengthCodec::new(),
             handler: Arc::new(|r: BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(r))),
             info: ConnectionInfo {
