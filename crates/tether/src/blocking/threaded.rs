@@ -60,10 +60,11 @@ use tracing::{debug, info, warn};
 
 use super::socket::StdStream;
 use super::{PlainHandler, ServerCodec};
+use crate::buffers::{clear_write_buf, ReadBuf};
 use crate::framing::FramingError;
 use crate::session::{
-    ConnectionId, ConnectionInfo, HandlerError, ServerOptions, ServerStats, KEEP_AT_MOST,
-    LINGER_BYTES, LINGER_TIME, READ_CHUNK,
+    ConnectionId, ConnectionInfo, HandlerError, ServerOptions, ServerStats, LINGER_BYTES,
+    LINGER_TIME, READ_CHUNK,
 };
 use crate::transport::{Endpoint, PeerAddr, TransportError};
 
@@ -478,9 +479,8 @@ fn accept_loop<C, F, Req, Resp>(
             handler: handler.clone(),
             info,
             shared: shared.clone(),
-            rbuf: BytesMut::new(),
+            rbuf: ReadBuf::default(),
             wbuf: BytesMut::new(),
-            rbuf_grown: false,
         };
         let spawned = std::thread::Builder::new()
             .name(format!("tether-conn-{}", info.id.0))
@@ -516,11 +516,8 @@ struct Connection<C, F> {
     handler: Arc<F>,
     info: ConnectionInfo,
     shared: Arc<Shared>,
-    rbuf: BytesMut,
+    rbuf: ReadBuf,
     wbuf: BytesMut,
-    // The read buffer grew past KEEP_AT_MOST (its capacity can't tell once
-    // a frame is split off).
-    rbuf_grown: bool,
 }
 
 impl<C, F, Req, Resp> Connection<C, F>
@@ -602,10 +599,7 @@ where
             return Ok(None);
         }
         let frame = self.codec.decode(&mut self.rbuf);
-        if self.rbuf.is_empty() && std::mem::take(&mut self.rbuf_grown) {
-            // Grown for a bulk frame: give it back rather than keep it idle.
-            self.rbuf = BytesMut::new();
-        }
+        self.rbuf.release_if_grown();
         frame
     }
 
@@ -630,7 +624,6 @@ where
     /// as the codec lets a frame grow before it refuses it.
     fn read_some(&mut self) -> io::Result<usize> {
         self.rbuf.reserve(READ_CHUNK);
-        self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
         let socket = &self.socket;
         super::read_into(&mut self.rbuf, |room| read_retrying(socket, room))
     }
@@ -641,11 +634,7 @@ where
             return Ok(());
         }
         (&*self.socket).write_all(&self.wbuf)?;
-        if self.wbuf.capacity() > KEEP_AT_MOST {
-            self.wbuf = BytesMut::new();
-        } else {
-            self.wbuf.clear();
-        }
+        clear_write_buf(&mut self.wbuf);
         Ok(())
     }
 
@@ -700,6 +689,7 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffers::KEEP_AT_MOST;
     use crate::framing::LengthCodec;
     use std::os::unix::net::UnixStream;
 
@@ -775,9 +765,8 @@ mod tests {
                 peer: PeerAddr::Unix,
             },
             shared,
-            rbuf: BytesMut::new(),
+            rbuf: ReadBuf::default(),
             wbuf: BytesMut::new(),
-            rbuf_grown: false,
         };
         let writer = std::thread::spawn(move || {
             let mut frame = ((4 * KEEP_AT_MOST) as u32).to_be_bytes().to_vec();
