@@ -240,6 +240,21 @@ struct State {
 }
 
 impl Shared {
+    /// A server's state before its accept loop starts: no connections yet.
+    fn new(max_connections: usize) -> Shared {
+        Shared {
+            stopping: AtomicBool::new(false),
+            state: Mutex::new(State {
+                live: HashMap::new(),
+                threads: Vec::new(),
+                accepting: true,
+            }),
+            changed: Condvar::new(),
+            stats: Arc::new(ServerStats::default()),
+            max_connections,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -321,17 +336,7 @@ impl Running {
         F: PlainHandler<Req, Resp>,
     {
         let (listener, local, wake) = StdListener::bind(endpoint)?;
-        let shared = Arc::new(Shared {
-            stopping: AtomicBool::new(false),
-            state: Mutex::new(State {
-                live: HashMap::new(),
-                threads: Vec::new(),
-                accepting: true,
-            }),
-            changed: Condvar::new(),
-            stats: Arc::new(ServerStats::default()),
-            max_connections: options.max_connections_value(),
-        });
+        let shared = Arc::new(Shared::new(options.max_connections_value()));
         let accepting = shared.clone();
         let handler = Arc::new(handler);
         let accept = std::thread::Builder::new()
@@ -745,17 +750,7 @@ mod tests {
         assert_eq!(echo_once(&mut s, b"small"), b"small");
         // The buffers themselves are checked through a connection built by hand.
         let (a, mut b) = UnixStream::pair().unwrap();
-        let shared = Arc::new(Shared {
-            stopping: AtomicBool::new(false),
-            state: Mutex::new(State {
-                live: HashMap::new(),
-                threads: Vec::new(),
-                accepting: false,
-            }),
-            changed: Condvar::new(),
-            stats: Arc::default(),
-            max_connections: 1,
-        });
+        let shared = Arc::new(Shared::new(1));
         let mut conn = Connection {
             socket: Arc::new(StdStream::Unix(a)),
             codec: LengthCodec::new(),
