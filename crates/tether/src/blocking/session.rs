@@ -9,10 +9,8 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use super::socket::StdStream;
 use crate::framing::FramingError;
-use crate::session::{ClientOptions, SessionError};
+use crate::session::{ClientOptions, SessionError, READ_CHUNK};
 use crate::transport::{self, ByteStream, Endpoint, TransportError};
-
-const READ_CHUNK: usize = 4096;
 
 /// Opens blocking [`Session`]s to one endpoint: the blocking twin of
 /// [`crate::session::Client`].
