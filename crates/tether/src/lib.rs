@@ -66,6 +66,7 @@
 #![warn(missing_docs)]
 
 pub mod blocking;
+mod buffers;
 pub mod framing;
 pub mod packet;
 pub mod pair;

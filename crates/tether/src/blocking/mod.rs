@@ -35,6 +35,7 @@
 
 mod server;
 mod session;
+mod socket;
 mod threaded;
 
 pub use crate::packet::blocking::PacketConnection;
@@ -43,6 +44,42 @@ pub use server::{RunningServer, Server};
 pub use session::{Client, Session};
 
 use bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::framing::FramingError;
+use crate::session::{ConnectionInfo, HandlerError};
+
+/// What a blocking server needs of its codec: the bounds of
+/// [`Server::bind`], named once for the code behind it.
+pub(crate) trait ServerCodec<Req, Resp>:
+    Decoder<Item = Req, Error = FramingError>
+    + Encoder<Resp, Error = FramingError>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<C, Req, Resp> ServerCodec<Req, Resp> for C where
+    C: Decoder<Item = Req, Error = FramingError>
+        + Encoder<Resp, Error = FramingError>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
+/// What a blocking server needs of its handler: a plain function, called
+/// from any thread.
+pub(crate) trait PlainHandler<Req, Resp>:
+    Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static
+{
+}
+
+impl<F, Req, Resp> PlainHandler<Req, Resp> for F where
+    F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static
+{
+}
 
 /// The most one `read` asks for. The room it reads into is zero-filled
 /// first (safe code cannot read into uninitialised memory); capping it

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::threaded;
+use super::{threaded, PlainHandler, ServerCodec};
 use crate::framing::FramingError;
 use crate::session::{self, ConnectionInfo, Handler, HandlerError, ServerOptions, ServerStats};
 use crate::transport::{Endpoint, Listener, TlsServerConfig, TransportError};
@@ -114,12 +114,8 @@ impl Server {
         options: ServerOptions,
     ) -> Result<RunningServer, TransportError>
     where
-        C: Decoder<Item = Req, Error = FramingError>
-            + Encoder<Resp, Error = FramingError>
-            + Clone
-            + Send
-            + 'static,
-        F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
+        C: ServerCodec<Req, Resp>,
+        F: PlainHandler<Req, Resp>,
         Req: Send + 'static,
         Resp: Send + 'static,
     {
@@ -157,6 +153,8 @@ impl Server {
 
 struct OnBlockingPool<F>(Arc<F>);
 
+// (`PlainHandler` would leave `Resp` unconstrained here: the `Fn` bound
+// names it as the closure's output.)
 impl<F, Req, Resp> Handler<Req> for OnBlockingPool<F>
 where
     F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,

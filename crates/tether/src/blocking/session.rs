@@ -7,11 +7,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::socket::StdStream;
 use crate::framing::FramingError;
-use crate::session::{ClientOptions, SessionError};
+use crate::session::{ClientOptions, SessionError, READ_CHUNK};
 use crate::transport::{self, ByteStream, Endpoint, TransportError};
-
-const READ_CHUNK: usize = 4096;
 
 /// Opens blocking [`Session`]s to one endpoint: the blocking twin of
 /// [`crate::session::Client`].
@@ -69,8 +68,7 @@ impl<C: Clone> Client<C> {
 }
 
 enum Io {
-    Tcp(TcpStream, SocketTimeouts),
-    Unix(UnixStream, SocketTimeouts),
+    Socket(StdStream, SocketTimeouts),
     // Telnet, TLS, stdio, exec: the async stream driven by a private runtime.
     Bridged(tokio::runtime::Runtime, Box<ByteStream>),
 }
@@ -86,10 +84,13 @@ impl Io {
             Endpoint::Tcp { .. } => {
                 let stream = connect_tcp(endpoint, timeout)?;
                 stream.set_nodelay(true).map_err(named)?;
-                Ok(Io::Tcp(stream, SocketTimeouts::default()))
+                Ok(Io::Socket(
+                    StdStream::Tcp(stream),
+                    SocketTimeouts::default(),
+                ))
             }
-            Endpoint::Unix(path) => Ok(Io::Unix(
-                UnixStream::connect(path).map_err(named)?,
+            Endpoint::Unix(path) => Ok(Io::Socket(
+                StdStream::Unix(UnixStream::connect(path).map_err(named)?),
                 SocketTimeouts::default(),
             )),
             _ => {
@@ -111,11 +112,7 @@ impl Io {
         let remaining = remaining(deadline)?;
         buf.reserve(READ_CHUNK);
         match self {
-            Io::Tcp(s, set) => {
-                set.read(remaining, |t| s.set_read_timeout(t))?;
-                super::read_into(buf, |room| s.read(room))
-            }
-            Io::Unix(s, set) => {
+            Io::Socket(s, set) => {
                 set.read(remaining, |t| s.set_read_timeout(t))?;
                 super::read_into(buf, |room| s.read(room))
             }
@@ -133,11 +130,7 @@ impl Io {
     fn write_all(&mut self, data: &[u8], deadline: Option<Instant>) -> io::Result<()> {
         let remaining = remaining(deadline)?;
         match self {
-            Io::Tcp(s, set) => {
-                set.write(remaining, |t| s.set_write_timeout(t))?;
-                s.write_all(data)
-            }
-            Io::Unix(s, set) => {
+            Io::Socket(s, set) => {
                 set.write(remaining, |t| s.set_write_timeout(t))?;
                 s.write_all(data)
             }
@@ -158,8 +151,7 @@ impl Io {
 
     fn shutdown(&mut self) -> io::Result<()> {
         match self {
-            Io::Tcp(s, _) => s.shutdown(std::net::Shutdown::Write),
-            Io::Unix(s, _) => s.shutdown(std::net::Shutdown::Write),
+            Io::Socket(s, _) => s.shutdown(std::net::Shutdown::Write),
             Io::Bridged(rt, s) => rt.block_on(s.shutdown()),
         }
     }

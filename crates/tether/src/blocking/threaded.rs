@@ -46,7 +46,7 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,10 +58,13 @@ use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::{debug, info, warn};
 
+use super::socket::StdStream;
+use super::{PlainHandler, ServerCodec};
+use crate::buffers::{clear_write_buf, ReadBuf};
 use crate::framing::FramingError;
 use crate::session::{
-    ConnectionId, ConnectionInfo, HandlerError, ServerOptions, ServerStats, KEEP_AT_MOST,
-    LINGER_BYTES, LINGER_TIME, READ_CHUNK,
+    ConnectionId, ConnectionInfo, HandlerError, ServerOptions, ServerStats, LINGER_BYTES,
+    LINGER_TIME, READ_CHUNK,
 };
 use crate::transport::{Endpoint, PeerAddr, TransportError};
 
@@ -91,56 +94,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Whether the blocking server serves `endpoint` with a thread per connection.
 pub(crate) fn serves(endpoint: &Endpoint) -> bool {
     matches!(endpoint, Endpoint::Tcp { .. } | Endpoint::Unix(_))
-}
-
-/// A connected peer's socket.
-#[derive(Debug)]
-enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Socket {
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let result = match self {
-                Socket::Tcp(s) => (&*s).read(buf),
-                Socket::Unix(s) => (&*s).read(buf),
-            };
-            match result {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
-    }
-
-    fn write_all(&self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => (&*s).write_all(buf),
-            Socket::Unix(s) => (&*s).write_all(buf),
-        }
-    }
-
-    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.shutdown(how),
-            Socket::Unix(s) => s.shutdown(how),
-        }
-    }
-
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.set_read_timeout(t),
-            Socket::Unix(s) => s.set_read_timeout(t),
-        }
-    }
-
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.set_write_timeout(t),
-            Socket::Unix(s) => s.set_write_timeout(t),
-        }
-    }
 }
 
 /// A bound listener; a Unix one removes its socket file when dropped, as
@@ -191,16 +144,16 @@ impl StdListener {
         }
     }
 
-    fn accept(&self) -> io::Result<(Socket, PeerAddr)> {
+    fn accept(&self) -> io::Result<(StdStream, PeerAddr)> {
         match self {
             StdListener::Tcp(l) => {
                 let (stream, addr) = l.accept()?;
                 stream.set_nodelay(true)?;
-                Ok((Socket::Tcp(stream), PeerAddr::Tcp(addr)))
+                Ok((StdStream::Tcp(stream), PeerAddr::Tcp(addr)))
             }
             StdListener::Unix(l, _) => {
                 let (stream, _) = l.accept()?;
-                Ok((Socket::Unix(stream), PeerAddr::Unix))
+                Ok((StdStream::Unix(stream), PeerAddr::Unix))
             }
         }
     }
@@ -278,7 +231,7 @@ struct Shared {
 #[derive(Debug)]
 struct State {
     /// The socket of every live connection, to wake or close it.
-    live: HashMap<ConnectionId, Arc<Socket>>,
+    live: HashMap<ConnectionId, Arc<StdStream>>,
     /// Connection threads, to join on stop (finished ones are pruned as
     /// new ones start).
     threads: Vec<(ConnectionId, JoinHandle<()>)>,
@@ -287,6 +240,21 @@ struct State {
 }
 
 impl Shared {
+    /// A server's state before its accept loop starts: no connections yet.
+    fn new(max_connections: usize) -> Shared {
+        Shared {
+            stopping: AtomicBool::new(false),
+            state: Mutex::new(State {
+                live: HashMap::new(),
+                threads: Vec::new(),
+                accepting: true,
+            }),
+            changed: Condvar::new(),
+            stats: Arc::new(ServerStats::default()),
+            max_connections,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -364,25 +332,11 @@ impl Running {
         options: ServerOptions,
     ) -> Result<Running, TransportError>
     where
-        C: Decoder<Item = Req, Error = FramingError>
-            + Encoder<Resp, Error = FramingError>
-            + Clone
-            + Send
-            + 'static,
-        F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
+        C: ServerCodec<Req, Resp>,
+        F: PlainHandler<Req, Resp>,
     {
         let (listener, local, wake) = StdListener::bind(endpoint)?;
-        let shared = Arc::new(Shared {
-            stopping: AtomicBool::new(false),
-            state: Mutex::new(State {
-                live: HashMap::new(),
-                threads: Vec::new(),
-                accepting: true,
-            }),
-            changed: Condvar::new(),
-            stats: Arc::new(ServerStats::default()),
-            max_connections: options.max_connections_value(),
-        });
+        let shared = Arc::new(Shared::new(options.max_connections_value()));
         let accepting = shared.clone();
         let handler = Arc::new(handler);
         let accept = std::thread::Builder::new()
@@ -481,12 +435,8 @@ fn accept_loop<C, F, Req, Resp>(
     handler: Arc<F>,
     shared: Arc<Shared>,
 ) where
-    C: Decoder<Item = Req, Error = FramingError>
-        + Encoder<Resp, Error = FramingError>
-        + Clone
-        + Send
-        + 'static,
-    F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
+    C: ServerCodec<Req, Resp>,
+    F: PlainHandler<Req, Resp>,
 {
     let ended = AcceptEnded(shared.clone());
     let mut next_id = 1;
@@ -534,9 +484,8 @@ fn accept_loop<C, F, Req, Resp>(
             handler: handler.clone(),
             info,
             shared: shared.clone(),
-            rbuf: BytesMut::new(),
+            rbuf: ReadBuf::default(),
             wbuf: BytesMut::new(),
-            rbuf_grown: false,
         };
         let spawned = std::thread::Builder::new()
             .name(format!("tether-conn-{}", info.id.0))
@@ -567,16 +516,13 @@ fn accept_loop<C, F, Req, Resp>(
 struct Stopped;
 
 struct Connection<C, F> {
-    socket: Arc<Socket>,
+    socket: Arc<StdStream>,
     codec: C,
     handler: Arc<F>,
     info: ConnectionInfo,
     shared: Arc<Shared>,
-    rbuf: BytesMut,
+    rbuf: ReadBuf,
     wbuf: BytesMut,
-    // The read buffer grew past KEEP_AT_MOST (its capacity can't tell once
-    // a frame is split off).
-    rbuf_grown: bool,
 }
 
 impl<C, F, Req, Resp> Connection<C, F>
@@ -658,10 +604,7 @@ where
             return Ok(None);
         }
         let frame = self.codec.decode(&mut self.rbuf);
-        if self.rbuf.is_empty() && std::mem::take(&mut self.rbuf_grown) {
-            // Grown for a bulk frame: give it back rather than keep it idle.
-            self.rbuf = BytesMut::new();
-        }
+        self.rbuf.release_if_grown();
         frame
     }
 
@@ -686,9 +629,8 @@ where
     /// as the codec lets a frame grow before it refuses it.
     fn read_some(&mut self) -> io::Result<usize> {
         self.rbuf.reserve(READ_CHUNK);
-        self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
         let socket = &self.socket;
-        super::read_into(&mut self.rbuf, |room| socket.read(room))
+        super::read_into(&mut self.rbuf, |room| read_retrying(socket, room))
     }
 
     /// Writes the queued replies, in one write when the kernel takes it.
@@ -696,12 +638,8 @@ where
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        self.socket.write_all(&self.wbuf)?;
-        if self.wbuf.capacity() > KEEP_AT_MOST {
-            self.wbuf = BytesMut::new();
-        } else {
-            self.wbuf.clear();
-        }
+        (&*self.socket).write_all(&self.wbuf)?;
+        clear_write_buf(&mut self.wbuf);
         Ok(())
     }
 
@@ -727,10 +665,20 @@ where
             if left.is_zero() || self.socket.set_read_timeout(Some(left)).is_err() {
                 break;
             }
-            match self.socket.read(&mut scratch) {
+            match read_retrying(&self.socket, &mut scratch) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => seen += n,
             }
+        }
+    }
+}
+
+/// One `read`, retried when a signal interrupts it.
+fn read_retrying(socket: &StdStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match (&*socket).read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }
@@ -746,7 +694,9 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffers::KEEP_AT_MOST;
     use crate::framing::LengthCodec;
+    use std::os::unix::net::UnixStream;
 
     fn echo(options: ServerOptions) -> Running {
         Running::start(
@@ -800,19 +750,9 @@ mod tests {
         assert_eq!(echo_once(&mut s, b"small"), b"small");
         // The buffers themselves are checked through a connection built by hand.
         let (a, mut b) = UnixStream::pair().unwrap();
-        let shared = Arc::new(Shared {
-            stopping: AtomicBool::new(false),
-            state: Mutex::new(State {
-                live: HashMap::new(),
-                threads: Vec::new(),
-                accepting: false,
-            }),
-            changed: Condvar::new(),
-            stats: Arc::default(),
-            max_connections: 1,
-        });
+        let shared = Arc::new(Shared::new(1));
         let mut conn = Connection {
-            socket: Arc::new(Socket::Unix(a)),
+            socket: Arc::new(StdStream::Unix(a)),
             codec: LengthCodec::new(),
             handler: Arc::new(|r: BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(r))),
             info: ConnectionInfo {
@@ -820,9 +760,8 @@ mod tests {
                 peer: PeerAddr::Unix,
             },
             shared,
-            rbuf: BytesMut::new(),
+            rbuf: ReadBuf::default(),
             wbuf: BytesMut::new(),
-            rbuf_grown: false,
         };
         let writer = std::thread::spawn(move || {
             let mut frame = ((4 * KEEP_AT_MOST) as u32).to_be_bytes().to_vec();

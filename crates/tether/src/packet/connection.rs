@@ -36,10 +36,11 @@ use tracing::Instrument;
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
 use super::handler::{Handler, TypedRequest, HANDLER_FAILED};
 use super::proto::{Batch, IncomingRequest, Protocol, Stats, StatsSnapshot};
-use super::scratch::{Scratch, POOL_MAX_BUFFER};
+use super::scratch::Scratch;
 use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
 use super::{Packet, PacketError, Response};
+use crate::buffers::ReadBuf;
 use crate::transport::{self, ConnectOptions, Endpoint};
 
 /// Write-buffer level above which the connection stops taking new work
@@ -313,7 +314,7 @@ impl PacketConnection {
         });
         let driver = Driver {
             io,
-            rbuf: BytesMut::new(),
+            rbuf: ReadBuf::default(),
             chunk: Bytes::new(),
             chunk_pos: 0,
             wbuf: BytesMut::new(),
@@ -335,7 +336,6 @@ impl PacketConnection {
             read_would_block: false,
             handler_deadline: None,
             scratch: None,
-            rbuf_grown: false,
 
             final_deadline: None,
             failure: None,
@@ -865,7 +865,7 @@ impl<F: Future<Output = Response>> Future for Running<F> {
 
 struct Driver<S, H: Handler> {
     io: S,
-    rbuf: BytesMut,
+    rbuf: ReadBuf,
     /// Whole packets split off `rbuf` at once, decoded from `chunk_pos` on.
     chunk: Bytes,
     chunk_pos: usize,
@@ -906,8 +906,6 @@ struct Driver<S, H: Handler> {
     /// While the buffers are borrowed from the thread's pool (see
     /// `adopt_scratch`): the box they go back in.
     scratch: Option<Box<Scratch>>,
-    /// `rbuf` grew past what the pool keeps.
-    rbuf_grown: bool,
 
     final_deadline: Option<Pin<Box<Sleep>>>,
     /// Why the connection ended, if it failed (ends the task at once).
@@ -1070,7 +1068,7 @@ where
         self.chunk = Bytes::new();
         self.chunk_pos = 0;
         self.running.clear();
-        s.give_back(std::mem::take(&mut self.rbuf_grown));
+        s.give_back();
     }
 
     fn scratch_unused(&self) -> bool {
@@ -1370,11 +1368,8 @@ where
             if self.read_would_block {
                 return progress;
             }
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-                self.rbuf.reserve(READ_CHUNK);
-                self.rbuf_grown |= self.rbuf.capacity() > POOL_MAX_BUFFER;
-            }
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+            self.rbuf.make_room(READ_CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut *self.rbuf) {
                 Poll::Ready(Ok(0)) => {
                     progress = true;
                     let reason = if self.rbuf.is_empty() {

@@ -15,28 +15,24 @@
 //! sleep (all empty) ◄── scratch.give_back() (kept if the pool has room)
 //! ```
 
-use std::cell::RefCell;
 use std::task::Waker;
 
 use bytes::BytesMut;
 
 use super::proto::IncomingRequest;
 use super::Response;
+use crate::buffers::{clear_write_buf, Pool, ReadBuf};
 
 /// Scratch sets a thread keeps. A thread works for one connection at a
 /// time, so one set is enough; a few more cover connections that go to
 /// sleep holding theirs (a packet half received).
 const POOL_SIZE: usize = 4;
 
-/// A read buffer grown past this (for a big packet) goes to the allocator,
-/// not to the pool.
-pub(super) const POOL_MAX_BUFFER: usize = 64 * 1024;
-
 /// One connection's working buffers, all empty between uses.
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
     /// Bytes read and not yet decoded.
-    pub(super) rbuf: BytesMut,
+    pub(super) rbuf: ReadBuf,
     /// Bytes encoded and not yet written.
     pub(super) wbuf: BytesMut,
     /// The peer's requests decoded under the lock, run after it.
@@ -52,17 +48,13 @@ pub(super) struct Scratch {
 thread_local! {
     // Boxed, so that lending and returning a set moves a pointer, not the
     // set (measured: the moves cost more than the pool saved).
-    #[allow(clippy::vec_box)]
-    static POOL: RefCell<Vec<Box<Scratch>>> = const { RefCell::new(Vec::new()) };
+    static POOL: Pool<Box<Scratch>, POOL_SIZE> = const { Pool::new() };
 }
 
 impl Scratch {
     /// A set from this thread's pool, or a new (unallocated) one.
     pub(super) fn take() -> Box<Scratch> {
-        POOL.try_with(|pool| pool.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        Pool::take(&POOL)
     }
 
     /// Whether every buffer is empty (a set is only pooled empty).
@@ -76,29 +68,19 @@ impl Scratch {
     }
 
     /// Returns the set to this thread's pool, or to the allocator when the
-    /// pool is full. `rbuf_grown`: the read buffer grew past
-    /// [`POOL_MAX_BUFFER`] (its capacity can't tell once a packet has been
-    /// split off it).
-    pub(super) fn give_back(mut self: Box<Self>, rbuf_grown: bool) {
+    /// pool is full; buffers grown for a big packet go to the allocator.
+    pub(super) fn give_back(mut self: Box<Self>) {
         debug_assert!(self.is_empty());
-        if rbuf_grown {
-            self.rbuf = BytesMut::new();
-        }
-        if self.wbuf.capacity() > POOL_MAX_BUFFER {
-            self.wbuf = BytesMut::new();
-        }
-        let _ = POOL.try_with(|pool| {
-            let mut pool = pool.borrow_mut();
-            if pool.len() < POOL_SIZE {
-                pool.push(self);
-            }
-        });
+        self.rbuf.release_if_grown();
+        clear_write_buf(&mut self.wbuf);
+        Pool::give(&POOL, self);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffers::KEEP_AT_MOST;
 
     #[test]
     fn a_set_given_back_is_taken_again_with_its_buffers() {
@@ -106,7 +88,7 @@ mod tests {
         s.rbuf.reserve(1000);
         s.incoming.reserve(8);
         let rbuf_at = s.rbuf.as_ptr();
-        s.give_back(false);
+        s.give_back();
         let again = Scratch::take();
         assert_eq!(again.rbuf.as_ptr(), rbuf_at, "the same allocation, warm");
         assert!(again.incoming.capacity() >= 8);
@@ -115,16 +97,16 @@ mod tests {
     #[test]
     fn a_grown_read_buffer_and_a_full_pool_go_to_the_allocator() {
         let mut big = Scratch::take();
-        big.rbuf.reserve(2 * POOL_MAX_BUFFER);
-        big.give_back(true);
+        big.rbuf.reserve(2 * KEEP_AT_MOST);
+        big.give_back();
         assert_eq!(Scratch::take().rbuf.capacity(), 0);
 
         for _ in 0..POOL_SIZE + 3 {
             let mut s = Box::<Scratch>::default();
             s.wbuf.reserve(10);
-            s.give_back(false);
+            s.give_back();
         }
-        let pooled = POOL.with(|p| p.borrow().len());
+        let pooled = Pool::len(&POOL);
         assert_eq!(pooled, POOL_SIZE);
     }
 }

@@ -3,13 +3,14 @@
 //!
 //! Two buffer policies, because the two sides want different things:
 //! - [`Buffers::Lazy`] (servers): an idle connection holds no buffers. It
-//!   gives them back to its thread's [`pool`] when a read finds nothing and
+//!   gives them back to its thread's [`POOL`] when a read finds nothing and
 //!   takes one again when woken, so ten thousand idle sessions cost little
 //!   more than their sockets, and a busy server allocates nothing per
 //!   request.
 //! - [`Buffers::Kept`] (client sessions): the buffers stay between requests,
-//!   saving a trip through the pool per request; one
-//!   that grew past [`KEEP_AT_MOST`] for a bulk frame is given back.
+//!   saving a trip through the pool per request; one that grew past
+//!   [`KEEP_AT_MOST`](crate::buffers::KEEP_AT_MOST) for a bulk frame is
+//!   given back.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,6 +19,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::buffers::{clear_write_buf, Pool, ReadBuf};
 use crate::framing::FramingError;
 use crate::transport::ByteStream;
 
@@ -31,15 +33,13 @@ pub(crate) const READ_CHUNK: usize = 4096;
 /// buffer (doubling) as it arrives.
 pub(crate) const LAZY_READ_CHUNK: usize = 1024;
 
-/// The largest buffer [`Buffers::Kept`] keeps between frames.
-pub(crate) const KEEP_AT_MOST: usize = 64 * 1024;
-
 /// When a [`FrameIo`] gives its buffers back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Buffers {
     /// As soon as they are empty: for servers holding many idle connections.
     Lazy,
-    /// Only when they grew past [`KEEP_AT_MOST`]: for client sessions.
+    /// Only when they grew past
+    /// [`KEEP_AT_MOST`](crate::buffers::KEEP_AT_MOST): for client sessions.
     Kept,
 }
 
@@ -47,14 +47,11 @@ pub(crate) enum Buffers {
 pub(crate) struct FrameIo<C> {
     pub(crate) stream: ByteStream,
     pub(crate) codec: C,
-    rbuf: BytesMut,
+    rbuf: ReadBuf,
     wbuf: BytesMut,
     // How much of `wbuf` is already written.
     written: usize,
     buffers: Buffers,
-    // The read buffer grew past KEEP_AT_MOST. (Its capacity can't tell once
-    // a frame is split off: the rest may be a few bytes of a big allocation.)
-    rbuf_grown: bool,
 }
 
 impl<C> FrameIo<C> {
@@ -62,11 +59,10 @@ impl<C> FrameIo<C> {
         FrameIo {
             stream,
             codec,
-            rbuf: BytesMut::new(),
+            rbuf: ReadBuf::default(),
             wbuf: BytesMut::new(),
             written: 0,
             buffers,
-            rbuf_grown: false,
         }
     }
 }
@@ -81,12 +77,7 @@ where
             return Ok(None);
         }
         let frame = self.codec.decode(&mut self.rbuf);
-        if self.rbuf.is_empty() && self.rbuf_grown {
-            // The frame keeps what it needs of the big allocation; the rest
-            // is not kept for the next one.
-            self.rbuf = BytesMut::new();
-            self.rbuf_grown = false;
-        }
+        self.rbuf.release_if_grown();
         frame
     }
 
@@ -110,21 +101,15 @@ where
         let chunk = match self.buffers {
             Buffers::Lazy => {
                 if self.rbuf.capacity() == 0 {
-                    self.rbuf = pool::take();
+                    *self.rbuf = Pool::take(&POOL);
                 }
                 LAZY_READ_CHUNK
             }
             Buffers::Kept => READ_CHUNK,
         };
-        // Room is made only when little is left: making it reclaims the
-        // space of the frames split off so far, a cost worth paying once
-        // every few dozen short frames rather than at every read.
-        if self.rbuf.capacity() - self.rbuf.len() < chunk / 4 {
-            self.rbuf.reserve(chunk);
-        }
-        // (the codec too may have made room, for a long frame)
-        self.rbuf_grown |= self.rbuf.capacity() > KEEP_AT_MOST;
-        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf);
+        self.rbuf.make_room(chunk);
+        self.rbuf.note_growth(); // the codec too may have made room, for a long frame
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut *self.rbuf);
         if read.is_pending() && self.buffers == Buffers::Lazy {
             self.give_back_empty();
         }
@@ -135,23 +120,23 @@ where
     /// they grew for a bulk frame.
     fn give_back_empty(&mut self) {
         if self.rbuf.is_empty() {
-            let rbuf = std::mem::take(&mut self.rbuf);
-            if !std::mem::take(&mut self.rbuf_grown) {
-                pool::give(rbuf);
+            if let Some(rbuf) = self.rbuf.take_keepable() {
+                give_to_pool(rbuf);
             }
         }
         if self.wbuf.is_empty() {
             // (`flush` already let go of one grown past KEEP_AT_MOST)
-            pool::give(std::mem::take(&mut self.wbuf));
+            give_to_pool(std::mem::take(&mut self.wbuf));
         }
     }
+
     /// Encodes a frame into the write buffer; [`flush`](Self::flush) sends it.
     pub(crate) fn queue<T>(&mut self, item: T) -> Result<(), FramingError>
     where
         C: Encoder<T, Error = FramingError>,
     {
         if self.wbuf.capacity() == 0 && self.buffers == Buffers::Lazy {
-            self.wbuf = pool::take();
+            self.wbuf = Pool::take(&POOL);
         }
         self.codec.encode(item, &mut self.wbuf)
     }
@@ -173,11 +158,7 @@ where
             self.written += n;
         }
         self.written = 0;
-        if self.wbuf.capacity() > KEEP_AT_MOST {
-            self.wbuf = BytesMut::new(); // grown for a bulk frame
-        } else {
-            self.wbuf.clear();
-        }
+        clear_write_buf(&mut self.wbuf);
         if self.stream.buffers_writes() {
             self.stream.flush().await?;
         }
@@ -210,47 +191,24 @@ where
     }
 }
 
-/// Buffers that server connections gave back, kept by their thread for
-/// the next connection with data.
-mod pool {
-    use std::cell::RefCell;
+thread_local! {
+    /// Buffers that server connections gave back, kept by their thread for
+    /// the next connection with data. A thread serves one connection at a
+    /// time, which uses two.
+    static POOL: Pool<BytesMut, 8> = const { Pool::new() };
+}
 
-    use bytes::BytesMut;
-
-    /// Buffers a thread keeps: a thread serves one connection at a time,
-    /// which uses two.
-    const KEEP: usize = 8;
-
-    thread_local! {
-        static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// A buffer from this thread's pool, or an unallocated one.
-    pub(super) fn take() -> BytesMut {
-        FREE.try_with(|free| free.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    }
-
-    /// Keeps `buf` (emptied) for the next [`take`], if the pool has room.
-    pub(super) fn give(mut buf: BytesMut) {
-        if buf.capacity() == 0 {
-            return;
-        }
-        buf.clear();
-        let _ = FREE.try_with(|free| {
-            let mut free = free.borrow_mut();
-            if free.len() < KEEP {
-                free.push(buf);
-            }
-        });
+/// Pools `buf`, unless it was never allocated.
+fn give_to_pool(buf: BytesMut) {
+    if buf.capacity() > 0 {
+        Pool::give(&POOL, buf);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffers::KEEP_AT_MOST;
     use crate::framing::LengthCodec;
     use crate::transport::memory_pair;
 

@@ -33,5 +33,5 @@ pub use server::{
     ConnectionId, ConnectionInfo, Handler, RunningServer, Server, ServerOptions, ServerStats,
 };
 // The blocking server's connection loop shares the async one's limits.
-pub(crate) use io::{KEEP_AT_MOST, READ_CHUNK};
+pub(crate) use io::READ_CHUNK;
 pub(crate) use server::{LINGER_BYTES, LINGER_TIME};
