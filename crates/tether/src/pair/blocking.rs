@@ -38,6 +38,18 @@ use super::{PairConfig, PairError, ServerConfig};
 use crate::framing::SentinelCodec;
 use crate::transport::{Endpoint, PeerAddr};
 
+/// Runs `read` on `rt`, giving up after `timeout` with `Ok(None)`. A
+/// frame that arrives later is not lost: dropping the read leaves it
+/// queued for the next one.
+fn read_within<T>(
+    rt: &Runtime,
+    timeout: Duration,
+    read: impl std::future::Future<Output = Result<T, PairError>>,
+) -> Result<Option<T>, PairError> {
+    rt.block_on(async { tokio::time::timeout(timeout, read).await })
+        .map_or(Ok(None), |r| r.map(Some))
+}
+
 fn runtime() -> Result<Arc<Runtime>, PairError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -92,9 +104,7 @@ where
     /// [`read`](Self::read), giving up after `timeout` (`Ok(None)`; no
     /// frame is lost).
     pub fn read_timeout(&self, timeout: Duration) -> Result<Option<D::Item>, PairError> {
-        self.rt
-            .block_on(async { tokio::time::timeout(timeout, self.inner.read()).await })
-            .map_or(Ok(None), |r| r.map(Some))
+        read_within(&self.rt, timeout, self.inner.read())
     }
 
     /// See [`super::Pair::write`].
@@ -282,9 +292,7 @@ where
     /// [`read`](Self::read), giving up after `timeout` (`Ok(None)`; no
     /// frame is lost).
     pub fn read_timeout(&self, timeout: Duration) -> Result<Option<D::Item>, PairError> {
-        self.rt
-            .block_on(async { tokio::time::timeout(timeout, self.inner.read()).await })
-            .map_or(Ok(None), |r| r.map(Some))
+        read_within(&self.rt, timeout, self.inner.read())
     }
 
     /// See [`super::OneClientServer::close`].
