@@ -19,6 +19,10 @@ pub(crate) const KEEP_AT_MOST: usize = 64 * 1024;
 /// A read buffer that remembers whether it grew past [`KEEP_AT_MOST`]. Its
 /// capacity can't tell once a frame has been split off: what is left may
 /// be a few bytes of a big allocation.
+///
+/// Only its own methods record growth. Whatever grows it through the
+/// `BytesMut` it derefs to (a codec making room for a long frame) must be
+/// followed by [`note_growth`](Self::note_growth).
 #[derive(Debug, Default)]
 pub(crate) struct ReadBuf {
     bytes: BytesMut,
@@ -26,6 +30,16 @@ pub(crate) struct ReadBuf {
 }
 
 impl ReadBuf {
+    /// A read buffer over `bytes` (one taken from a pool, say).
+    pub(crate) fn new(bytes: BytesMut) -> Self {
+        let mut buf = ReadBuf {
+            bytes,
+            grown: false,
+        };
+        buf.note_growth();
+        buf
+    }
+
     /// Makes room for `additional` more bytes.
     pub(crate) fn reserve(&mut self, additional: usize) {
         self.bytes.reserve(additional);

@@ -673,7 +673,10 @@ where
     }
 }
 
-/// One `read`, retried when a signal interrupts it.
+/// One `read`, retried when a signal interrupts it: a server thread must
+/// not end a connection for a signal meant for the process. (The blocking
+/// session returns the interruption to its caller instead, so the retry is
+/// here, not in [`StdStream`].)
 fn read_retrying(socket: &StdStream, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match (&*socket).read(buf) {

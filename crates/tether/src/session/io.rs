@@ -24,7 +24,8 @@ use crate::framing::FramingError;
 use crate::transport::ByteStream;
 
 /// How much room a read asks for. 4 KiB covers typical device replies in
-/// one syscall; bulk frames grow the buffer as they arrive.
+/// one syscall; bulk frames grow the buffer as they arrive. (The client
+/// sessions of this module and of [`crate::blocking`] both read this much.)
 pub(crate) const READ_CHUNK: usize = 4096;
 
 /// The first room a [`Buffers::Lazy`] read asks for: requests to a server
@@ -101,7 +102,7 @@ where
         let chunk = match self.buffers {
             Buffers::Lazy => {
                 if self.rbuf.capacity() == 0 {
-                    *self.rbuf = Pool::take(&POOL);
+                    self.rbuf = ReadBuf::new(Pool::take(&POOL));
                 }
                 LAZY_READ_CHUNK
             }
