@@ -106,7 +106,7 @@ pub struct BenchArgs {
     /// Write an SVG bar chart of the tether/baseline ratios to FILE.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
-    /// Run each workload N times, the implementations taking turns, and report each one's median run (by its headline figure).
+    /// Run each workload N times, the implementations taking turns (every other round in reverse order), and report each one's median run (by its headline figure); each ratio is then the median of the N rounds' ratios, shown with their spread.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
     runs: u32,
     /// Start every implementation's server (ADDR itself: the listing; the
@@ -313,28 +313,35 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
                 )
             });
         }
-        // Round-robin over the implementations, run after run, so that a
-        // change of pace of a shared machine mid-workload (it happens, by
-        // four times or more) falls on every implementation alike rather than
-        // on the ones that happened to run then.
-        let mut results: Vec<Vec<Record>> = vec![Vec::new(); w.impls().len()];
-        for _ in 0..runs {
-            for (i, &imp) in w.impls().iter().enumerate() {
+        // Round-robin over the implementations, round after round, so that
+        // a change of pace of a shared machine mid-workload (it happens, by
+        // four times or more) falls on every implementation alike rather
+        // than on the ones that happened to run then; every other round in
+        // the reverse order, so that a steady drift within a round does too.
+        // The ratios pair the runs of each round (see `report`).
+        let impls = w.impls();
+        let mut results: Vec<Vec<Option<Record>>> = vec![Vec::new(); impls.len()];
+        for round in 0..runs {
+            let mut order: Vec<usize> = (0..impls.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let imp = impls[i];
                 bar.set_message(format!("{} {}", w.name(), imp.name()));
-                match workloads::run(&ctx, w, imp, &records) {
-                    Ok(r) => results[i].push(r),
-                    Err(e) => {
-                        all_ok = false;
-                        bar.suspend(|| {
-                            eprintln!("tether: bench {} {} failed: {e}", w.name(), imp.name())
-                        });
-                    }
+                let result = workloads::run(&ctx, w, imp, &records);
+                if let Err(e) = &result {
+                    all_ok = false;
+                    bar.suspend(|| {
+                        eprintln!("tether: bench {} {} failed: {e}", w.name(), imp.name())
+                    });
                 }
+                results[i].push(result.ok());
                 bar.inc(1);
             }
         }
-        for runs_of_one in results {
-            if let Some(r) = report::median_run(runs_of_one).map(|r| r.with_procs(procs)) {
+        for rounds in results {
+            if let Some(r) = report::summarize(rounds).map(|r| r.with_procs(procs)) {
                 bar.suspend(|| {
                     println!("{}", r.line());
                     let _ = std::io::stdout().flush();

@@ -4,7 +4,8 @@
 //! bars of the same length on either side. Green bars (right) are where
 //! tether is better, red bars (left) where it is worse (dark against
 //! std-blocking, light against tokio-framed); each bar carries
-//! its value.
+//! its value, and with `--runs` a whisker from its lowest round's ratio to
+//! its highest.
 
 use std::fmt::Write as _;
 
@@ -46,8 +47,13 @@ pub fn svg(ratios: &[Ratio]) -> String {
     );
     let _ = writeln!(
         s,
-        r##"<text x="{}" y="44" fill="#555" text-anchor="middle">rtt: p50 latency; idle: bytes per session; others: throughput. Same run, same machine.</text>"##,
-        WIDTH / 2.0
+        r##"<text x="{}" y="44" fill="#555" text-anchor="middle">rtt: p50 latency; idle: bytes per session; others: throughput. Same run, same machine.{}</text>"##,
+        WIDTH / 2.0,
+        if ratios.iter().any(|r| r.spread.is_some()) {
+            " Bar: median round; whisker: lowest to highest round."
+        } else {
+            ""
+        }
     );
     if ratios.is_empty() {
         let _ = writeln!(
@@ -129,14 +135,30 @@ pub fn svg(ratios: &[Ratio]) -> String {
             w.max(1.0),
             ROW_H - 8.0
         );
+        // the rounds' spread (with --runs): a whisker across the bar's
+        // middle from the lowest round's ratio to the highest's
+        let mut reach = x;
+        if let Some((low, high)) = r.spread {
+            let (xl, xh) = (x_of(low), x_of(high));
+            let ym = y + ROW_H / 2.0;
+            let _ = writeln!(
+                s,
+                r##"<path d="M{xl:.1} {:.1}V{:.1}M{xl:.1} {ym:.1}H{xh:.1}M{xh:.1} {:.1}V{:.1}" stroke="#222" stroke-width="1.2" fill="none"/>"##,
+                ym - 4.0,
+                ym + 4.0,
+                ym - 4.0,
+                ym + 4.0
+            );
+            reach = reach.max(xh);
+        }
         let clipped = r.ratio.log2().abs() > span;
         let value = format!("{:.2}x{}", r.ratio, if clipped { " ▸" } else { "" });
         // a worse bar's value goes just right of the 1.0 line, where that
         // row is empty, so a long bar never pushes it into the labels
         let tx = if r.ratio >= 1.0 {
-            x + 4.0
+            reach + 4.0
         } else {
-            center + 4.0
+            center.max(reach) + 4.0
         };
         let anchor = "start";
         let _ = writeln!(
@@ -195,6 +217,7 @@ mod tests {
                 baseline: Impl::TokioFramed,
                 metric: "p50_us",
                 ratio: 1.5,
+                spread: Some((1.25, 1.75)),
             },
             Ratio {
                 workload: Workload::Bulk,
@@ -202,6 +225,7 @@ mod tests {
                 baseline: Impl::StdBlocking,
                 metric: "mib_s",
                 ratio: 0.25,
+                spread: None,
             },
         ];
         let svg = svg(&ratios);
@@ -210,6 +234,7 @@ mod tests {
         assert!(svg.contains("1.50x") && svg.contains("0.25x"));
         assert!(svg.contains("rtt · tether-packet vs tokio-framed"));
         assert_eq!(svg.matches("<rect").count(), 1 + 2 + 4);
+        assert_eq!(svg.matches("<path").count(), 1, "one whisker: one spread");
     }
 
     #[test]

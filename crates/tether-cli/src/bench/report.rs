@@ -6,6 +6,14 @@
 //! better** than the baseline: tether/baseline for throughput figures
 //! (req/s, MiB/s, messages/s), baseline/tether for figures where less is
 //! better (rtt's p50 latency, idle's bytes per session).
+//!
+//! With `--runs N` the implementations take turns, round after round, so a
+//! tether run and a baseline run of the same round are minutes, often
+//! seconds, apart. A ratio is then the median of the N ratios of the same
+//! round, not the ratio of the two medians: a shared machine that changes
+//! pace between rounds (by four times, at times) moves both sides of a
+//! round alike, where two medians may come from rounds of different pace.
+//! The table shows the rounds' spread beside it.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -66,6 +74,9 @@ pub struct Record {
     pub headline: &'static str,
     /// Which way that figure improves.
     pub better: Better,
+    /// The headline figure of each round, in order, when the record stands
+    /// for several (see [`summarize`]); `None` for a round that failed.
+    pub rounds: Vec<Option<f64>>,
 }
 
 impl Record {
@@ -82,6 +93,7 @@ impl Record {
             fields: Vec::new(),
             headline,
             better,
+            rounds: Vec::new(),
         }
     }
 
@@ -159,8 +171,13 @@ pub struct Ratio {
     pub baseline: Impl,
     /// The figure compared.
     pub metric: &'static str,
-    /// Oriented so that > 1 means tether is better.
+    /// Oriented so that > 1 means tether is better: the median of the
+    /// rounds' ratios when there are two or more, else the ratio of the
+    /// two results.
     pub ratio: f64,
+    /// The lowest and the highest of the rounds' ratios, when there are two
+    /// or more.
+    pub spread: Option<(f64, f64)>,
 }
 
 /// Every tether-vs-baseline ratio among `records`, in record order.
@@ -171,10 +188,22 @@ pub fn ratios(records: &[Record]) -> Vec<Ratio> {
             .iter()
             .filter(|r| r.implementation.is_baseline() && r.workload == t.workload)
         {
-            let (tv, bv) = (t.headline_value(), b.headline_value());
-            let ratio = match t.better {
+            let oriented = |tv: f64, bv: f64| match t.better {
                 Better::Higher => tv / bv,
                 Better::Lower => bv / tv,
+            };
+            // the ratio of each round both measured, side by side in time
+            let mut by_round: Vec<f64> = t
+                .rounds
+                .iter()
+                .zip(&b.rounds)
+                .filter_map(|(tv, bv)| Some(oriented((*tv)?, (*bv)?)))
+                .filter(|r| r.is_finite())
+                .collect();
+            by_round.sort_by(f64::total_cmp);
+            let (ratio, spread) = match by_round.as_slice() {
+                [] | [_] => (oriented(t.headline_value(), b.headline_value()), None),
+                [first, .., last] => (median(&by_round), Some((*first, *last))),
             };
             if ratio.is_finite() {
                 out.push(Ratio {
@@ -183,11 +212,23 @@ pub fn ratios(records: &[Record]) -> Vec<Ratio> {
                     baseline: b.implementation,
                     metric: t.headline,
                     ratio,
+                    spread,
                 });
             }
         }
     }
     out
+}
+
+/// The median of sorted, non-empty `values` (for an even count, the mean
+/// of the two in the middle).
+fn median(values: &[f64]) -> f64 {
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
 }
 
 /// The compact ratio table printed after the result lines: one row per
@@ -200,7 +241,7 @@ pub fn ratio_table(records: &[Record]) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<10} {:<16} {:<17} {:>16} {:>16}",
+        "{:<10} {:<16} {:<17} {:>21} {:>21}",
         "workload", "impl", "metric", "vs std-blocking", "vs tokio-framed"
     );
     let mut rows: Vec<(Workload, Impl, &str)> = Vec::new();
@@ -220,11 +261,11 @@ pub fn ratio_table(records: &[Record]) -> String {
             ratios
                 .iter()
                 .find(|r| r.workload == w && r.tether == t && r.baseline == b)
-                .map_or_else(|| "-".to_string(), |r| format!("{:.2}x", r.ratio))
+                .map_or_else(|| "-".to_string(), cell_text)
         };
         let _ = writeln!(
             s,
-            "{:<10} {:<16} {:<17} {:>16} {:>16}",
+            "{:<10} {:<16} {:<17} {:>21} {:>21}",
             w.name(),
             t.name(),
             metric,
@@ -233,6 +274,15 @@ pub fn ratio_table(records: &[Record]) -> String {
         );
     }
     s
+}
+
+/// A ratio as the table shows it: `1.04x`, or with the rounds' spread,
+/// `1.04x (0.97-1.10)`.
+fn cell_text(r: &Ratio) -> String {
+    match r.spread {
+        None => format!("{:.2}x", r.ratio),
+        Some((low, high)) => format!("{:.2}x ({low:.2}-{high:.2})", r.ratio),
+    }
 }
 
 /// The whole run as JSON: settings (`procs`: the run's mode, 2 when
@@ -251,6 +301,8 @@ pub fn to_json(records: &[Record], divisor: u64, runs: usize, procs: u8) -> Json
             "baseline": r.baseline.name(),
             "metric": r.metric,
             "ratio": r.ratio,
+            "rounds_min": r.spread.map(|(low, _)| low),
+            "rounds_max": r.spread.map(|(_, high)| high),
         })).collect::<Vec<_>>(),
     })
 }
@@ -265,10 +317,23 @@ pub fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-/// The median of several runs of one workload and implementation, by the
+/// The record that stands for the rounds of one workload and
+/// implementation (`None`: a round that failed): the median round by the
 /// headline figure (for an even count, the lower middle: a real run, never
-/// an average of two). The chosen record gets a `runs=N` figure when N > 1.
-pub fn median_run(mut runs: Vec<Record>) -> Option<Record> {
+/// an average of two), with a `runs=N` figure when N > 1, and every
+/// round's headline kept for [`ratios`].
+pub fn summarize(rounds: Vec<Option<Record>>) -> Option<Record> {
+    let headlines = rounds
+        .iter()
+        .map(|r| r.as_ref().map(Record::headline_value))
+        .collect();
+    let mut chosen = median_run(rounds.into_iter().flatten().collect())?;
+    chosen.rounds = headlines;
+    Some(chosen)
+}
+
+/// The median of several runs by the headline figure (see [`summarize`]).
+fn median_run(mut runs: Vec<Record>) -> Option<Record> {
     let n = runs.len();
     runs.sort_by(|a, b| a.headline_value().total_cmp(&b.headline_value()));
     let mut chosen = runs.into_iter().nth(n.checked_sub(1)? / 2)?;
@@ -385,6 +450,92 @@ mod tests {
         assert!(row.ends_with("1.50x"), "{row}");
     }
 
+    /// The record `summarize` makes of rounds with these headline figures
+    /// (`None`: a failed round).
+    fn rounds(w: Workload, i: Impl, key: &'static str, values: &[Option<f64>]) -> Record {
+        summarize(
+            values
+                .iter()
+                .map(|v| v.map(|v| rec(w, i, key, v)))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn summarize_keeps_every_rounds_headline() {
+        let r = rounds(
+            Workload::Bulk,
+            Impl::TetherLength,
+            "mib_s",
+            &[Some(3.0), None, Some(1.0), Some(2.0)],
+        );
+        assert_eq!(r.get("mib_s"), Some(2.0));
+        assert_eq!(r.get("runs"), Some(3.0), "the rounds that ran");
+        assert_eq!(r.rounds, [Some(3.0), None, Some(1.0), Some(2.0)]);
+        assert!(summarize(vec![None, None]).is_none());
+    }
+
+    #[test]
+    fn a_ratio_of_rounds_pairs_the_runs_of_each_round() {
+        // the machine slowed down four times in round 2, for both sides:
+        // the medians (100 vs 100) would say 1.00x, each round says tether
+        // is 10% slower
+        let w = Workload::Pipelined;
+        let records = vec![
+            rounds(
+                w,
+                Impl::TokioFramed,
+                "req_s",
+                &[Some(100.0), Some(25.0), Some(200.0)],
+            ),
+            rounds(
+                w,
+                Impl::TetherPacket,
+                "req_s",
+                &[Some(90.0), Some(22.5), Some(180.0)],
+            ),
+        ];
+        let r = &ratios(&records)[0];
+        assert!((r.ratio - 0.9).abs() < 1e-9, "{r:?}");
+        let (low, high) = r.spread.unwrap();
+        assert!((low - 0.9).abs() < 1e-9 && (high - 0.9).abs() < 1e-9);
+
+        // a round that failed on one side is left out; latency is inverted;
+        // an even count of rounds gives the mean of the middle two
+        let w = Workload::Rtt;
+        let records = vec![
+            rounds(
+                w,
+                Impl::TokioFramed,
+                "p50_us",
+                &[Some(40.0), Some(40.0), None, Some(40.0), Some(40.0)],
+            ),
+            rounds(
+                w,
+                Impl::TetherLength,
+                "p50_us",
+                &[Some(20.0), Some(40.0), Some(1.0), Some(80.0), Some(50.0)],
+            ),
+        ];
+        let r = &ratios(&records)[0];
+        assert!(
+            (r.ratio - 0.9).abs() < 1e-9,
+            "median of 0.5, 0.8, 1, 2: {r:?}"
+        );
+        assert_eq!(r.spread, Some((0.5, 2.0)));
+        let table = ratio_table(&records);
+        assert!(table.contains("0.90x (0.50-2.00)"), "{table}");
+
+        // one round each: the plain ratio, no spread
+        let records = vec![
+            rounds(w, Impl::TokioFramed, "p50_us", &[Some(40.0)]),
+            rounds(w, Impl::TetherLength, "p50_us", &[Some(20.0)]),
+        ];
+        assert_eq!(ratios(&records)[0].ratio, 2.0);
+        assert_eq!(ratios(&records)[0].spread, None);
+    }
+
     #[test]
     fn json_holds_results_and_ratios() {
         let records = vec![
@@ -396,5 +547,10 @@ mod tests {
         assert_eq!(j["results"].as_array().unwrap().len(), 2);
         assert_eq!(j["ratios"][0]["baseline"], json!("tokio-framed"));
         assert!((j["ratios"][0]["ratio"].as_f64().unwrap() - 0.9).abs() < 1e-9);
+        assert_eq!(
+            j["ratios"][0]["rounds_min"],
+            Json::Null,
+            "one round: no spread"
+        );
     }
 }
