@@ -1,12 +1,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{FramingError, DEFAULT_MAX_FRAME_LENGTH};
-
-/// The most room reserved at once for a frame still arriving: a big frame
-/// needs few reads, while a peer that declares 8 MiB and sends nothing more
-/// holds this much, not 8 MiB, per connection.
-const RESERVE_AHEAD: usize = 256 * 1024;
+use super::{FramingError, DEFAULT_MAX_FRAME_LENGTH, RESERVE_AHEAD};
 
 /// Frames preceded by their length as a big-endian unsigned integer
 /// (4 bytes unless configured), the prefix not counting itself.

@@ -50,6 +50,12 @@ pub use sentinel::SentinelCodec;
 /// enough that a hostile peer cannot make a connection hold much memory.
 pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
 
+/// The most room a reader makes at once for a frame (or packet) still
+/// arriving whose length it knows: a big frame needs few reads and is not
+/// regrown read by read, while a peer that declares 8 MiB and sends nothing
+/// more makes a connection hold this much, not 8 MiB.
+pub(crate) const RESERVE_AHEAD: usize = 256 * 1024;
+
 /// Turns escapes such as `\r\n`, `\t`, `\0`, `\\` and `\xHH` into bytes:
 /// how the command line writes sentinels.
 ///

@@ -97,6 +97,18 @@ impl PacketCodec {
         Ok(Some((n, len)))
     }
 
+    /// How many more bytes the packet at the start of `src` needs, once its
+    /// length prefix is there (0 while it is not, when the packet is whole,
+    /// or when the prefix is bad: decoding reports that).
+    pub(crate) fn still_missing(&self, src: &[u8]) -> usize {
+        match varint::decode(&src[..src.len().min(MAX_LENGTH_PREFIX)]) {
+            Ok(Some((len, n))) if len <= self.max_body_len as u64 => {
+                (n + len as usize).saturating_sub(src.len())
+            }
+            _ => 0,
+        }
+    }
+
     /// The length of the run of whole packets at the start of `src` (0 if
     /// the first is incomplete). A bad length prefix ends the run; it is an
     /// error only at the start, so the packets before it are decoded first.
@@ -341,6 +353,46 @@ mod tests {
             codec.whole_packets_len(&buf[good..]),
             Err(PacketError::TooLarge { len: 128, max: 100 })
         ));
+    }
+
+    #[test]
+    fn still_missing_counts_the_rest_of_a_packet_once_its_prefix_is_in() {
+        let codec = PacketCodec::with_max_body_len(1 << 20);
+        let mut wire = BytesMut::new();
+        PacketCodec::new()
+            .encode(
+                &Packet::Request {
+                    channel: 0,
+                    tag: 1,
+                    rq_type: 0,
+                    flags: 0,
+                    payload: Bytes::from(vec![7u8; 300_000]),
+                },
+                &mut wire,
+            )
+            .unwrap();
+        let (_, prefix) = varint::decode(&wire).unwrap().unwrap();
+        for have in 0..prefix {
+            assert_eq!(
+                codec.still_missing(&wire[..have]),
+                0,
+                "prefix cut at {have}"
+            );
+        }
+        for have in [
+            prefix,
+            prefix + 1,
+            wire.len() / 2,
+            wire.len() - 1,
+            wire.len(),
+        ] {
+            assert_eq!(codec.still_missing(&wire[..have]), wire.len() - have);
+        }
+        // a prefix over the limit, or malformed, claims nothing: decoding
+        // reports it
+        let small = PacketCodec::with_max_body_len(1000);
+        assert_eq!(small.still_missing(&wire[..10]), 0);
+        assert_eq!(codec.still_missing(&[0xff; 11]), 0);
     }
 
     #[test]

@@ -41,6 +41,7 @@ use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
 use super::{Packet, PacketError, Response};
 use crate::buffers::ReadBuf;
+use crate::framing::RESERVE_AHEAD;
 use crate::transport::{self, ConnectOptions, Endpoint};
 
 /// Write-buffer level above which the connection stops taking new work
@@ -1368,7 +1369,21 @@ where
             if self.read_would_block {
                 return progress;
             }
-            self.rbuf.make_room(READ_CHUNK);
+            // a long packet still arriving gets room for its rest (up to
+            // RESERVE_AHEAD) at once, as LengthCodec's frames do: fewer
+            // reads, and no regrowing the buffer read by read
+            let missing = if self.rbuf.is_empty() {
+                0
+            } else {
+                self.codec.still_missing(&self.rbuf).min(RESERVE_AHEAD)
+            };
+            if missing > READ_CHUNK {
+                if self.rbuf.capacity() - self.rbuf.len() < missing {
+                    self.rbuf.reserve(missing);
+                }
+            } else {
+                self.rbuf.make_room(READ_CHUNK);
+            }
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut *self.rbuf) {
                 Poll::Ready(Ok(0)) => {
                     progress = true;
