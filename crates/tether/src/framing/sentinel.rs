@@ -1,7 +1,11 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{FramingError, DEFAULT_MAX_FRAME_LENGTH};
+use super::{FramingError, DEFAULT_MAX_FRAME_LENGTH, RESERVE_AHEAD};
+
+/// A frame longer than this (a read's worth) is long: the codec remembers
+/// its length, and makes room ahead for the next long one.
+const LONG_FRAME: usize = 4096;
 
 /// Frames that end with a sentinel: any non-empty byte sequence such as
 /// `\n`, `\r\n` or `END`.
@@ -21,6 +25,12 @@ use super::{FramingError, DEFAULT_MAX_FRAME_LENGTH};
 /// frame only: its bytes are discarded up to the next sentinel and decoding
 /// goes on. Encoding refuses a frame that contains the sentinel, since the
 /// peer would read it as two.
+///
+/// A frame's length is known only when its sentinel arrives, so a long one
+/// would grow the buffer a few KiB a read. Once a frame runs past 4 KiB,
+/// the codec makes room for as long as the last long frame was (up to
+/// 256 KiB at a time): a peer that sends 1 MiB frames has each read in a
+/// few big reads, as a length prefix would allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentinelCodec {
     sentinel: Bytes,
@@ -29,6 +39,8 @@ pub struct SentinelCodec {
     next_index: usize,
     // Inside an oversize frame: drop bytes until the next sentinel.
     discarding: bool,
+    // The length of the last frame longer than LONG_FRAME (0: none yet).
+    last_long: usize,
 }
 
 impl SentinelCodec {
@@ -54,6 +66,7 @@ impl SentinelCodec {
             max_length,
             next_index: 0,
             discarding: false,
+            last_long: 0,
         }
     }
 
@@ -119,6 +132,9 @@ impl Decoder for SentinelCodec {
                             max: self.max_length,
                         });
                     }
+                    if frame.len() > LONG_FRAME {
+                        self.last_long = frame.len();
+                    }
                     return Ok(Some(frame));
                 }
                 None if self.discarding => {
@@ -137,6 +153,11 @@ impl Decoder for SentinelCodec {
                         return Err(FramingError::FrameTooLong {
                             max: self.max_length,
                         });
+                    }
+                    if buf.len() > LONG_FRAME && self.last_long > buf.len() {
+                        // probably another like the last long one: room for
+                        // its rest, so the next read can take it at once
+                        buf.reserve((self.last_long - buf.len()).min(RESERVE_AHEAD));
                     }
                     return Ok(None);
                 }
@@ -189,6 +210,37 @@ mod tests {
             out.push(frame.to_vec());
         }
         out
+    }
+
+    #[test]
+    fn after_a_long_frame_room_is_made_for_the_next_one() {
+        let mut codec = SentinelCodec::lines();
+        let long = vec![b'x'; 600_000];
+        let mut buf = BytesMut::new();
+        // a first long frame grows the buffer as it comes
+        buf.extend_from_slice(&long[..5000]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() < 64 * 1024, "no long frame seen yet");
+        buf.extend_from_slice(&long[5000..]);
+        buf.extend_from_slice(b"\n");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap().len(), long.len());
+
+        // the next frame, once past 4 KiB, gets room for the rest of one as
+        // long (up to 256 KiB at a time)
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&long[..4000]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() < 64 * 1024, "4000 bytes is not long yet");
+        buf.extend_from_slice(&long[4000..5000]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() - buf.len() >= RESERVE_AHEAD);
+        assert!(buf.capacity() <= 5000 + 2 * RESERVE_AHEAD);
+
+        // short frames never reserve ahead
+        let mut codec = SentinelCodec::lines();
+        let mut buf = BytesMut::from(&b"short\nframes\nonly"[..]);
+        assert_eq!(frames(&mut codec, &mut buf).len(), 2);
+        assert!(buf.capacity() < 64);
     }
 
     #[test]
