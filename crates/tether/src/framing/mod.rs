@@ -51,10 +51,19 @@ pub use sentinel::SentinelCodec;
 pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
 
 /// The most room a reader makes at once for a frame (or packet) still
-/// arriving whose length it knows: a big frame needs few reads and is not
-/// regrown read by read, while a peer that declares 8 MiB and sends nothing
-/// more makes a connection hold this much, not 8 MiB.
+/// arriving: see [`room_ahead`].
 pub(crate) const RESERVE_AHEAD: usize = 256 * 1024;
+
+/// How much room to make for a frame still arriving, of which `arrived`
+/// bytes are in and `missing` (known or expected) are still to come: the
+/// rest, but at most four times what has arrived and at most
+/// [`RESERVE_AHEAD`]. A big frame still comes in a few big reads (the room
+/// grows fourfold a read, up to 256 KiB), while a peer that declares 8 MiB
+/// and sends a few bytes makes its connection hold a few KiB: to make it
+/// hold 256 KiB ahead, it must send 64 KiB.
+pub(crate) fn room_ahead(arrived: usize, missing: usize) -> usize {
+    missing.min(RESERVE_AHEAD).min(arrived.saturating_mul(4))
+}
 
 /// Turns escapes such as `\r\n`, `\t`, `\0`, `\\` and `\xHH` into bytes:
 /// how the command line writes sentinels.

@@ -1,7 +1,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{FramingError, DEFAULT_MAX_FRAME_LENGTH, RESERVE_AHEAD};
+use super::{room_ahead, FramingError, DEFAULT_MAX_FRAME_LENGTH};
 
 /// A frame longer than this (a read's worth) is long: the codec remembers
 /// its length, and makes room ahead for the next long one.
@@ -28,9 +28,10 @@ const LONG_FRAME: usize = 4096;
 ///
 /// A frame's length is known only when its sentinel arrives, so a long one
 /// would grow the buffer a few KiB a read. Once a frame runs past 4 KiB,
-/// the codec makes room for as long as the last long frame was (up to
-/// 256 KiB at a time): a peer that sends 1 MiB frames has each read in a
-/// few big reads, as a length prefix would allow.
+/// the codec expects it to be as long as the last long frame and makes room
+/// for its rest as a length prefix would (up to four times what has
+/// arrived, and 256 KiB, at a time): a peer that sends 1 MiB frames has
+/// each read in a few big reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentinelCodec {
     sentinel: Bytes,
@@ -156,8 +157,8 @@ impl Decoder for SentinelCodec {
                     }
                     if buf.len() > LONG_FRAME && self.last_long > buf.len() {
                         // probably another like the last long one: room for
-                        // its rest, so the next read can take it at once
-                        buf.reserve((self.last_long - buf.len()).min(RESERVE_AHEAD));
+                        // (some of) its rest, so reads take it in big steps
+                        buf.reserve(room_ahead(buf.len(), self.last_long - buf.len()));
                     }
                     return Ok(None);
                 }
@@ -225,22 +226,42 @@ mod tests {
         buf.extend_from_slice(b"\n");
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap().len(), long.len());
 
-        // the next frame, once past 4 KiB, gets room for the rest of one as
-        // long (up to 256 KiB at a time)
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&long[..4000]);
-        assert_eq!(codec.decode(&mut buf).unwrap(), None);
-        assert!(buf.capacity() < 64 * 1024, "4000 bytes is not long yet");
-        buf.extend_from_slice(&long[4000..5000]);
-        assert_eq!(codec.decode(&mut buf).unwrap(), None);
-        assert!(buf.capacity() - buf.len() >= RESERVE_AHEAD);
-        assert!(buf.capacity() <= 5000 + 2 * RESERVE_AHEAD);
-
-        // short frames never reserve ahead
-        let mut codec = SentinelCodec::lines();
+        // short frames after it reserve nothing ahead
         let mut buf = BytesMut::from(&b"short\nframes\nonly"[..]);
         assert_eq!(frames(&mut codec, &mut buf).len(), 2);
         assert!(buf.capacity() < 64);
+
+        // the next frame, once past 4 KiB, gets room for the rest of one as
+        // long, four times what has arrived at a time, up to 256 KiB
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&long[..4000]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() < 8192, "4000 bytes is not long yet");
+        buf.extend_from_slice(&long[4000..5000]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() - buf.len() >= 4 * 5000);
+        assert!(buf.capacity() <= 2 * (5 + 4) * 5000);
+        buf.extend_from_slice(&long[5000..200_000]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(
+            buf.capacity() - buf.len() >= 256 * 1024,
+            "at most 256 KiB ahead"
+        );
+        assert!(buf.capacity() <= 2 * (200_000 + 256 * 1024));
+        buf.extend_from_slice(&long[200_000..]);
+        buf.extend_from_slice(b"\n");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap().len(), long.len());
+
+        // a frame while discarding an oversize one reserves nothing
+        let mut codec = SentinelCodec::with_max_length(&b"\n"[..], 100_000);
+        let mut buf = BytesMut::from(&long[..50_000]);
+        buf.extend_from_slice(b"\n");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap().len(), 50_000);
+        let mut buf = BytesMut::from(&long[..150_000]);
+        assert!(codec.decode(&mut buf).is_err(), "over the maximum");
+        buf.extend_from_slice(&long[..10_000]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() <= 150_000 + 10_000, "{}", buf.capacity());
     }
 
     #[test]

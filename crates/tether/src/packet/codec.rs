@@ -102,8 +102,9 @@ impl PacketCodec {
     /// or when the prefix is bad: decoding reports that).
     pub(crate) fn still_missing(&self, src: &[u8]) -> usize {
         match varint::decode(&src[..src.len().min(MAX_LENGTH_PREFIX)]) {
+            // (n <= src.len(): the prefix was decoded from it)
             Ok(Some((len, n))) if len <= self.max_body_len as u64 => {
-                (n + len as usize).saturating_sub(src.len())
+                (len as usize).saturating_sub(src.len() - n)
             }
             _ => 0,
         }

@@ -12,7 +12,8 @@
 //! once runs in place, polled once, and only a pending one joins the
 //! running set.
 //!
-//! The task reads in 16 KiB chunks and decodes each run of whole packets
+//! The task reads in 16 KiB chunks (a long packet still arriving gets more
+//! room, as `LengthCodec`'s frames do) and decodes each run of whole packets
 //! split off the read buffer at once. It writes whatever has accumulated as
 //! soon as it has nothing else to do, so a burst of requests or responses
 //! goes out in one `write` and a lone request goes out at once (no grace
@@ -41,7 +42,7 @@ use super::tag_table::TagTable;
 use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
 use super::{Packet, PacketError, Response};
 use crate::buffers::ReadBuf;
-use crate::framing::RESERVE_AHEAD;
+use crate::framing::room_ahead;
 use crate::transport::{self, ConnectOptions, Endpoint};
 
 /// Write-buffer level above which the connection stops taking new work
@@ -1369,17 +1370,18 @@ where
             if self.read_would_block {
                 return progress;
             }
-            // a long packet still arriving gets room for its rest (up to
-            // RESERVE_AHEAD) at once, as LengthCodec's frames do: fewer
-            // reads, and no regrowing the buffer read by read
-            let missing = if self.rbuf.is_empty() {
+            // a long packet still arriving gets room for its rest as
+            // LengthCodec's frames do (up to four times what has arrived,
+            // and 256 KiB, at a time): a few big reads, and no regrowing the
+            // buffer 16 KiB at a time
+            let ahead = if self.rbuf.is_empty() {
                 0
             } else {
-                self.codec.still_missing(&self.rbuf).min(RESERVE_AHEAD)
+                room_ahead(self.rbuf.len(), self.codec.still_missing(&self.rbuf))
             };
-            if missing > READ_CHUNK {
-                if self.rbuf.capacity() - self.rbuf.len() < missing {
-                    self.rbuf.reserve(missing);
+            if ahead > READ_CHUNK {
+                if self.rbuf.capacity() - self.rbuf.len() < ahead {
+                    self.rbuf.reserve(ahead);
                 }
             } else {
                 self.rbuf.make_room(READ_CHUNK);
