@@ -153,11 +153,33 @@ fn workloads_are_chosen_by_name_or_id() {
     assert_eq!(workloads.iter().filter(|w| **w == "rtt").count(), 6);
     assert_eq!(workloads.iter().filter(|w| **w == "pipelined").count(), 3);
     assert_eq!(workloads.len(), 9, "{out}");
-    // with --runs 2 each line says so
+    // with --runs 2 each line says so, and each ratio shows the spread of
+    // the two rounds' own ratios: `1.02x (0.98-1.05)`
     assert!(out
         .lines()
         .filter(|l| l.starts_with("workload="))
         .all(|l| l.ends_with(" runs=2")));
+    let rtt_row = out
+        .lines()
+        .find(|l| l.starts_with("rtt ") && l.contains("tether-length"))
+        .unwrap_or_else(|| panic!("no rtt row:\n{out}"));
+    // rtt tether-length p50_us 1.02x (0.98-1.05) 1.01x (0.97-1.03)
+    let cells: Vec<&str> = rtt_row.split_whitespace().skip(3).collect();
+    assert_eq!(cells.len(), 4, "{rtt_row}");
+    for pair in cells.chunks(2) {
+        let ratio = pair[0]
+            .strip_suffix('x')
+            .and_then(|v| v.parse::<f64>().ok());
+        let spread = pair[1]
+            .strip_prefix('(')
+            .and_then(|v| v.strip_suffix(')'))
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(low, high)| Some((low.parse::<f64>().ok()?, high.parse::<f64>().ok()?)));
+        let (Some(ratio), Some((low, high))) = (ratio, spread) else {
+            panic!("not a ratio and its spread: {pair:?} in {rtt_row}");
+        };
+        assert!(low <= ratio && ratio <= high, "{rtt_row}");
+    }
 }
 
 #[test]

@@ -106,7 +106,7 @@ pub struct BenchArgs {
     /// Write an SVG bar chart of the tether/baseline ratios to FILE.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
-    /// Run each workload N times, the implementations taking turns (every other round in reverse order), and report each one's median run (by its headline figure); each ratio is then the median of the N rounds' ratios, shown with their spread.
+    /// Run each workload N times, the implementations taking turns (every other round in reverse order), and report each one's median run (by its headline figure); each ratio is then the median of the ratios of the rounds both sides ran, shown with their spread.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
     runs: u32,
     /// Start every implementation's server (ADDR itself: the listing; the

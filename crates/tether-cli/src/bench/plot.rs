@@ -27,7 +27,9 @@ pub fn svg(ratios: &[Ratio]) -> String {
     // most 5 (1/32x..32x); beyond it bars are clipped and marked
     let span = ratios
         .iter()
-        .map(|r| r.ratio.log2().abs().ceil())
+        .flat_map(|r| [Some(r.ratio), r.spread.map(|s| s.0), r.spread.map(|s| s.1)])
+        .flatten()
+        .map(|ratio| ratio.log2().abs().ceil())
         .fold(1.0f64, f64::max)
         .min(5.0);
     let center = LABEL_W + PLOT_W / 2.0;
@@ -50,7 +52,7 @@ pub fn svg(ratios: &[Ratio]) -> String {
         r##"<text x="{}" y="44" fill="#555" text-anchor="middle">rtt: p50 latency; idle: bytes per session; others: throughput. Same run, same machine.{}</text>"##,
         WIDTH / 2.0,
         if ratios.iter().any(|r| r.spread.is_some()) {
-            " Bar: median round; whisker: lowest to highest round."
+            " Bar: median of the rounds; whisker: lowest to highest round."
         } else {
             ""
         }
@@ -217,6 +219,7 @@ mod tests {
                 baseline: Impl::TokioFramed,
                 metric: "p50_us",
                 ratio: 1.5,
+                paired: 3,
                 spread: Some((1.25, 1.75)),
             },
             Ratio {
@@ -225,6 +228,7 @@ mod tests {
                 baseline: Impl::StdBlocking,
                 metric: "mib_s",
                 ratio: 0.25,
+                paired: 1,
                 spread: None,
             },
         ];

@@ -13,7 +13,8 @@
 //! round, not the ratio of the two medians: a shared machine that changes
 //! pace between rounds (by four times, at times) moves both sides of a
 //! round alike, where two medians may come from rounds of different pace.
-//! The table shows the rounds' spread beside it.
+//! Only the rounds both sides ran are paired; the table shows their spread
+//! beside the ratio, and the JSON how many there were.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -172,11 +173,13 @@ pub struct Ratio {
     /// The figure compared.
     pub metric: &'static str,
     /// Oriented so that > 1 means tether is better: the median of the
-    /// rounds' ratios when there are two or more, else the ratio of the
-    /// two results.
+    /// ratios of the rounds both ran, else (a single run, or no round in
+    /// common) the ratio of the two results.
     pub ratio: f64,
-    /// The lowest and the highest of the rounds' ratios, when there are two
-    /// or more.
+    /// How many rounds both ran (0 when the ratio is not of rounds).
+    pub paired: usize,
+    /// The lowest and the highest of the rounds' ratios, when two or more
+    /// rounds were paired.
     pub spread: Option<(f64, f64)>,
 }
 
@@ -202,7 +205,8 @@ pub fn ratios(records: &[Record]) -> Vec<Ratio> {
                 .collect();
             by_round.sort_by(f64::total_cmp);
             let (ratio, spread) = match by_round.as_slice() {
-                [] | [_] => (oriented(t.headline_value(), b.headline_value()), None),
+                [] => (oriented(t.headline_value(), b.headline_value()), None),
+                [only] => (*only, None),
                 [first, .., last] => (median(&by_round), Some((*first, *last))),
             };
             if ratio.is_finite() {
@@ -212,6 +216,7 @@ pub fn ratios(records: &[Record]) -> Vec<Ratio> {
                     baseline: b.implementation,
                     metric: t.headline,
                     ratio,
+                    paired: by_round.len(),
                     spread,
                 });
             }
@@ -220,14 +225,16 @@ pub fn ratios(records: &[Record]) -> Vec<Ratio> {
     out
 }
 
-/// The median of sorted, non-empty `values` (for an even count, the mean
-/// of the two in the middle).
-fn median(values: &[f64]) -> f64 {
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
+/// The median of sorted, non-empty ratios (for an even count, the
+/// geometric mean of the two in the middle: ratios are read on a log scale,
+/// where 0.5x and 2x are as far from 1 and their middle is 1x, whichever
+/// way a ratio is oriented).
+fn median(ratios: &[f64]) -> f64 {
+    let mid = ratios.len() / 2;
+    if ratios.len() % 2 == 1 {
+        ratios[mid]
     } else {
-        (values[mid - 1] + values[mid]) / 2.0
+        (ratios[mid - 1] * ratios[mid]).sqrt()
     }
 }
 
@@ -236,14 +243,6 @@ fn median(values: &[f64]) -> f64 {
 pub fn ratio_table(records: &[Record]) -> String {
     let ratios = ratios(records);
     let baselines = [Impl::StdBlocking, Impl::TokioFramed];
-    let mut s = String::from(
-        "ratios tether/baseline (>1 = tether better; rtt: p50 latency, idle: bytes/session, others: throughput)\n",
-    );
-    let _ = writeln!(
-        s,
-        "{:<10} {:<16} {:<17} {:>21} {:>21}",
-        "workload", "impl", "metric", "vs std-blocking", "vs tokio-framed"
-    );
     let mut rows: Vec<(Workload, Impl, &str)> = Vec::new();
     for r in &ratios {
         if !rows
@@ -253,24 +252,42 @@ pub fn ratio_table(records: &[Record]) -> String {
             rows.push((r.workload, r.tether, r.metric));
         }
     }
+    let cell = |w: Workload, t: Impl, b: Impl| {
+        ratios
+            .iter()
+            .find(|r| r.workload == w && r.tether == t && r.baseline == b)
+            .map_or_else(|| "-".to_string(), cell_text)
+    };
+    let cells: Vec<[String; 2]> = rows
+        .iter()
+        .map(|&(w, t, _)| baselines.map(|b| cell(w, t, b)))
+        .collect();
+    // as wide as the widest cell (a spread makes them wider)
+    let width = cells
+        .iter()
+        .flatten()
+        .map(|c| c.chars().count())
+        .chain(["vs std-blocking".len()])
+        .max()
+        .unwrap_or(0);
+    let mut s = String::from(
+        "ratios tether/baseline (>1 = tether better; rtt: p50 latency, idle: bytes/session, others: throughput)\n",
+    );
+    let _ = writeln!(
+        s,
+        "{:<10} {:<16} {:<17} {:>width$} {:>width$}",
+        "workload", "impl", "metric", "vs std-blocking", "vs tokio-framed"
+    );
     if rows.is_empty() {
         s.push_str("(no tether result with a baseline beside it)\n");
     }
-    for (w, t, metric) in rows {
-        let cell = |b: Impl| {
-            ratios
-                .iter()
-                .find(|r| r.workload == w && r.tether == t && r.baseline == b)
-                .map_or_else(|| "-".to_string(), cell_text)
-        };
+    for ((w, t, metric), [vs_std, vs_framed]) in rows.into_iter().zip(cells) {
         let _ = writeln!(
             s,
-            "{:<10} {:<16} {:<17} {:>21} {:>21}",
+            "{:<10} {:<16} {:<17} {vs_std:>width$} {vs_framed:>width$}",
             w.name(),
             t.name(),
             metric,
-            cell(baselines[0]),
-            cell(baselines[1])
         );
     }
     s
@@ -301,6 +318,7 @@ pub fn to_json(records: &[Record], divisor: u64, runs: usize, procs: u8) -> Json
             "baseline": r.baseline.name(),
             "metric": r.metric,
             "ratio": r.ratio,
+            "rounds_paired": r.paired,
             "rounds_min": r.spread.map(|(low, _)| low),
             "rounds_max": r.spread.map(|(_, high)| high),
         })).collect::<Vec<_>>(),
@@ -502,7 +520,7 @@ mod tests {
         assert!((low - 0.9).abs() < 1e-9 && (high - 0.9).abs() < 1e-9);
 
         // a round that failed on one side is left out; latency is inverted;
-        // an even count of rounds gives the mean of the middle two
+        // an even count of rounds gives the geometric mean of the middle two
         let w = Workload::Rtt;
         let records = vec![
             rounds(
@@ -520,20 +538,47 @@ mod tests {
         ];
         let r = &ratios(&records)[0];
         assert!(
-            (r.ratio - 0.9).abs() < 1e-9,
+            (r.ratio - 0.8f64.sqrt()).abs() < 1e-9,
             "median of 0.5, 0.8, 1, 2: {r:?}"
         );
-        assert_eq!(r.spread, Some((0.5, 2.0)));
+        assert_eq!((r.spread, r.paired), (Some((0.5, 2.0)), 4));
         let table = ratio_table(&records);
-        assert!(table.contains("0.90x (0.50-2.00)"), "{table}");
+        assert!(table.contains("0.89x (0.50-2.00)"), "{table}");
+        // the header and every row line up, however wide the cells
+        let widths: Vec<usize> = table.lines().skip(1).map(|l| l.chars().count()).collect();
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{table}");
 
-        // one round each: the plain ratio, no spread
+        // 0.5x and 2x: their middle is 1x, whichever way ratios point
         let records = vec![
-            rounds(w, Impl::TokioFramed, "p50_us", &[Some(40.0)]),
-            rounds(w, Impl::TetherLength, "p50_us", &[Some(20.0)]),
+            rounds(w, Impl::TokioFramed, "p50_us", &[Some(40.0), Some(40.0)]),
+            rounds(w, Impl::TetherLength, "p50_us", &[Some(80.0), Some(20.0)]),
         ];
-        assert_eq!(ratios(&records)[0].ratio, 2.0);
-        assert_eq!(ratios(&records)[0].spread, None);
+        assert!((ratios(&records)[0].ratio - 1.0).abs() < 1e-9);
+
+        // one round in common: its ratio, though the median runs (20 and
+        // 40) would say 2x
+        let records = vec![
+            rounds(w, Impl::TokioFramed, "p50_us", &[Some(40.0), None]),
+            rounds(w, Impl::TetherLength, "p50_us", &[Some(40.0), Some(20.0)]),
+        ];
+        let r = &ratios(&records)[0];
+        assert_eq!((r.ratio, r.paired, r.spread), (1.0, 1, None));
+
+        // one run each, or no round in common: the ratio of the results
+        for (framed, tether) in [
+            (&[Some(40.0)][..], &[Some(20.0)][..]),
+            (&[Some(40.0), None], &[None, Some(20.0)]),
+        ] {
+            let records = vec![
+                rounds(w, Impl::TokioFramed, "p50_us", framed),
+                rounds(w, Impl::TetherLength, "p50_us", tether),
+            ];
+            let r = &ratios(&records)[0];
+            assert_eq!(
+                (r.ratio, r.paired, r.spread),
+                (2.0, usize::from(framed.len() == 1), None)
+            );
+        }
     }
 
     #[test]
