@@ -597,5 +597,6 @@ mod tests {
             Json::Null,
             "one round: no spread"
         );
+        assert_eq!(j["ratios"][0]["rounds_paired"], json!(0));
     }
 }
