@@ -103,3 +103,22 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_ahead_grows_with_what_arrived_up_to_its_bound() {
+        const MIB: usize = 1 << 20;
+        // a peer that declares 8 MiB and sends 3 bytes gets 12 bytes of room
+        assert_eq!(room_ahead(3, 8 * MIB), 12);
+        // to get the most, 256 KiB, it must send 64 KiB
+        assert_eq!(room_ahead(64 * 1024 - 1, 8 * MIB), 256 * 1024 - 4);
+        assert_eq!(room_ahead(64 * 1024, 8 * MIB), RESERVE_AHEAD);
+        assert_eq!(room_ahead(4 * MIB, 8 * MIB), RESERVE_AHEAD);
+        // never more than the rest
+        assert_eq!(room_ahead(MIB, 100), 100);
+        assert_eq!(room_ahead(usize::MAX, usize::MAX), RESERVE_AHEAD);
+    }
+}

@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
         assert!(
             buf.capacity() - buf.len() >= 256 * 1024,
-            "at most 256 KiB ahead"
+            "256 KiB ahead, the most made at once"
         );
         assert!(buf.capacity() <= 2 * (200_000 + 256 * 1024));
         buf.extend_from_slice(&long[200_000..]);
