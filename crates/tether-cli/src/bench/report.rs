@@ -156,6 +156,10 @@ impl Record {
             m.insert((*k).into(), v.to_json());
         }
         m.insert("headline".into(), json!(self.headline));
+        if self.rounds.len() > 1 {
+            // every round's headline figure, in order (null: it failed)
+            m.insert("rounds".into(), json!(self.rounds));
+        }
         Json::Object(m)
     }
 }
@@ -491,6 +495,7 @@ mod tests {
         assert_eq!(r.get("mib_s"), Some(2.0));
         assert_eq!(r.get("runs"), Some(3.0), "the rounds that ran");
         assert_eq!(r.rounds, [Some(3.0), None, Some(1.0), Some(2.0)]);
+        assert_eq!(r.to_json()["rounds"], json!([3.0, null, 1.0, 2.0]));
         assert!(summarize(vec![None, None]).is_none());
     }
 
