@@ -11,6 +11,7 @@ use std::ops::{Deref, DerefMut};
 use std::thread::LocalKey;
 
 use bytes::BytesMut;
+use tokio_util::codec::Decoder;
 
 /// The largest buffer kept for the next frames, or pooled; one grown
 /// past it for a bulk frame goes to the allocator.
@@ -101,6 +102,21 @@ impl DerefMut for ReadBuf {
     fn deref_mut(&mut self) -> &mut BytesMut {
         &mut self.bytes
     }
+}
+
+/// A frame already in `rbuf`, decoded by `codec` without touching the
+/// stream, for the async and the blocking connection alike; a buffer grown
+/// for a bulk frame is let go of once that frame is out of it.
+pub(crate) fn buffered_frame<D: Decoder>(
+    codec: &mut D,
+    rbuf: &mut ReadBuf,
+) -> Result<Option<D::Item>, D::Error> {
+    if rbuf.is_empty() {
+        return Ok(None);
+    }
+    let frame = codec.decode(rbuf);
+    rbuf.release_if_grown();
+    frame
 }
 
 /// Empties a write buffer whose bytes have gone out; one grown past

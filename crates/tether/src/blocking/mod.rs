@@ -47,7 +47,7 @@ use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::framing::FramingError;
-use crate::session::{ConnectionInfo, HandlerError};
+use crate::session::{ConnectionInfo, HandlerError, READ_CHUNK};
 
 /// What a blocking server needs of its codec: the bounds of
 /// [`Server::bind`], named once for the code behind it.
@@ -81,20 +81,25 @@ impl<F, Req, Resp> PlainHandler<Req, Resp> for F where
 {
 }
 
-/// The most one `read` asks for. The room it reads into is zero-filled
-/// first (safe code cannot read into uninitialised memory); capping it
-/// keeps that fill as small as the copy the kernel does anyway, even when
-/// the buffer has grown for a bulk frame.
+/// The most one `read` asks for while a frame is arriving. The room it
+/// reads into is zero-filled first (safe code cannot read into
+/// uninitialised memory), so the cap bounds that fill even when the buffer
+/// has grown for a bulk frame.
 const READ_AT_MOST: usize = 64 * 1024;
 
-/// One `read` into the spare room of `buf` (at most [`READ_AT_MOST`] of
-/// it), for the blocking session and server alike; the number of bytes.
+/// One `read` into the spare room of `buf`, for the blocking session and
+/// server alike; the number of bytes. A read that starts a frame (the
+/// buffer empty) asks for [`READ_CHUNK`]: most frames are short, and a
+/// buffer kept from a longer one would otherwise have all its room
+/// zero-filled at every request. One into a frame already arriving asks
+/// for up to [`READ_AT_MOST`].
 fn read_into(
     buf: &mut BytesMut,
     read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
 ) -> std::io::Result<usize> {
     let len = buf.len();
-    let room = (buf.capacity() - len).min(READ_AT_MOST);
+    let most = if len == 0 { READ_CHUNK } else { READ_AT_MOST };
+    let room = (buf.capacity() - len).min(most);
     buf.resize(len + room, 0);
     let result = read(&mut buf[len..]);
     buf.truncate(len + *result.as_ref().unwrap_or(&0));

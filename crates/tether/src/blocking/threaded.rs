@@ -60,7 +60,7 @@ use tracing::{debug, info, warn};
 
 use super::socket::StdStream;
 use super::{PlainHandler, ServerCodec};
-use crate::buffers::{clear_write_buf, ReadBuf};
+use crate::buffers::{self, clear_write_buf, ReadBuf};
 use crate::framing::FramingError;
 use crate::session::{
     ConnectionId, ConnectionInfo, HandlerError, ServerOptions, ServerStats, LINGER_BYTES,
@@ -224,7 +224,7 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when a connection ends or the accept loop does.
     changed: Condvar,
-    stats: Arc<ServerStats>,
+    stats: ServerStats,
     max_connections: usize,
 }
 
@@ -250,7 +250,7 @@ impl Shared {
                 accepting: true,
             }),
             changed: Condvar::new(),
-            stats: Arc::new(ServerStats::default()),
+            stats: ServerStats::default(),
             max_connections,
         }
     }
@@ -600,12 +600,7 @@ where
 
     /// A frame already in the read buffer, without touching the socket.
     fn buffered_frame(&mut self) -> Result<Option<Req>, FramingError> {
-        if self.rbuf.is_empty() {
-            return Ok(None);
-        }
-        let frame = self.codec.decode(&mut self.rbuf);
-        self.rbuf.release_if_grown();
-        frame
+        buffers::buffered_frame(&mut self.codec, &mut self.rbuf)
     }
 
     /// The next frame; `Ok(None)` at a clean end of stream; `Stopped` when

@@ -12,12 +12,12 @@ use super::{room_ahead, FramingError, DEFAULT_MAX_FRAME_LENGTH};
 /// ```
 ///
 /// The wire format of tokio-util's `LengthDelimitedCodec` with its default
-/// big-endian prefix, decoded directly (a 64-byte frame in a third of the
-/// instructions), with tether's error type, the 8 MiB default maximum and a
-/// truncated-frame error at end of stream. Once a prefix is read, room for
-/// the frame (up to 256 KiB at a time) is reserved, so a big frame arrives
-/// in few reads. A
-/// declared length over the maximum is refused before anything is allocated
+/// big-endian prefix, decoded directly rather than through it, with
+/// tether's error type, the 8 MiB default maximum and a truncated-frame
+/// error at end of stream. Once a prefix is read, room is made for the
+/// rest of the frame (up to four times what has arrived, and 256 KiB, at a
+/// time), so a big frame arrives in few reads. A declared length over the
+/// maximum is refused before anything is allocated
 /// for it; that frame's bytes are then skipped as they arrive, so the error
 /// belongs to one frame and the stream stays in step.
 #[derive(Debug)]

@@ -1380,9 +1380,7 @@ where
                 room_ahead(self.rbuf.len(), self.codec.still_missing(&self.rbuf))
             };
             if ahead > READ_CHUNK {
-                if self.rbuf.capacity() - self.rbuf.len() < ahead {
-                    self.rbuf.reserve(ahead);
-                }
+                self.rbuf.reserve(ahead);
             } else {
                 self.rbuf.make_room(READ_CHUNK);
             }

@@ -338,12 +338,7 @@ fn put_raw(
         let len = fields_len + payload.len();
         if len < 1 << 14 {
             // at most 2 prefix bytes and 6 of fields: one u64
-            let len = len as u64;
-            let (prefix, prefix_len) = if len < 1 << 7 {
-                (len, 1)
-            } else {
-                ((len >> 7) | 0x80 | (len & 0x7f) << 8, 2)
-            };
+            let (prefix, prefix_len) = small_varint(len as u64);
             let word = prefix | fields << (8 * prefix_len);
             let need = 8 + payload.len();
             if dst.capacity() - dst.len() < need {

@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::buffers::{clear_write_buf, Pool, ReadBuf};
+use crate::buffers::{self, clear_write_buf, Pool, ReadBuf};
 use crate::framing::FramingError;
 use crate::transport::ByteStream;
 
@@ -74,12 +74,7 @@ where
 {
     /// A frame already in the read buffer, without touching the stream.
     pub(crate) fn buffered_frame(&mut self) -> Result<Option<C::Item>, FramingError> {
-        if self.rbuf.is_empty() {
-            return Ok(None);
-        }
-        let frame = self.codec.decode(&mut self.rbuf);
-        self.rbuf.release_if_grown();
-        frame
+        buffers::buffered_frame(&mut self.codec, &mut self.rbuf)
     }
 
     /// The next frame; `None` at a clean end of stream (between frames).

@@ -114,7 +114,7 @@ impl ByteStream {
     /// Whether written bytes may wait in a buffer of this stream until a
     /// flush: TLS records, Telnet escapes, stdio. TCP, Unix and memory
     /// streams write through.
-    pub fn buffers_writes(&self) -> bool {
+    pub(crate) fn buffers_writes(&self) -> bool {
         !matches!(
             self.inner,
             Inner::Tcp(_) | Inner::Unix(_) | Inner::Memory(_)
