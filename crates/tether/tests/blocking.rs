@@ -240,9 +240,35 @@ fn the_blocking_server_echoes_over_tcp_and_unix() {
 
 #[test]
 fn many_clients_are_served_at_once() {
-    let (server, _) = device(&tcp(), ServerOptions::default());
+    // every client's last request waits in its handler until all 32 are
+    // in one: a server that ran fewer handlers at a time would leave them
+    // waiting, and answer ALONE after 5 s
+    const CLIENTS: usize = 32;
+    let met = Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+    let meeting = met.clone();
+    let server = Server::bind_with(
+        &tcp(),
+        text(SentinelCodec::crlf()),
+        move |request: String, _: &ConnectionInfo| -> Result<Option<String>, HandlerError> {
+            if request != "meet" {
+                return Ok(Some(request.to_uppercase()));
+            }
+            let (arrived, all_in) = &*meeting;
+            let mut arrived = arrived.lock().unwrap();
+            *arrived += 1;
+            all_in.notify_all();
+            let (arrived, _) = all_in
+                .wait_timeout_while(arrived, Duration::from_secs(5), |n| *n < CLIENTS)
+                .unwrap();
+            Ok(Some(
+                if *arrived >= CLIENTS { "MET" } else { "ALONE" }.to_string(),
+            ))
+        },
+        ServerOptions::default(),
+    )
+    .unwrap();
     let endpoint = server.local_endpoint();
-    let clients: Vec<_> = (0..32)
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
             let endpoint = endpoint.clone();
             std::thread::spawn(move || {
@@ -252,22 +278,14 @@ fn many_clients_are_served_at_once() {
                     let reply = session.request(format!("client {i} request {j}")).unwrap();
                     assert_eq!(reply, format!("CLIENT {i} REQUEST {j}"));
                 }
-                // all of them hold a connection while one sleeps
-                assert_eq!(session.request("sleep 50".to_string()).unwrap(), "SLEEP 50");
+                assert_eq!(session.request("meet".to_string()).unwrap(), "MET");
                 session.close().unwrap();
             })
         })
         .collect();
-    let start = Instant::now();
     for c in clients {
         c.join().unwrap();
     }
-    // 32 sleeps of 50 ms, one after another, would take 1.6 s
-    assert!(
-        start.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        start.elapsed()
-    );
     assert_eq!(server.stats().accepted(), 32);
     within(Duration::from_secs(5), move || {
         server.shutdown(Duration::from_secs(2))
