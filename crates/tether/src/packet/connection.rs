@@ -1467,15 +1467,14 @@ where
                     Err(reason) => self.reject(channel, tag, reason),
                 }
             }
-            Packet::Erq | Packet::Eof => {
-                let eof = matches!(packet, Packet::Eof);
-                st.proto.receive(packet); // PeerErq or PeerEof: notes it
-                if eof {
-                    tracing::debug!("peer sent EOF");
-                    self.read_ended(st, "the peer sent EOF");
-                } else {
-                    tracing::debug!("peer sent ERQ");
-                }
+            Packet::Erq => {
+                tracing::debug!("peer sent ERQ");
+                st.proto.receive(packet); // notes it
+            }
+            Packet::Eof => {
+                tracing::debug!("peer sent EOF");
+                st.proto.receive(packet); // notes it
+                self.read_ended(st, "the peer sent EOF");
             }
         }
     }
