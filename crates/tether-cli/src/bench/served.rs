@@ -131,8 +131,7 @@ impl Entry {
     fn parse(line: &str) -> Option<Entry> {
         let mut words = line.strip_prefix("serve ")?.split(' ');
         let mut field = |key: &str| words.next()?.strip_prefix(key)?.strip_prefix('=');
-        let imp = field("impl")?;
-        let imp = *Impl::value_variants().iter().find(|i| i.name() == imp)?;
+        let imp = Impl::from_str(field("impl")?, false).ok()?;
         let set = WorkloadSet::from_name(field("workload-set")?)?;
         let addr = field("addr")?.parse().ok()?;
         Some(Entry { imp, set, addr })
@@ -311,6 +310,14 @@ pub fn certificate_names(at: IpAddr) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::bench::Workload;
+
+    #[test]
+    fn a_listing_names_each_impl_as_the_command_line_does() {
+        // Entry::parse reads `impl=` with clap's names: they must be name()'s
+        for imp in Impl::value_variants() {
+            assert_eq!(Impl::from_str(imp.name(), false), Ok(*imp));
+        }
+    }
 
     #[test]
     fn every_server_a_workload_needs_is_served() {
