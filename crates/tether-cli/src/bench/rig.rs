@@ -347,7 +347,7 @@ impl Pushes {
     }
 
     /// The most messages a client may ask for: W6's count.
-    pub const MAX_ASKED: u64 = 100_000;
+    pub const MAX_ASKED: u64 = super::workloads::push::MESSAGES_PER_CLIENT;
 
     /// How long a served push server waits for a client's count (and for
     /// it to hang up afterwards) before closing the connection.
