@@ -9,14 +9,14 @@ use bytes::Bytes;
 use tether::framing::{LengthCodec, SentinelCodec};
 use tether::packet::{NoHandler, PacketConfig, PacketConnection};
 use tether::session::{Client, ClientOptions, Session};
-use tether::transport::{Endpoint, TlsClientConfig, TlsServerConfig};
+use tether::transport::{TlsClientConfig, TlsServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::baselines::{
     framed_connect, framed_connect_tls, framed_echo, framed_server, FramedService, FramedTcp,
     FramedTls, StdClient, StdServer,
 };
-use super::rig::{Pushes, Running, ServerRuntime};
+use super::rig::{endpoint, Pushes, Running, ServerRuntime};
 use super::served::WorkloadSet;
 use super::stacks::{blocking_server, packet_push_server, packet_server, session_server};
 use super::Impl;
@@ -123,7 +123,7 @@ pub async fn packet_connect<H: tether::packet::Handler>(
     addr: SocketAddr,
     handler: H,
 ) -> CliResult<PacketConnection> {
-    let endpoint = Endpoint::tcp(addr.ip().to_string(), addr.port());
+    let endpoint = endpoint(addr, false);
     Ok(
         PacketConnection::connect(&endpoint, CONNECT_TIMEOUT, handler, PacketConfig::default())
             .await?,
@@ -151,13 +151,7 @@ impl Conn {
         addr: SocketAddr,
         tls: Option<&TlsClientConfig>,
     ) -> CliResult<Conn> {
-        let endpoint = match tls {
-            None => Endpoint::tcp(addr.ip().to_string(), addr.port()),
-            Some(_) => Endpoint::Tls {
-                host: addr.ip().to_string(),
-                port: addr.port(),
-            },
-        };
+        let endpoint = endpoint(addr, tls.is_some());
         let mut options = ClientOptions::default().connect_timeout(CONNECT_TIMEOUT);
         if let Some(t) = tls {
             options = options.tls(t.clone());
@@ -251,7 +245,7 @@ impl BlockingConn {
         match imp {
             Impl::StdBlocking => Ok(BlockingConn::Std(StdClient::connect(addr)?)),
             Impl::TetherBlocking => {
-                let endpoint = Endpoint::tcp(addr.ip().to_string(), addr.port());
+                let endpoint = endpoint(addr, false);
                 let options = ClientOptions::default().connect_timeout(CONNECT_TIMEOUT);
                 let client = tether::blocking::Client::new(endpoint, LengthCodec::new(), options);
                 Ok(BlockingConn::Tether(Box::new(client.connect()?)))

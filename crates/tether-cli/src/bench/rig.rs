@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tether::transport::tls::{self, SelfSigned};
-use tether::transport::{TlsClientConfig, TlsServerConfig};
+use tether::transport::{Endpoint, TlsClientConfig, TlsServerConfig};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 
@@ -352,6 +352,16 @@ impl Pushes {
     /// How long a served push server waits for a client's count (and for
     /// it to hang up afterwards) before closing the connection.
     pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// tether's endpoint for `addr`: TCP, or TLS when `tls`.
+pub fn endpoint(addr: SocketAddr, tls: bool) -> Endpoint {
+    let (host, port) = (addr.ip().to_string(), addr.port());
+    if tls {
+        Endpoint::Tls { host, port }
+    } else {
+        Endpoint::Tcp { host, port }
+    }
 }
 
 /// A payload of `len` printable bytes (`a`..`z`): valid for every framing,
