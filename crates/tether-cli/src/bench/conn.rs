@@ -117,17 +117,30 @@ async fn start_push_server(
     }
 }
 
-/// A packet connection to `addr` serving `handler`, within the bench's
-/// connect timeout.
+/// The options of the bench's connects: its timeout, and over TLS when
+/// `tls`.
+fn client_options(tls: Option<&TlsClientConfig>) -> ClientOptions {
+    let options = ClientOptions::default().connect_timeout(CONNECT_TIMEOUT);
+    match tls {
+        Some(t) => options.tls(t.clone()),
+        None => options,
+    }
+}
+
+/// A packet connection to `addr` (over TLS when `tls`) serving `handler`,
+/// within the bench's connect timeout.
 pub async fn packet_connect<H: tether::packet::Handler>(
     addr: SocketAddr,
+    tls: Option<&TlsClientConfig>,
     handler: H,
 ) -> CliResult<PacketConnection> {
-    let endpoint = endpoint(addr, false);
-    Ok(
-        PacketConnection::connect(&endpoint, CONNECT_TIMEOUT, handler, PacketConfig::default())
-            .await?,
+    Ok(PacketConnection::connect_with(
+        &endpoint(addr, tls.is_some()),
+        &client_options(tls).connect_options(),
+        handler,
+        PacketConfig::default(),
     )
+    .await?)
 }
 
 /// An async client connection of one implementation.
@@ -152,10 +165,7 @@ impl Conn {
         tls: Option<&TlsClientConfig>,
     ) -> CliResult<Conn> {
         let endpoint = endpoint(addr, tls.is_some());
-        let mut options = ClientOptions::default().connect_timeout(CONNECT_TIMEOUT);
-        if let Some(t) = tls {
-            options = options.tls(t.clone());
-        }
+        let options = client_options(tls);
         Ok(match imp {
             Impl::TokioFramed => match tls {
                 None => Conn::Framed(framed_connect(addr).await?),
@@ -174,15 +184,9 @@ impl Conn {
                     .connect()
                     .await?,
             ),
-            Impl::TetherPacket | Impl::TetherPipeline => Conn::Packet(
-                PacketConnection::connect_with(
-                    &endpoint,
-                    &options.connect_options(),
-                    NoHandler,
-                    PacketConfig::default(),
-                )
-                .await?,
-            ),
+            Impl::TetherPacket | Impl::TetherPipeline => {
+                Conn::Packet(packet_connect(addr, tls, NoHandler).await?)
+            }
             Impl::StdBlocking | Impl::TetherBlocking => {
                 return Err(format!("{} is blocking: use BlockingConn", imp.name()).into())
             }
@@ -246,7 +250,7 @@ impl BlockingConn {
             Impl::StdBlocking => Ok(BlockingConn::Std(StdClient::connect(addr)?)),
             Impl::TetherBlocking => {
                 let endpoint = endpoint(addr, false);
-                let options = ClientOptions::default().connect_timeout(CONNECT_TIMEOUT);
+                let options = client_options(None);
                 let client = tether::blocking::Client::new(endpoint, LengthCodec::new(), options);
                 Ok(BlockingConn::Tether(Box::new(client.connect()?)))
             }

@@ -99,7 +99,7 @@ async fn framed_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<
 
 async fn packet_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<()> {
     let counter = PushCounter::new(n);
-    let conn = packet_connect(addr, counter.clone()).await?;
+    let conn = packet_connect(addr, None, counter.clone()).await?;
     if let Some(count) = ask {
         let answer = conn.submit(0, 0, Pushes::encode_count(count)).await?;
         if !answer.ok {
