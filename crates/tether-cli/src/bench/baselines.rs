@@ -221,13 +221,12 @@ where
             let n = match pushes {
                 Pushes::Fixed(n) => n,
                 Pushes::AskClient => {
-                    match tokio::time::timeout(Pushes::ASK_TIMEOUT, framed.next()).await {
-                        Ok(Some(Ok(frame))) => match Pushes::decode_count(&frame) {
-                            Some(n) => n,
-                            None => return,
-                        },
-                        _ => return,
-                    }
+                    let asked = tokio::time::timeout(Pushes::ASK_TIMEOUT, framed.next()).await;
+                    let Ok(Some(Ok(frame))) = asked else { return };
+                    let Some(n) = Pushes::decode_count(&frame) else {
+                        return;
+                    };
+                    n
                 }
             };
             let msg = payload(64);
