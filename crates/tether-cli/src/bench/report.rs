@@ -243,12 +243,11 @@ fn median(ratios: &[f64]) -> f64 {
 }
 
 /// The compact ratio table printed after the result lines: one row per
-/// tether result, one column per baseline.
-pub fn ratio_table(records: &[Record]) -> String {
-    let ratios = ratios(records);
+/// tether result, one column per baseline: `ratios` are [`ratios`]'s.
+pub fn ratio_table(ratios: &[Ratio]) -> String {
     let baselines = [Impl::StdBlocking, Impl::TokioFramed];
     let mut rows: Vec<(Workload, Impl, &str)> = Vec::new();
-    for r in &ratios {
+    for r in ratios {
         if !rows
             .iter()
             .any(|(w, i, _)| *w == r.workload && *i == r.tether)
@@ -308,15 +307,16 @@ fn cell_text(r: &Ratio) -> String {
 
 /// The whole run as JSON: settings (`procs`: the run's mode, 2 when
 /// measured against a `--serve` process; each result says where it was
-/// measured, and W8's always says 1), every result, every ratio.
-pub fn to_json(records: &[Record], divisor: u64, runs: usize, procs: u8) -> Json {
+/// measured, and W8's always says 1), every result, every ratio (`ratios`:
+/// [`ratios`]'s of `records`).
+pub fn to_json(records: &[Record], ratios: &[Ratio], divisor: u64, runs: usize, procs: u8) -> Json {
     json!({
         "procs": procs,
         "divisor": divisor,
         "runs": runs,
         "ratio_convention": "greater than 1 means tether is better: tether/baseline for throughput, baseline/tether for rtt p50 latency and idle bytes per session",
         "results": records.iter().map(Record::to_json).collect::<Vec<_>>(),
-        "ratios": ratios(records).iter().map(|r| json!({
+        "ratios": ratios.iter().map(|r| json!({
             "workload": r.workload.name(),
             "impl": r.tether.name(),
             "baseline": r.baseline.name(),
@@ -465,7 +465,7 @@ mod tests {
             Some(3.0)
         );
         assert_eq!(r.len(), 4);
-        let table = ratio_table(&records);
+        let table = ratio_table(&ratios(&records));
         assert!(table.contains("1.60x"), "{table}");
         let row = table.lines().find(|l| l.starts_with("pipelined")).unwrap();
         assert!(row.contains(" - ") || row.contains("-  "), "{row}");
@@ -547,7 +547,7 @@ mod tests {
             "median of 0.5, 0.8, 1, 2: {r:?}"
         );
         assert_eq!((r.spread, r.paired), (Some((0.5, 2.0)), 4));
-        let table = ratio_table(&records);
+        let table = ratio_table(&ratios(&records));
         assert!(table.contains("0.89x (0.50-2.00)"), "{table}");
         // the header and every row line up, however wide the cells
         let widths: Vec<usize> = table.lines().skip(1).map(|l| l.chars().count()).collect();
@@ -592,7 +592,7 @@ mod tests {
             rec(Workload::Bulk, Impl::TokioFramed, "mib_s", 100.0),
             rec(Workload::Bulk, Impl::TetherLength, "mib_s", 90.0),
         ];
-        let j = to_json(&records, 10, 1, 2);
+        let j = to_json(&records, &ratios(&records), 10, 1, 2);
         assert_eq!(j["procs"], json!(2));
         assert_eq!(j["results"].as_array().unwrap().len(), 2);
         assert_eq!(j["ratios"][0]["baseline"], json!("tokio-framed"));
