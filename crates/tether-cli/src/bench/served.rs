@@ -25,6 +25,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use clap::ValueEnum;
+use tether::transport::tls::{self, SelfSigned};
 use tether::transport::TlsClientConfig;
 
 use super::Impl;
@@ -294,9 +295,15 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
-/// The names the served certificate is valid for: the address served at,
+/// The bench's self-signed certificate for servers at `at`, in-process
+/// or served: valid for [`certificate_names`].
+pub fn certificate(at: IpAddr) -> CliResult<SelfSigned> {
+    Ok(tls::self_signed(&certificate_names(at))?)
+}
+
+/// The names the bench's certificate is valid for: the address served at,
 /// and loopback by address and by name.
-pub fn certificate_names(at: IpAddr) -> Vec<String> {
+fn certificate_names(at: IpAddr) -> Vec<String> {
     let mut names = vec![at.to_string()];
     for name in ["127.0.0.1", "localhost"] {
         if !names.iter().any(|n| n == name) {
