@@ -127,6 +127,13 @@ impl Record {
             })
     }
 
+    /// How many of the rounds it stands for ran, when more than one did:
+    /// the `runs=` figure, printed after the others.
+    pub fn runs(&self) -> Option<u64> {
+        let ran = self.rounds.iter().filter(|r| r.is_some()).count();
+        (ran > 1).then_some(ran as u64)
+    }
+
     /// The headline figure (NaN if missing, which sorts it last).
     pub fn headline_value(&self) -> f64 {
         self.get(self.headline).unwrap_or(f64::NAN)
@@ -143,6 +150,9 @@ impl Record {
         for (k, v) in &self.fields {
             let _ = write!(s, " {k}={v}");
         }
+        if let Some(n) = self.runs() {
+            let _ = write!(s, " runs={n}");
+        }
         s
     }
 
@@ -154,6 +164,9 @@ impl Record {
         m.insert("procs".into(), json!(self.procs));
         for (k, v) in &self.fields {
             m.insert((*k).into(), v.to_json());
+        }
+        if let Some(n) = self.runs() {
+            m.insert("runs".into(), json!(n));
         }
         m.insert("headline".into(), json!(self.headline));
         if self.rounds.len() > 1 {
@@ -342,8 +355,8 @@ pub fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
 /// The record that stands for the rounds of one workload and
 /// implementation (`None`: a round that failed): the median round by the
 /// headline figure (for an even count, the lower middle: a real run, never
-/// an average of two), with a `runs=N` figure when N > 1, and every
-/// round's headline kept for [`ratios`].
+/// an average of two), with every round's headline kept for [`ratios`]
+/// (and for the `runs=N` figure, when N > 1 ran: [`Record::runs`]).
 pub fn summarize(rounds: Vec<Option<Record>>) -> Option<Record> {
     let headlines = rounds
         .iter()
@@ -358,11 +371,7 @@ pub fn summarize(rounds: Vec<Option<Record>>) -> Option<Record> {
 fn median_run(mut runs: Vec<Record>) -> Option<Record> {
     let n = runs.len();
     runs.sort_by(|a, b| a.headline_value().total_cmp(&b.headline_value()));
-    let mut chosen = runs.into_iter().nth(n.checked_sub(1)? / 2)?;
-    if n > 1 {
-        chosen.fields.push(("runs", Value::Int(n as u64)));
-    }
-    Some(chosen)
+    runs.into_iter().nth(n.checked_sub(1)? / 2)
 }
 
 #[cfg(test)]
@@ -393,16 +402,14 @@ mod tests {
         ];
         let m = median_run(runs).unwrap();
         assert_eq!(m.get("mib_s"), Some(200.0));
-        assert_eq!(m.get("runs"), Some(3.0));
         // even count: the lower middle, a real run
         let runs = vec![
             rec(Workload::Push, Impl::TetherPacket, "msgs_s", 4.0),
             rec(Workload::Push, Impl::TetherPacket, "msgs_s", 1.0),
         ];
         assert_eq!(median_run(runs).unwrap().get("msgs_s"), Some(1.0));
-        // one run: no runs= figure
         let one = median_run(vec![rec(Workload::Rtt, Impl::TokioFramed, "p50_us", 3.0)]).unwrap();
-        assert_eq!(one.get("runs"), None);
+        assert_eq!(one.get("p50_us"), Some(3.0));
         assert!(median_run(Vec::new()).is_none());
     }
 
@@ -493,10 +500,19 @@ mod tests {
             &[Some(3.0), None, Some(1.0), Some(2.0)],
         );
         assert_eq!(r.get("mib_s"), Some(2.0));
-        assert_eq!(r.get("runs"), Some(3.0), "the rounds that ran");
+        assert_eq!(r.runs(), Some(3), "the rounds that ran");
+        assert!(r.line().ends_with(" runs=3"), "{}", r.line());
+        assert_eq!(r.to_json()["runs"], json!(3));
         assert_eq!(r.rounds, [Some(3.0), None, Some(1.0), Some(2.0)]);
         assert_eq!(r.to_json()["rounds"], json!([3.0, null, 1.0, 2.0]));
         assert!(summarize(vec![None, None]).is_none());
+        // one round that ran, of one or of two: no runs= figure
+        for values in [&[Some(1.0)][..], &[Some(1.0), None]] {
+            let r = rounds(Workload::Bulk, Impl::TetherLength, "mib_s", values);
+            assert_eq!(r.runs(), None);
+            assert!(!r.line().contains("runs="), "{}", r.line());
+            assert!(r.to_json().get("runs").is_none());
+        }
     }
 
     #[test]
