@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use tether::transport::tls::DEFAULT_HANDSHAKE_TIMEOUT;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -191,10 +192,10 @@ pub async fn framed_server(
             match tls {
                 None => serve_framed(stream, service).await,
                 Some(acceptor) => {
-                    // as tether's TLS listener: a handshake gets 10 s
+                    // as tether's TLS listener: its default handshake limit
                     let handshake = acceptor.accept(stream);
                     if let Ok(Ok(stream)) =
-                        tokio::time::timeout(Duration::from_secs(10), handshake).await
+                        tokio::time::timeout(DEFAULT_HANDSHAKE_TIMEOUT, handshake).await
                     {
                         serve_framed(stream, service).await
                     }
@@ -221,13 +222,12 @@ where
             let n = match pushes {
                 Pushes::Fixed(n) => n,
                 Pushes::AskClient => {
-                    match tokio::time::timeout(Pushes::ASK_TIMEOUT, framed.next()).await {
-                        Ok(Some(Ok(frame))) => match Pushes::decode_count(&frame) {
-                            Some(n) => n,
-                            None => return,
-                        },
-                        _ => return,
-                    }
+                    let asked = tokio::time::timeout(Pushes::ASK_TIMEOUT, framed.next()).await;
+                    let Ok(Some(Ok(frame))) = asked else { return };
+                    let Some(n) = Pushes::decode_count(&frame) else {
+                        return;
+                    };
+                    n
                 }
             };
             let msg = payload(64);

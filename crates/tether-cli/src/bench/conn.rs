@@ -9,14 +9,14 @@ use bytes::Bytes;
 use tether::framing::{LengthCodec, SentinelCodec};
 use tether::packet::{NoHandler, PacketConfig, PacketConnection};
 use tether::session::{Client, ClientOptions, Session};
-use tether::transport::{Endpoint, TlsClientConfig, TlsServerConfig};
+use tether::transport::{TlsClientConfig, TlsServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::baselines::{
     framed_connect, framed_connect_tls, framed_echo, framed_server, FramedService, FramedTcp,
     FramedTls, StdClient, StdServer,
 };
-use super::rig::{Pushes, Running, ServerRuntime};
+use super::rig::{endpoint, Pushes, Running, ServerRuntime};
 use super::served::WorkloadSet;
 use super::stacks::{blocking_server, packet_push_server, packet_server, session_server};
 use super::Impl;
@@ -117,17 +117,30 @@ async fn start_push_server(
     }
 }
 
-/// A packet connection to `addr` serving `handler`, within the bench's
-/// connect timeout.
+/// The options of the bench's connects: its timeout, and over TLS when
+/// `tls`.
+fn client_options(tls: Option<&TlsClientConfig>) -> ClientOptions {
+    let options = ClientOptions::default().connect_timeout(CONNECT_TIMEOUT);
+    match tls {
+        Some(t) => options.tls(t.clone()),
+        None => options,
+    }
+}
+
+/// A packet connection to `addr` (over TLS when `tls`) serving `handler`,
+/// within the bench's connect timeout.
 pub async fn packet_connect<H: tether::packet::Handler>(
     addr: SocketAddr,
+    tls: Option<&TlsClientConfig>,
     handler: H,
 ) -> CliResult<PacketConnection> {
-    let endpoint = Endpoint::tcp(addr.ip().to_string(), addr.port());
-    Ok(
-        PacketConnection::connect(&endpoint, CONNECT_TIMEOUT, handler, PacketConfig::default())
-            .await?,
+    Ok(PacketConnection::connect_with(
+        &endpoint(addr, tls.is_some()),
+        &client_options(tls).connect_options(),
+        handler,
+        PacketConfig::default(),
     )
+    .await?)
 }
 
 /// An async client connection of one implementation.
@@ -151,17 +164,8 @@ impl Conn {
         addr: SocketAddr,
         tls: Option<&TlsClientConfig>,
     ) -> CliResult<Conn> {
-        let endpoint = match tls {
-            None => Endpoint::tcp(addr.ip().to_string(), addr.port()),
-            Some(_) => Endpoint::Tls {
-                host: addr.ip().to_string(),
-                port: addr.port(),
-            },
-        };
-        let mut options = ClientOptions::default().connect_timeout(CONNECT_TIMEOUT);
-        if let Some(t) = tls {
-            options = options.tls(t.clone());
-        }
+        let endpoint = endpoint(addr, tls.is_some());
+        let options = client_options(tls);
         Ok(match imp {
             Impl::TokioFramed => match tls {
                 None => Conn::Framed(framed_connect(addr).await?),
@@ -180,15 +184,9 @@ impl Conn {
                     .connect()
                     .await?,
             ),
-            Impl::TetherPacket | Impl::TetherPipeline => Conn::Packet(
-                PacketConnection::connect_with(
-                    &endpoint,
-                    &options.connect_options(),
-                    NoHandler,
-                    PacketConfig::default(),
-                )
-                .await?,
-            ),
+            Impl::TetherPacket | Impl::TetherPipeline => {
+                Conn::Packet(packet_connect(addr, tls, NoHandler).await?)
+            }
             Impl::StdBlocking | Impl::TetherBlocking => {
                 return Err(format!("{} is blocking: use BlockingConn", imp.name()).into())
             }
@@ -251,8 +249,8 @@ impl BlockingConn {
         match imp {
             Impl::StdBlocking => Ok(BlockingConn::Std(StdClient::connect(addr)?)),
             Impl::TetherBlocking => {
-                let endpoint = Endpoint::tcp(addr.ip().to_string(), addr.port());
-                let options = ClientOptions::default().connect_timeout(CONNECT_TIMEOUT);
+                let endpoint = endpoint(addr, false);
+                let options = client_options(None);
                 let client = tether::blocking::Client::new(endpoint, LengthCodec::new(), options);
                 Ok(BlockingConn::Tether(Box::new(client.connect()?)))
             }

@@ -354,15 +354,16 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
     let procs = ctx.procs();
     drop(ctx);
     println!();
-    print!("{}", report::ratio_table(&records));
+    let ratios = report::ratios(&records);
+    print!("{}", report::ratio_table(&ratios));
     if let (Some(mut f), Some(p)) = (json_file, args.json.as_deref()) {
-        let doc = report::to_json(&records, divisor, runs, procs);
+        let doc = report::to_json(&records, &ratios, divisor, runs, procs);
         serde_json::to_writer_pretty(&mut f, &doc)
             .map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
         writeln!(f).map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
     }
     if let (Some(mut f), Some(p)) = (plot_file, args.plot.as_deref()) {
-        f.write_all(plot::svg(&report::ratios(&records)).as_bytes())
+        f.write_all(plot::svg(&ratios).as_bytes())
             .map_err(|e| format!("cannot write --plot {}: {e}", p.display()))?;
     }
     Ok(all_ok)

@@ -127,6 +127,13 @@ impl Record {
             })
     }
 
+    /// How many of the rounds it stands for ran, when more than one did:
+    /// the `runs=` figure, printed after the others.
+    pub fn runs(&self) -> Option<u64> {
+        let ran = self.rounds.iter().filter(|r| r.is_some()).count();
+        (ran > 1).then_some(ran as u64)
+    }
+
     /// The headline figure (NaN if missing, which sorts it last).
     pub fn headline_value(&self) -> f64 {
         self.get(self.headline).unwrap_or(f64::NAN)
@@ -143,6 +150,9 @@ impl Record {
         for (k, v) in &self.fields {
             let _ = write!(s, " {k}={v}");
         }
+        if let Some(n) = self.runs() {
+            let _ = write!(s, " runs={n}");
+        }
         s
     }
 
@@ -154,6 +164,9 @@ impl Record {
         m.insert("procs".into(), json!(self.procs));
         for (k, v) in &self.fields {
             m.insert((*k).into(), v.to_json());
+        }
+        if let Some(n) = self.runs() {
+            m.insert("runs".into(), json!(n));
         }
         m.insert("headline".into(), json!(self.headline));
         if self.rounds.len() > 1 {
@@ -243,12 +256,11 @@ fn median(ratios: &[f64]) -> f64 {
 }
 
 /// The compact ratio table printed after the result lines: one row per
-/// tether result, one column per baseline.
-pub fn ratio_table(records: &[Record]) -> String {
-    let ratios = ratios(records);
+/// tether result, one column per baseline: `ratios` are [`ratios`]'s.
+pub fn ratio_table(ratios: &[Ratio]) -> String {
     let baselines = [Impl::StdBlocking, Impl::TokioFramed];
     let mut rows: Vec<(Workload, Impl, &str)> = Vec::new();
-    for r in &ratios {
+    for r in ratios {
         if !rows
             .iter()
             .any(|(w, i, _)| *w == r.workload && *i == r.tether)
@@ -308,15 +320,16 @@ fn cell_text(r: &Ratio) -> String {
 
 /// The whole run as JSON: settings (`procs`: the run's mode, 2 when
 /// measured against a `--serve` process; each result says where it was
-/// measured, and W8's always says 1), every result, every ratio.
-pub fn to_json(records: &[Record], divisor: u64, runs: usize, procs: u8) -> Json {
+/// measured, and W8's always says 1), every result, every ratio (`ratios`:
+/// [`ratios`]'s of `records`).
+pub fn to_json(records: &[Record], ratios: &[Ratio], divisor: u64, runs: usize, procs: u8) -> Json {
     json!({
         "procs": procs,
         "divisor": divisor,
         "runs": runs,
         "ratio_convention": "greater than 1 means tether is better: tether/baseline for throughput, baseline/tether for rtt p50 latency and idle bytes per session",
         "results": records.iter().map(Record::to_json).collect::<Vec<_>>(),
-        "ratios": ratios(records).iter().map(|r| json!({
+        "ratios": ratios.iter().map(|r| json!({
             "workload": r.workload.name(),
             "impl": r.tether.name(),
             "baseline": r.baseline.name(),
@@ -342,8 +355,8 @@ pub fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
 /// The record that stands for the rounds of one workload and
 /// implementation (`None`: a round that failed): the median round by the
 /// headline figure (for an even count, the lower middle: a real run, never
-/// an average of two), with a `runs=N` figure when N > 1, and every
-/// round's headline kept for [`ratios`].
+/// an average of two), with every round's headline kept for [`ratios`]
+/// (and for the `runs=N` figure, when N > 1 ran: [`Record::runs`]).
 pub fn summarize(rounds: Vec<Option<Record>>) -> Option<Record> {
     let headlines = rounds
         .iter()
@@ -358,11 +371,7 @@ pub fn summarize(rounds: Vec<Option<Record>>) -> Option<Record> {
 fn median_run(mut runs: Vec<Record>) -> Option<Record> {
     let n = runs.len();
     runs.sort_by(|a, b| a.headline_value().total_cmp(&b.headline_value()));
-    let mut chosen = runs.into_iter().nth(n.checked_sub(1)? / 2)?;
-    if n > 1 {
-        chosen.fields.push(("runs", Value::Int(n as u64)));
-    }
-    Some(chosen)
+    runs.into_iter().nth(n.checked_sub(1)? / 2)
 }
 
 #[cfg(test)]
@@ -393,16 +402,14 @@ mod tests {
         ];
         let m = median_run(runs).unwrap();
         assert_eq!(m.get("mib_s"), Some(200.0));
-        assert_eq!(m.get("runs"), Some(3.0));
         // even count: the lower middle, a real run
         let runs = vec![
             rec(Workload::Push, Impl::TetherPacket, "msgs_s", 4.0),
             rec(Workload::Push, Impl::TetherPacket, "msgs_s", 1.0),
         ];
         assert_eq!(median_run(runs).unwrap().get("msgs_s"), Some(1.0));
-        // one run: no runs= figure
         let one = median_run(vec![rec(Workload::Rtt, Impl::TokioFramed, "p50_us", 3.0)]).unwrap();
-        assert_eq!(one.get("runs"), None);
+        assert_eq!(one.get("p50_us"), Some(3.0));
         assert!(median_run(Vec::new()).is_none());
     }
 
@@ -465,7 +472,7 @@ mod tests {
             Some(3.0)
         );
         assert_eq!(r.len(), 4);
-        let table = ratio_table(&records);
+        let table = ratio_table(&ratios(&records));
         assert!(table.contains("1.60x"), "{table}");
         let row = table.lines().find(|l| l.starts_with("pipelined")).unwrap();
         assert!(row.contains(" - ") || row.contains("-  "), "{row}");
@@ -493,10 +500,19 @@ mod tests {
             &[Some(3.0), None, Some(1.0), Some(2.0)],
         );
         assert_eq!(r.get("mib_s"), Some(2.0));
-        assert_eq!(r.get("runs"), Some(3.0), "the rounds that ran");
+        assert_eq!(r.runs(), Some(3), "the rounds that ran");
+        assert!(r.line().ends_with(" runs=3"), "{}", r.line());
+        assert_eq!(r.to_json()["runs"], json!(3));
         assert_eq!(r.rounds, [Some(3.0), None, Some(1.0), Some(2.0)]);
         assert_eq!(r.to_json()["rounds"], json!([3.0, null, 1.0, 2.0]));
         assert!(summarize(vec![None, None]).is_none());
+        // one round that ran, of one or of two: no runs= figure
+        for values in [&[Some(1.0)][..], &[Some(1.0), None]] {
+            let r = rounds(Workload::Bulk, Impl::TetherLength, "mib_s", values);
+            assert_eq!(r.runs(), None);
+            assert!(!r.line().contains("runs="), "{}", r.line());
+            assert!(r.to_json().get("runs").is_none());
+        }
     }
 
     #[test]
@@ -547,7 +563,7 @@ mod tests {
             "median of 0.5, 0.8, 1, 2: {r:?}"
         );
         assert_eq!((r.spread, r.paired), (Some((0.5, 2.0)), 4));
-        let table = ratio_table(&records);
+        let table = ratio_table(&ratios(&records));
         assert!(table.contains("0.89x (0.50-2.00)"), "{table}");
         // the header and every row line up, however wide the cells
         let widths: Vec<usize> = table.lines().skip(1).map(|l| l.chars().count()).collect();
@@ -592,7 +608,7 @@ mod tests {
             rec(Workload::Bulk, Impl::TokioFramed, "mib_s", 100.0),
             rec(Workload::Bulk, Impl::TetherLength, "mib_s", 90.0),
         ];
-        let j = to_json(&records, 10, 1, 2);
+        let j = to_json(&records, &ratios(&records), 10, 1, 2);
         assert_eq!(j["procs"], json!(2));
         assert_eq!(j["results"].as_array().unwrap().len(), 2);
         assert_eq!(j["ratios"][0]["baseline"], json!("tokio-framed"));

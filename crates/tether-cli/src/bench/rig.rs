@@ -8,13 +8,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tether::transport::tls::{self, SelfSigned};
-use tether::transport::{TlsClientConfig, TlsServerConfig};
+use tether::transport::tls::SelfSigned;
+use tether::transport::{Endpoint, TlsClientConfig, TlsServerConfig};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 
 use super::baselines::StdServer;
-use super::served::Target;
+use super::served::{certificate, Target};
 use crate::CliResult;
 
 /// Where an in-process server binds: loopback, a free port.
@@ -80,8 +80,8 @@ impl Ctx {
         }
     }
 
-    /// The TLS configuration of the local servers: a self-signed
-    /// certificate for 127.0.0.1, made once per run.
+    /// The TLS configuration of the local servers: the bench's self-signed
+    /// certificate for 127.0.0.1 (as `--serve` makes one), made once per run.
     pub fn tls_server(&self) -> CliResult<TlsServerConfig> {
         Ok(self.self_signed()?.server.clone())
     }
@@ -99,7 +99,7 @@ impl Ctx {
         if let Some(t) = self.tls.get() {
             return Ok(t);
         }
-        let made = tls::self_signed(&["127.0.0.1"])?;
+        let made = certificate(ANY_LOOPBACK_PORT.ip())?;
         Ok(self.tls.get_or_init(|| made))
     }
 
@@ -347,11 +347,21 @@ impl Pushes {
     }
 
     /// The most messages a client may ask for: W6's count.
-    pub const MAX_ASKED: u64 = 100_000;
+    pub const MAX_ASKED: u64 = super::workloads::push::MESSAGES_PER_CLIENT;
 
     /// How long a served push server waits for a client's count (and for
     /// it to hang up afterwards) before closing the connection.
     pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// tether's endpoint for `addr`: TCP, or TLS when `tls`.
+pub fn endpoint(addr: SocketAddr, tls: bool) -> Endpoint {
+    let (host, port) = (addr.ip().to_string(), addr.port());
+    if tls {
+        Endpoint::Tls { host, port }
+    } else {
+        Endpoint::Tcp { host, port }
+    }
 }
 
 /// A payload of `len` printable bytes (`a`..`z`): valid for every framing,

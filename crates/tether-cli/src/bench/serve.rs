@@ -11,14 +11,14 @@
 use std::io::Write;
 use std::net::SocketAddr;
 
-use tether::transport::tls::{self, SelfSigned};
+use tether::transport::tls::SelfSigned;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::oneshot;
 
 use super::conn::{start_server, ServerKind};
 use super::idle::raise_open_file_limit;
 use super::rig::{current_thread, serve_connections, Pushes, Running, ServerRuntime};
-use super::served::{certificate_names, listing, server_addr, Entry, WorkloadSet, SERVED};
+use super::served::{certificate, listing, server_addr, Entry, WorkloadSet, SERVED};
 use crate::CliResult;
 
 /// Serves the bench at `at` until SIGINT or SIGTERM.
@@ -42,7 +42,7 @@ pub fn serve(at: SocketAddr) -> CliResult<()> {
         // registered before anything is printed: whoever reads the lines
         // may signal at once
         let mut stop = StopSignals::register()?;
-        let certs = tls::self_signed(&certificate_names(at.ip()))?;
+        let certs = certificate(at.ip())?;
         let mut running = Vec::new();
         let served = start_all(&runtime, at, &certs, &mut running).await;
         let outcome = match served {

@@ -25,6 +25,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use clap::ValueEnum;
+use tether::transport::tls::{self, SelfSigned};
 use tether::transport::TlsClientConfig;
 
 use super::Impl;
@@ -131,8 +132,7 @@ impl Entry {
     fn parse(line: &str) -> Option<Entry> {
         let mut words = line.strip_prefix("serve ")?.split(' ');
         let mut field = |key: &str| words.next()?.strip_prefix(key)?.strip_prefix('=');
-        let imp = field("impl")?;
-        let imp = *Impl::value_variants().iter().find(|i| i.name() == imp)?;
+        let imp = Impl::from_str(field("impl")?, false).ok()?;
         let set = WorkloadSet::from_name(field("workload-set")?)?;
         let addr = field("addr")?.parse().ok()?;
         Some(Entry { imp, set, addr })
@@ -295,9 +295,15 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
-/// The names the served certificate is valid for: the address served at,
+/// The bench's self-signed certificate for servers at `at`, in-process
+/// or served: valid for [`certificate_names`].
+pub fn certificate(at: IpAddr) -> CliResult<SelfSigned> {
+    Ok(tls::self_signed(&certificate_names(at))?)
+}
+
+/// The names the bench's certificate is valid for: the address served at,
 /// and loopback by address and by name.
-pub fn certificate_names(at: IpAddr) -> Vec<String> {
+fn certificate_names(at: IpAddr) -> Vec<String> {
     let mut names = vec![at.to_string()];
     for name in ["127.0.0.1", "localhost"] {
         if !names.iter().any(|n| n == name) {
@@ -311,6 +317,14 @@ pub fn certificate_names(at: IpAddr) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::bench::Workload;
+
+    #[test]
+    fn a_listing_names_each_impl_as_the_command_line_does() {
+        // Entry::parse reads `impl=` with clap's names: they must be name()'s
+        for imp in Impl::value_variants() {
+            assert_eq!(Impl::from_str(imp.name(), false), Ok(*imp));
+        }
+    }
 
     #[test]
     fn every_server_a_workload_needs_is_served() {

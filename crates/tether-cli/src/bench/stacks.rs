@@ -31,7 +31,7 @@ use tether::transport::{ByteStream, Endpoint, Listener, TlsServerConfig};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::rig::{payload, serve_connections, Pushes};
+use super::rig::{endpoint, payload, serve_connections, Pushes};
 use crate::CliResult;
 
 /// Sessions a bench server accepts at once: above W8's 10,000 idle ones.
@@ -43,14 +43,8 @@ pub async fn bind(
     tls: Option<TlsServerConfig>,
 ) -> CliResult<(Listener, SocketAddr)> {
     let listener = match tls {
-        None => Listener::bind(&Endpoint::tcp(at.ip().to_string(), at.port())).await?,
-        Some(cfg) => {
-            let ep = Endpoint::Tls {
-                host: at.ip().to_string(),
-                port: at.port(),
-            };
-            Listener::bind_tls(&ep, cfg).await?
-        }
+        None => Listener::bind(&endpoint(at, false)).await?,
+        Some(cfg) => Listener::bind_tls(&endpoint(at, true), cfg).await?,
     };
     let addr = socket_addr(&listener.local_endpoint())?;
     Ok((listener, addr))
@@ -98,7 +92,7 @@ where
 /// its own accept thread and a thread per connection, no runtime.
 pub fn blocking_server(at: SocketAddr) -> CliResult<(tether::blocking::RunningServer, SocketAddr)> {
     let server = tether::blocking::Server::bind_with(
-        &Endpoint::tcp(at.ip().to_string(), at.port()),
+        &endpoint(at, false),
         LengthCodec::new(),
         |request: BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(request)),
         ServerOptions::default().max_connections(MAX_CONNECTIONS),

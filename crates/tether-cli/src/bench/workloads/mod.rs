@@ -6,7 +6,7 @@
 mod bulk;
 mod fanin;
 mod pipelined;
-mod push;
+pub(super) mod push;
 mod rtt;
 mod tls;
 

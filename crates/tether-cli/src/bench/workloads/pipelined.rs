@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tether::packet::{NoHandler, PacketConnection};
+use tether::packet::NoHandler;
 
 use super::with_echo_server;
 use crate::bench::baselines::framed_connect;
@@ -46,13 +46,8 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
         .float("req_s", per_sec(n, elapsed), 0))
 }
 
-/// A packet connection to the echo server, serving nothing itself.
-async fn connect(addr: std::net::SocketAddr) -> CliResult<PacketConnection> {
-    packet_connect(addr, NoHandler).await
-}
-
 async fn packet(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Duration> {
-    let c = connect(addr).await?;
+    let c = packet_connect(addr, None, NoHandler).await?;
     let p = payload(64);
     let start = Instant::now();
     let mut inflight = VecDeque::with_capacity(IN_FLIGHT);
@@ -78,7 +73,7 @@ async fn packet(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Dura
 }
 
 async fn pipeline(addr: std::net::SocketAddr, n: u64) -> CliResult<std::time::Duration> {
-    let c = connect(addr).await?;
+    let c = packet_connect(addr, None, NoHandler).await?;
     let p = payload(64);
     let mut pipe = c.pipeline();
     let start = Instant::now();

@@ -32,9 +32,13 @@ use crate::CliResult;
 /// Connected clients.
 pub const CLIENTS: u64 = 16;
 
+/// Messages the server pushes to each client, before `--scale`: also the
+/// most a client may ask a served push server for.
+pub const MESSAGES_PER_CLIENT: u64 = 100_000;
+
 /// Runs W6 for `imp` (tokio-framed or tether-packet).
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
-    let per_client = ctx.count(100_000);
+    let per_client = ctx.count(MESSAGES_PER_CLIENT);
     // a local server is told the count; a served one asks each client
     let pushes = match ctx.servers {
         Servers::Local(_) => Pushes::Fixed(per_client),
@@ -95,7 +99,7 @@ async fn framed_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<
 
 async fn packet_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<()> {
     let counter = PushCounter::new(n);
-    let conn = packet_connect(addr, counter.clone()).await?;
+    let conn = packet_connect(addr, None, counter.clone()).await?;
     if let Some(count) = ask {
         let answer = conn.submit(0, 0, Pushes::encode_count(count)).await?;
         if !answer.ok {
