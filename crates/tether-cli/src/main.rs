@@ -96,12 +96,19 @@ fn main() -> ExitCode {
 /// What every command returns: a one-line reason on failure.
 pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn interrupted() {
+/// A future that resolves on SIGINT or SIGTERM. The handlers are
+/// registered when this is called, not when the future is first polled:
+/// servers call it before they print `listening on`, so a peer that signals
+/// as soon as it reads that line stops them in order rather than by the
+/// signal's default action.
+pub fn interrupted() -> CliResult<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

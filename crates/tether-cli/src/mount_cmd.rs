@@ -28,6 +28,7 @@ pub struct MountArgs {
 /// Serves peers one after the other until SIGINT/SIGTERM.
 pub async fn serve(args: MountArgs) -> CliResult {
     let pair = Arc::new(MountSimulator::bind(&args.listen, args.connect).await?);
+    let stop = crate::interrupted()?;
     // The contract's first line, flushed at once (on stderr when stdin and
     // stdout are the protocol, as `serve lines` does).
     let line = format!("listening on {}", pair.display_address());
@@ -39,7 +40,7 @@ pub async fn serve(args: MountArgs) -> CliResult {
         out.flush()?;
     }
     let sim = MountSimulator::serve(pair);
-    crate::interrupted().await;
+    stop.await;
     sim.close().await;
     Ok(())
 }

@@ -18,14 +18,9 @@ use crate::CliResult;
 /// connection, all served at once, until SIGINT/SIGTERM; then every
 /// connection closes in order.
 pub async fn serve(listener: Listener) -> CliResult {
+    let stop = crate::interrupted()?;
     crate::serve::announce(&listener)?;
-    tether::packet::serve(
-        listener,
-        EchoService,
-        PacketConfig::default(),
-        crate::interrupted(),
-    )
-    .await;
+    tether::packet::serve(listener, EchoService, PacketConfig::default(), stop).await;
     Ok(())
 }
 

@@ -53,8 +53,9 @@ pub async fn run(service: Service) -> CliResult {
             let sentinel = unescape(&sentinel).map_err(|e| format!("--sentinel: {e}"))?;
             let listener = tls.bind(&listen).await?;
             let server = LinesDevice::new().serve_on(listener, &sentinel, max_line);
+            let stop = crate::interrupted()?;
             announce(server.listener())?;
-            server.run(crate::interrupted(), SHUTDOWN_GRACE).await;
+            server.run(stop, SHUTDOWN_GRACE).await;
             Ok(())
         }
         Service::Mount(args) => crate::mount_cmd::serve(args).await,

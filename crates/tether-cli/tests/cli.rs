@@ -5,6 +5,21 @@ mod common;
 use common::{call, run, serve, tether, LIMIT, TETHER};
 
 #[test]
+fn a_server_signalled_as_soon_as_it_listens_stops_in_order() {
+    // the handlers are in place before the line is printed: the signal
+    // stops the server (exit 0), it does not kill it
+    for (args, signal) in [
+        (&["lines"][..], "TERM"),
+        (&["lines"][..], "INT"),
+        (&["packet"][..], "TERM"),
+    ] {
+        let (server, _) = serve(args);
+        let status = server.signal_and_wait(signal);
+        assert!(status.success(), "serve {args:?} on SIG{signal}: {status}");
+    }
+}
+
+#[test]
 fn serve_lines_and_call_over_stdin_and_arguments() {
     let (server, addr) = serve(&["lines", "--sentinel", r"\r\n"]);
     let (status, out, _) = call(

@@ -12,7 +12,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use tether::transport::tls::SelfSigned;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::oneshot;
 
 use super::conn::{start_server, ServerKind};
@@ -41,7 +40,7 @@ pub fn serve(at: SocketAddr) -> CliResult<()> {
     control.block_on(async {
         // registered before anything is printed: whoever reads the lines
         // may signal at once
-        let mut stop = StopSignals::register()?;
+        let stop = crate::interrupted()?;
         let certs = certificate(at.ip())?;
         let mut running = Vec::new();
         let served = start_all(&runtime, at, &certs, &mut running).await;
@@ -52,7 +51,7 @@ pub fn serve(at: SocketAddr) -> CliResult<()> {
                     "tether: bench servers up; run `tether bench --target {listing_addr}`; \
                      SIGINT or SIGTERM stops them"
                 );
-                stop.recv().await;
+                stop.await;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -138,26 +137,4 @@ async fn listing_server(
     })
     .await;
     Ok(())
-}
-
-/// SIGINT and SIGTERM, caught from the moment they are registered.
-struct StopSignals {
-    interrupt: Signal,
-    terminate: Signal,
-}
-
-impl StopSignals {
-    fn register() -> CliResult<StopSignals> {
-        Ok(StopSignals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-        }
-    }
 }
