@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{run, tether, KillOnDrop, Lines, Scratch};
+use common::{run, spawn_until, tether, KillOnDrop, Scratch};
 
 /// How long one `tether bench` may take.
 const LIMIT: Duration = Duration::from_secs(240);
@@ -207,26 +207,14 @@ const STOP_LIMIT: Duration = Duration::from_secs(30);
 /// A running `tether bench --serve 127.0.0.1:0`: the guard, the lines it
 /// printed, and where its listing is (the `--target`).
 fn serve() -> (KillOnDrop, Vec<String>, String) {
-    let mut server = KillOnDrop::spawn(
+    spawn_until(
         tether("bench")
             .args(["--serve", "127.0.0.1:0"])
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit()),
+        "serve listing=",
         STOP_LIMIT,
-    );
-    let stdout = Lines::read(server.child().stdout.take().unwrap());
-    let deadline = Instant::now() + STOP_LIMIT;
-    let mut lines = Vec::new();
-    loop {
-        let line = stdout.next_before(deadline).unwrap_or_else(|e| {
-            panic!("no `serve listing=` line within {STOP_LIMIT:?} ({e}): {lines:?}")
-        });
-        if let Some(listing) = line.strip_prefix("serve listing=") {
-            return (server, lines, listing.to_string());
-        }
-        lines.push(line);
-    }
+    )
 }
 
 #[test]

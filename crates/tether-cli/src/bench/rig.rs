@@ -250,8 +250,15 @@ impl Running {
                     abort.abort();
                 }
             }
-            Running::Std(s) => s.stop(),
-            Running::Blocking(s, _) => s.shutdown(Duration::from_secs(1)),
+            // (both block while their threads end: not on this runtime's
+            // thread, where `--serve` stops every server at once)
+            Running::Std(s) => {
+                let _ = tokio::task::spawn_blocking(move || s.stop()).await;
+            }
+            Running::Blocking(s, _) => {
+                let _ =
+                    tokio::task::spawn_blocking(move || s.shutdown(Duration::from_secs(1))).await;
+            }
         }
     }
 }

@@ -176,25 +176,38 @@ impl Lines {
     }
 }
 
+/// Starts `command` (stdout piped) and reads its lines until one starts
+/// with `prefix`, within `limit`; returns the guarded child, the lines
+/// before that one, and the rest of that line.
+pub fn spawn_until(
+    command: &mut Command,
+    prefix: &str,
+    limit: Duration,
+) -> (KillOnDrop, Vec<String>, String) {
+    let mut child = KillOnDrop::spawn(command.stdout(Stdio::piped()), limit);
+    let stdout = Lines::read(child.child().stdout.take().unwrap());
+    let deadline = Instant::now() + limit;
+    let mut before = Vec::new();
+    loop {
+        let line = stdout
+            .next_before(deadline)
+            .unwrap_or_else(|e| panic!("no `{prefix}` line within {limit:?} ({e}): {before:?}"));
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return (child, before, rest.trim().to_string());
+        }
+        before.push(line);
+    }
+}
+
 /// Starts `tether serve ARGS…` and returns it with the address of its
 /// first line, `listening on ADDR`, which must come within [`LIMIT`].
 pub fn serve(args: &[&str]) -> (KillOnDrop, String) {
-    let mut server = KillOnDrop::spawn(
-        tether("serve")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
+    let (server, before, addr) = spawn_until(
+        tether("serve").args(args).stderr(Stdio::null()),
+        "listening on ",
         LIMIT,
     );
-    let lines = Lines::read(server.child().stdout.take().unwrap());
-    let first = lines
-        .next_before(Instant::now() + LIMIT)
-        .unwrap_or_else(|e| panic!("no first line within {LIMIT:?} ({e})"));
-    let addr = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .trim()
-        .to_string();
+    assert!(before.is_empty(), "lines before `listening on`: {before:?}");
     (server, addr)
 }
 
