@@ -231,6 +231,115 @@ async fn close_waits_for_peer_eof_and_responses_still_arrive() {
 }
 
 #[tokio::test]
+async fn submit_and_close_sends_request_erq_and_eof_before_any_answer() {
+    use tokio::io::AsyncReadExt;
+    let (a, b) = tcp_pair().await;
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let asking = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit_and_close(1, 0, "hi").await })
+    };
+    // the bytes of the method's docs, all out while the peer is silent
+    let mut peer = b;
+    let mut wire = [0u8; 14];
+    t(peer.read_exact(&mut wire)).await.unwrap();
+    assert_eq!(
+        wire,
+        [5, 2, 2, 2, b'h', b'i', 3, 1, 2, 0, 3, 0, 2, 0],
+        "request, ERQ, EOF"
+    );
+    let mut peer = raw(peer);
+    t(peer.send(rs(2, true, 0, b"ih"))).await.unwrap();
+    t(peer.send(Packet::Eof)).await.unwrap();
+    assert_eq!(t(asking).await.unwrap().unwrap(), Response::ok(0, "ih"));
+    assert!(client.is_closed());
+    assert!(t(peer.next()).await.is_none(), "the stream ends after EOF");
+}
+
+#[tokio::test]
+async fn submit_and_close_keeps_a_response_the_peer_sent_before_cutting_the_stream() {
+    let (a, b) = memory_pair(4096);
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let asking = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit_and_close(1, 0, "q").await })
+    };
+    let mut peer = raw(b);
+    assert_eq!(next(&mut peer).await, rq(2, 1, 0, b"q"));
+    t(peer.send(rs(2, true, 3, b"kept"))).await.unwrap();
+    drop(peer); // no EOF: the close is not orderly, the answer still counts
+    assert_eq!(t(asking).await.unwrap().unwrap(), Response::ok(3, "kept"));
+    let e = t(client.closed()).await.unwrap_err().to_string();
+    assert!(e.contains("end of stream without EOF"), "{e}");
+}
+
+#[tokio::test]
+async fn submit_and_close_without_an_answer_says_why() {
+    let (a, b) = memory_pair(4096);
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let asking = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit_and_close(1, 0, "q").await })
+    };
+    let mut peer = raw(b);
+    assert_eq!(next(&mut peer).await, rq(2, 1, 0, b"q"));
+    t(peer.send(Packet::Eof)).await.unwrap(); // orderly, but unanswered
+    let e = t(asking).await.unwrap().unwrap_err();
+    assert!(e.is_connection_lost(), "{e}");
+    assert!(e.to_string().contains("EOF"), "{e}");
+}
+
+#[tokio::test]
+async fn submit_and_close_waits_for_room_before_closing() {
+    // a full queue: the last request waits for room, then goes out before
+    // EOF instead of being refused by the close
+    let mut config = cfg();
+    config.max_pending = 1;
+    let (a, b) = memory_pair(1 << 16);
+    let client = PacketConnection::spawn(a, NoHandler, config);
+    let first = client.submit(1, 0, "first");
+    let asking = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit_and_close(1, 0, "last").await })
+    };
+    let mut peer = raw(b);
+    assert_eq!(next(&mut peer).await, rq(2, 1, 0, b"first"));
+    t(peer.send(rs(2, true, 0, b"1"))).await.unwrap();
+    assert_eq!(t(first).await.unwrap(), Response::ok(0, "1"));
+    assert_eq!(next(&mut peer).await, rq(3, 1, 0, b"last"));
+    assert_eq!(next(&mut peer).await, Packet::Erq);
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+    t(peer.send(rs(3, true, 0, b"2"))).await.unwrap();
+    t(peer.send(Packet::Eof)).await.unwrap();
+    assert_eq!(t(asking).await.unwrap().unwrap(), Response::ok(0, "2"));
+}
+
+#[tokio::test]
+async fn request_once_asks_a_server_over_tcp_and_leaves_nothing_open() {
+    let listener = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ep = listener.local_endpoint();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tether::packet::serve(listener, EchoService, cfg(), stopped));
+    let options = tether::transport::ConnectOptions::new(LIMIT);
+    for i in 0..20u8 {
+        let r = t(PacketConnection::request_once(
+            &ep,
+            &options,
+            1,
+            0,
+            vec![i; 64],
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r, Response::ok(0, vec![i; 64]));
+    }
+    stop.send(()).unwrap();
+    t(server).await.unwrap();
+}
+
+#[tokio::test]
 async fn end_requests_refuses_new_submits_but_serves_peer() {
     let (a, b) = memory_pair(4096);
     let x = PacketConnection::spawn(a, EchoService, cfg());
@@ -823,9 +932,12 @@ fn blocking_call_against_a_tcp_server() {
             .unwrap();
         let ep = l.local_endpoint();
         tokio::spawn(async move {
-            let s = l.accept().await.unwrap();
-            let c = PacketConnection::spawn(s, EchoService, PacketConfig::default());
-            let _ = c.closed().await;
+            // the second connection is the one-call one
+            for _ in 0..2 {
+                let s = l.accept().await.unwrap();
+                let c = PacketConnection::spawn(s, EchoService, PacketConfig::default());
+                tokio::spawn(async move { c.closed().await });
+            }
         });
         ep
     });
@@ -856,6 +968,11 @@ fn blocking_call_against_a_tcp_server() {
     assert!(p.next().is_none());
     drop(p);
     conn.close().unwrap();
+    let once = tether::packet::blocking::PacketConnection::connect(&ep, LIMIT).unwrap();
+    assert_eq!(
+        once.call_and_close(1, 0, "once").unwrap(),
+        Response::ok(0, "ecno")
+    );
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tether::packet::{EchoService, PacketConfig, PacketConnection, Response, HANDLER_FAILED};
-use tether::transport::Listener;
+use tether::transport::{ConnectOptions, Listener};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -240,6 +240,21 @@ async fn tether_client_against_python_server() {
         .await
         .unwrap()
         .unwrap();
+    // the sessionless mode: the request and EOF in one write, answered
+    // before the reference's own EOF
+    let options = ConnectOptions::new(LIMIT);
+    let once = tokio::time::timeout(
+        LIMIT,
+        PacketConnection::request_once(&endpoint, &options, 1, 0, "once"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(once, Response::ok(0, "ecno"));
     wait_ok(child, stderr.clone(), "py_server.py").await;
-    assert!(stderr.lock().unwrap().contains("PYSERVER OK"));
+    let log = stderr.lock().unwrap().clone();
+    assert!(
+        log.contains("PYSERVER OK") && log.contains("PYSERVER ONCE OK"),
+        "{log}"
+    );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tether::framing::{LengthCodec, SentinelCodec};
-use tether::packet::{NoHandler, PacketConfig, PacketConnection};
+use tether::packet::{NoHandler, PacketConfig, PacketConnection, Response};
 use tether::session::{Client, ClientOptions, Session};
 use tether::transport::{TlsClientConfig, TlsServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -193,6 +193,27 @@ impl Conn {
         })
     }
 
+    /// One request on a connection of its own, the way a user of that API
+    /// asks once: connect, echo, close; the packet layer's
+    /// [`PacketConnection::request_once`] sends its EOF with the request.
+    pub async fn echo_once(
+        imp: Impl,
+        addr: SocketAddr,
+        tls: Option<&TlsClientConfig>,
+        payload: &Bytes,
+    ) -> CliResult<()> {
+        if imp == Impl::TetherPacket {
+            let endpoint = endpoint(addr, tls.is_some());
+            let options = client_options(tls).connect_options();
+            let r =
+                PacketConnection::request_once(&endpoint, &options, 0, 0, payload.clone()).await?;
+            return check_ok(&r).and_then(|()| check_len(payload.len(), r.payload.len()));
+        }
+        let mut c = Conn::connect(imp, addr, tls).await?;
+        c.echo(payload).await?;
+        c.close().await
+    }
+
     /// One request and its reply; checks the reply has the payload's length.
     pub async fn echo(&mut self, payload: &Bytes) -> CliResult<()> {
         let got = match self {
@@ -202,13 +223,7 @@ impl Conn {
             Conn::Length(s) => s.request(payload.clone()).await?.len(),
             Conn::Packet(c) => {
                 let r = c.submit(0, 0, payload.clone()).await?;
-                if !r.ok {
-                    return Err(format!(
-                        "the server failed the request: {}",
-                        String::from_utf8_lossy(&r.payload)
-                    )
-                    .into());
-                }
+                check_ok(&r)?;
                 r.payload.len()
             }
         };
@@ -224,6 +239,18 @@ impl Conn {
             Conn::Packet(c) => c.close().await?,
         }
         Ok(())
+    }
+}
+
+fn check_ok(r: &Response) -> CliResult<()> {
+    if r.ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the server failed the request: {}",
+            String::from_utf8_lossy(&r.payload)
+        )
+        .into())
     }
 }
 

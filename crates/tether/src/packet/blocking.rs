@@ -116,6 +116,28 @@ impl PacketConnection {
         self.rt.block_on(self.inner.close())
     }
 
+    /// Sends a last request and closes, in one round trip: the request and
+    /// EOF leave in one write (see
+    /// [`super::PacketConnection::submit_and_close`]).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use tether::packet::blocking::PacketConnection;
+    /// let endpoint = "tcp://127.0.0.1:7000".parse()?;
+    /// let r = PacketConnection::connect(&endpoint, Duration::from_secs(2))?.call_and_close(1, 0, "once")?;
+    /// assert_eq!(&r.payload[..], b"ecno");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn call_and_close(
+        self,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<Response, PacketError> {
+        self.rt
+            .block_on(self.inner.submit_and_close(rq_type, flags, payload))
+    }
+
     /// Waits until the connection has ended (see
     /// [`super::PacketConnection::closed`]).
     pub fn closed(&self) -> Result<(), PacketError> {

@@ -13,6 +13,7 @@
 //! wake-up ──► Scratch::take() ──► read, decode, handle, encode, write
 //!                                        │
 //! sleep (all empty) ◄── scratch.give_back() (kept if the pool has room)
+//! end of connection ◄─┘   (emptied first)
 //! ```
 
 use std::task::Waker;
@@ -92,6 +93,28 @@ mod tests {
         let again = Scratch::take();
         assert_eq!(again.rbuf.as_ptr(), rbuf_at, "the same allocation, warm");
         assert!(again.incoming.capacity() >= 8);
+    }
+
+    #[tokio::test] // one thread: both connections use this thread's pool
+    async fn a_connection_that_ends_gives_its_set_back_warm() {
+        use crate::packet::{EchoService, NoHandler, PacketConfig, PacketConnection};
+        while Pool::len(&POOL) > 0 {
+            drop(Scratch::take());
+        }
+        let (a, b) = crate::transport::memory_pair(4096);
+        let server = PacketConnection::spawn(b, EchoService, PacketConfig::default());
+        let client = PacketConnection::spawn(a, NoHandler, PacketConfig::default());
+        let limit = std::time::Duration::from_secs(10);
+        let r = tokio::time::timeout(limit, client.submit_and_close(0, 0, "x"));
+        assert!(r.await.unwrap().unwrap().ok);
+        tokio::time::timeout(limit, server.closed())
+            .await
+            .unwrap()
+            .unwrap();
+        // each end borrows a set at every wake-up; the last one, at its
+        // end, goes back instead of to the allocator
+        assert_eq!(Pool::len(&POOL), 1);
+        assert!(Scratch::take().rbuf.capacity() > 0, "warm");
     }
 
     #[test]

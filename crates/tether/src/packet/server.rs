@@ -52,7 +52,7 @@ where
                         stream,
                         handler.clone(),
                         config.clone(),
-                        &peer.to_string(),
+                        peer,
                     );
                     if conns.len() >= sweep_at {
                         conns.retain(|c| !c.is_closed());

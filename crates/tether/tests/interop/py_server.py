@@ -4,7 +4,9 @@ usage: py_server.py
 Prints `PORT <n>` on stderr, accepts one connection, serves the contract
 handler, sends two requests of its own to tether's handler (EchoService:
 rq_type 1 reverses, rq_type 2 returns flags + 1) and checks them, then
-waits for tether's EOF and closes in order. Exit status 0 on success.
+waits for tether's EOF and closes in order. Then it accepts one more
+connection, the sessionless kind (a request with EOF right behind it), and
+serves it until its EOF. Exit status 0 on success.
 """
 
 import socket
@@ -42,6 +44,17 @@ def main():
         conn.join_recv()
     sock.close()
     log("PYSERVER OK")
+    sock, _ = lsock.accept()
+    conn = PacketConnection(
+        (sock.fileno(), sock.fileno()),
+        "pyserver-once",
+        request_handler=contract_handler,
+        packet_grace=0,
+    )
+    with conn:
+        conn.join_recv()
+    sock.close()
+    log("PYSERVER ONCE OK")
 
 
 if __name__ == "__main__":

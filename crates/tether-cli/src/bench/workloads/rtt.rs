@@ -136,9 +136,7 @@ pub async fn sessionless(
 ) -> CliResult<Duration> {
     let start = Instant::now();
     for _ in 0..n {
-        let mut c = Conn::connect(imp, addr, tls.as_ref()).await?;
-        c.echo(&p).await?;
-        c.close().await?;
+        Conn::echo_once(imp, addr, tls.as_ref(), &p).await?;
     }
     Ok(start.elapsed())
 }
