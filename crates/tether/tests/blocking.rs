@@ -493,3 +493,39 @@ fn dropping_the_server_shuts_it_down() {
     let fresh = Client::new(endpoint, text(SentinelCodec::crlf()), options());
     assert!(fresh.connect().is_err(), "no longer listening");
 }
+
+#[test]
+fn a_connection_thread_serves_later_connections_and_ends_at_shutdown() {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    let threads = Arc::new(Mutex::new(Vec::new()));
+    let seen = threads.clone();
+    let server = Server::bind(
+        &tcp(),
+        text(SentinelCodec::crlf()),
+        move |request: String, _: &ConnectionInfo| -> Result<Option<String>, HandlerError> {
+            seen.lock().unwrap().push(std::thread::current().id());
+            Ok(Some(request))
+        },
+    )
+    .unwrap();
+    let client = client_of(&server);
+    for i in 0..20 {
+        assert_eq!(client.request_once(format!("{i}")).unwrap(), format!("{i}"));
+        // time for the server to see the end of stream and its thread to
+        // wait for the next connection (not a timing assertion: a thread
+        // not yet waiting only makes the server start another)
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let distinct: HashSet<_> = threads.lock().unwrap().iter().copied().collect();
+    // a thread each without reuse; one when every hand-off finds it waiting
+    assert!(
+        distinct.len() <= 10,
+        "{} threads for 20 connections",
+        distinct.len()
+    );
+    // the waiting thread wakes at shutdown: no 10 s idle wait
+    within(Duration::from_secs(5), move || {
+        server.shutdown(Duration::from_secs(2))
+    });
+}

@@ -19,6 +19,19 @@
 //! closed at once, as the async server does. Servers holding thousands of
 //! mostly idle sessions belong on the async [`crate::session::Server`].
 //!
+//! **Threads are reused.** A thread whose connection ended waits, idle, up
+//! to [`IDLE_THREAD_TIME`] for the next one (at most [`MAX_IDLE_THREADS`]
+//! wait), so clients that connect for each request do not pay for a new
+//! thread each time: starting one costs tens of microseconds on the path
+//! of the first request, handing a connection to a waiting one a futex
+//! wake-up.
+//!
+//! ```text
+//!  accept ──▶ an idle thread waiting? ── yes ─▶ hand-off queue ─▶ it serves
+//!                                      └─ no ──▶ a new thread serves
+//!  connection ended ──▶ wait for the next (up to 10 s), or end
+//! ```
+//!
 //! The rest is the async server's behaviour, loop for loop
 //! (`session/server.rs`): the same sans-IO codec over a read and a write
 //! buffer; requests already buffered are all answered before one write
@@ -43,7 +56,7 @@
 //! hangs.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
@@ -90,6 +103,21 @@ const WAKE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// How long closing a connection may spend writing the replies still queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a connection thread whose connection ended waits for another
+/// before it ends.
+pub(crate) const IDLE_THREAD_TIME: Duration = Duration::from_secs(10);
+
+/// How many connection threads may wait for a connection at once; the
+/// others end with their connection.
+pub(crate) const MAX_IDLE_THREADS: usize = 64;
+
+/// A connection's whole service, as a thread runs it.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The number of the thread serving a connection handed off but not yet
+/// taken.
+const NO_THREAD: usize = usize::MAX;
 
 /// Whether the blocking server serves `endpoint` with a thread per connection.
 pub(crate) fn serves(endpoint: &Endpoint) -> bool {
@@ -224,19 +252,38 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when a connection ends or the accept loop does.
     changed: Condvar,
+    /// Signalled when a connection is handed off to the idle threads, and
+    /// at stop.
+    handed_off: Condvar,
     stats: ServerStats,
     max_connections: usize,
 }
 
-#[derive(Debug)]
 struct State {
-    /// The socket of every live connection, to wake or close it.
-    live: HashMap<ConnectionId, Arc<StdStream>>,
-    /// Connection threads, to join on stop (finished ones are pruned as
-    /// new ones start).
-    threads: Vec<(ConnectionId, JoinHandle<()>)>,
+    /// Every live connection: its socket, to wake or close it, and the
+    /// number of its thread.
+    live: HashMap<ConnectionId, (Arc<StdStream>, usize)>,
+    /// Connection threads by number, to join on stop (finished ones are
+    /// pruned as new ones start).
+    threads: Vec<(usize, JoinHandle<()>)>,
+    /// Connections handed to the idle threads, first come first served.
+    handoff: VecDeque<(ConnectionId, Job)>,
+    /// Threads waiting for a connection.
+    idle: usize,
     /// The accept loop has not ended yet.
     accepting: bool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("live", &self.live.len())
+            .field("threads", &self.threads.len())
+            .field("handoff", &self.handoff.len())
+            .field("idle", &self.idle)
+            .field("accepting", &self.accepting)
+            .finish()
+    }
 }
 
 impl Shared {
@@ -247,9 +294,12 @@ impl Shared {
             state: Mutex::new(State {
                 live: HashMap::new(),
                 threads: Vec::new(),
+                handoff: VecDeque::new(),
+                idle: 0,
                 accepting: true,
             }),
             changed: Condvar::new(),
+            handed_off: Condvar::new(),
             stats: ServerStats::default(),
             max_connections,
         }
@@ -280,6 +330,50 @@ impl Shared {
         }
         state
     }
+
+    /// Waits, as thread number `me`, for a connection handed off to serve
+    /// next: `None` after [`IDLE_THREAD_TIME`], at stop, or at once when
+    /// [`MAX_IDLE_THREADS`] already wait. Connections handed off are taken
+    /// even at stop, so that each is served (and ends) rather than dropped.
+    fn next_job(&self, me: usize) -> Option<Job> {
+        let mut state = self.lock();
+        if state.idle >= MAX_IDLE_THREADS {
+            return None;
+        }
+        state.idle += 1;
+        let deadline = Instant::now() + IDLE_THREAD_TIME;
+        loop {
+            if let Some((id, job)) = state.handoff.pop_front() {
+                state.idle -= 1;
+                if let Some(live) = state.live.get_mut(&id) {
+                    live.1 = me;
+                }
+                return Some(job);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.stopping() || left.is_zero() {
+                state.idle -= 1;
+                return None;
+            }
+            state = self
+                .handed_off
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// A connection thread: serves `job`, then the connections handed to it
+/// while it waits idle, until none comes.
+fn connection_thread(shared: Arc<Shared>, me: usize, mut job: Job) {
+    loop {
+        job();
+        match shared.next_job(me) {
+            Some(next) => job = next,
+            None => return,
+        }
+    }
 }
 
 /// Takes a connection out of the registry when its thread ends (or when
@@ -300,7 +394,7 @@ impl Drop for Registered {
             self.shared.changed.notify_all();
         }
         drop(state);
-        drop(socket);
+        drop(socket.map(|(socket, _)| socket));
     }
 }
 
@@ -380,12 +474,13 @@ impl Running {
             // Under the lock: a connection registers either before this
             // (and is woken below) or sees the flag and is dropped.
             self.shared.stopping.store(true, Ordering::Release);
-            for socket in state.live.values() {
+            for (socket, _) in state.live.values() {
                 let _ = socket.shutdown(Shutdown::Read);
             }
             state.live.len()
         };
         info!(connections, ?grace, "shutting down");
+        self.shared.handed_off.notify_all(); // idle threads end
         self.wake.wake();
         let mut state = self.shared.wait_idle(deadline);
         if !state.live.is_empty() {
@@ -393,19 +488,20 @@ impl Running {
                 left = state.live.len(),
                 "grace period over; closing the remaining connections"
             );
-            for socket in state.live.values() {
+            for (socket, _) in state.live.values() {
                 let _ = socket.shutdown(Shutdown::Both);
             }
             drop(state);
             state = self.shared.wait_idle(Instant::now() + FORCE_WAIT);
         }
-        let busy: HashSet<ConnectionId> = state.live.keys().copied().collect();
+        let busy: HashSet<usize> = state.live.values().map(|(_, thread)| *thread).collect();
         let threads = std::mem::take(&mut state.threads);
         let accept_ended = !state.accepting;
         drop(state);
-        // Threads out of the registry have only their return left: join them.
-        for (id, thread) in threads {
-            if !busy.contains(&id) {
+        // Threads serving no live connection have only their return left
+        // (an idle one sees the flag): join them.
+        for (number, thread) in threads {
+            if !busy.contains(&number) {
                 let _ = thread.join();
             }
         }
@@ -440,6 +536,7 @@ fn accept_loop<C, F, Req, Resp>(
 {
     let ended = AcceptEnded(shared.clone());
     let mut next_id = 1;
+    let mut next_thread = 0;
     loop {
         let accepted = listener.accept();
         if shared.stopping() {
@@ -471,7 +568,7 @@ fn accept_loop<C, F, Req, Resp>(
                 shared.stats.count_refused();
                 continue;
             }
-            state.live.insert(info.id, socket.clone());
+            state.live.insert(info.id, (socket.clone(), NO_THREAD));
         }
         shared.stats.count_accepted();
         let registered = Registered {
@@ -487,22 +584,39 @@ fn accept_loop<C, F, Req, Resp>(
             rbuf: ReadBuf::default(),
             wbuf: BytesMut::new(),
         };
+        let job: Job = Box::new(move || {
+            let span = tracing::debug_span!("connection", id = %info.id, peer = %info.peer);
+            span.in_scope(|| conn.serve());
+            // Last: `stop` joins a thread once it is out of the registry.
+            drop(registered);
+        });
+        let me = {
+            let mut state = shared.lock();
+            if state.idle > state.handoff.len() {
+                state.handoff.push_back((info.id, job));
+                drop(state);
+                shared.handed_off.notify_one();
+                continue;
+            }
+            let me = next_thread;
+            next_thread += 1;
+            if let Some(live) = state.live.get_mut(&info.id) {
+                live.1 = me;
+            }
+            me
+        };
+        let serving = shared.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("tether-conn-{}", info.id.0))
+            .name("tether-conn".into())
             .stack_size(STACK_SIZE)
-            .spawn(move || {
-                let span = tracing::debug_span!("connection", id = %info.id, peer = %info.peer);
-                span.in_scope(|| conn.serve());
-                // Last: `stop` joins a thread once it is out of the registry.
-                drop(registered);
-            });
+            .spawn(move || connection_thread(serving, me, job));
         match spawned {
             Ok(thread) => {
                 let mut state = shared.lock();
-                if state.threads.len() >= 2 * state.live.len() + 16 {
+                if state.threads.len() >= 2 * (state.live.len() + state.idle) + 16 {
                     state.threads.retain(|(_, t)| !t.is_finished());
                 }
-                state.threads.push((info.id, thread));
+                state.threads.push((me, thread));
             }
             // The closure, dropped, took the connection out of the registry.
             Err(e) => warn!(error = %e, peer = %info.peer, "no thread for the connection; closed"),
