@@ -1125,6 +1125,26 @@ async fn close_is_bounded_when_the_peer_never_sends_eof() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn submit_and_close_is_bounded_by_the_close_limits_when_the_peer_is_silent() {
+    let (a, b) = memory_pair(4096);
+    let mut c = cfg();
+    c.close_timeout = Duration::from_secs(1);
+    c.eof_timeout = Duration::from_secs(1);
+    let client = PacketConnection::spawn(a, NoHandler, c);
+    let _peer = raw(b); // reads nothing, answers nothing
+    let start = tokio::time::Instant::now();
+    let e = t(client.submit_and_close(0, 0, "never answered"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("close timed out"), "{e}");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(2),
+        "close + EOF limits"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn handlers_still_running_at_the_close_timeout_are_abandoned() {
     let (a, b) = memory_pair(4096);
     let mut c = cfg();

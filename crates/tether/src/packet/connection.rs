@@ -591,9 +591,11 @@ impl PacketConnection {
     /// The sessionless mode: connects to `endpoint`, sends one request on
     /// channel 0 with EOF behind it, and returns the response (see
     /// [`submit_and_close`](Self::submit_and_close)). The connection serves
-    /// nothing and has the default [`PacketConfig`]; for others, connect
-    /// with [`connect_with`](Self::connect_with) and call
-    /// `submit_and_close`.
+    /// nothing and has the default [`PacketConfig`], whose close limits
+    /// bound the wait: a peer that has not answered and sent its EOF
+    /// within `close_timeout + eof_timeout` (10 s) ends the connection, and
+    /// the error says so. For other limits, connect with
+    /// [`connect_with`](Self::connect_with) and call `submit_and_close`.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
