@@ -17,7 +17,9 @@ use crate::transport::{Endpoint, Listener, TlsServerConfig, TransportError};
 /// where the bytes arrive, so a round trip costs what it costs in a
 /// hand-written `std::net` server. The price is a thread (with a 256 KiB
 /// stack) per connection, bounded by [`ServerOptions::max_connections`]
-/// (see the [module docs](crate::blocking)). TLS endpoints run the async
+/// (see the [module docs](crate::blocking)). A thread whose connection
+/// ended waits up to 10 s to serve the next one (so thread-local state a
+/// handler leaves may be seen by a later connection). TLS endpoints run the async
 /// [`crate::session::Server`] on a private tokio runtime and hand each
 /// request to the handler on tokio's blocking thread pool.
 ///

@@ -2,7 +2,7 @@
 //! blocking `std` sockets.
 //!
 //! ```text
-//!  accept thread ── accept() ──▶ connection thread (one per peer)
+//!  accept thread ── accept() ──▶ connection thread (one per live peer)
 //!                                  read ─▶ rbuf ─▶ codec.decode ─▶ handler
 //!                                  write ◀─ wbuf ◀─ codec.encode ◀──┘
 //! ```
@@ -13,8 +13,9 @@
 //! hand-off between threads. A round trip costs what it costs in a
 //! hand-written `std::net` server: one `read` and one `write` syscall.
 //!
-//! **The cost** is a thread per connection: its stack ([`STACK_SIZE`],
-//! reserved, mostly untouched) and a kernel task. [`ServerOptions`]'
+//! **The cost** is a thread per connection (and up to [`MAX_IDLE_THREADS`]
+//! more, waiting): its stack ([`STACK_SIZE`], reserved, mostly untouched)
+//! and a kernel task. [`ServerOptions`]'
 //! `max_connections` bounds both; beyond it a connection is accepted and
 //! closed at once, as the async server does. Servers holding thousands of
 //! mostly idle sessions belong on the async [`crate::session::Server`].
@@ -24,7 +25,8 @@
 //! wait), so clients that connect for each request do not pay for a new
 //! thread each time: starting one costs tens of microseconds on the path
 //! of the first request, handing a connection to a waiting one a futex
-//! wake-up.
+//! wake-up. (So a handler's thread-local state outlives its connection and
+//! may be seen by a later one.)
 //!
 //! ```text
 //!  accept ──▶ an idle thread waiting? ── yes ─▶ hand-off queue ─▶ it serves
@@ -376,8 +378,8 @@ fn connection_thread(shared: Arc<Shared>, me: usize, mut job: Job) {
     }
 }
 
-/// Takes a connection out of the registry when its thread ends (or when
-/// the thread could not start), however it ends.
+/// Takes a connection out of the registry when its service ends (or when
+/// no thread could take it), however it ends.
 struct Registered {
     shared: Arc<Shared>,
     id: ConnectionId,
@@ -494,7 +496,13 @@ impl Running {
             drop(state);
             state = self.shared.wait_idle(Instant::now() + FORCE_WAIT);
         }
-        let busy: HashSet<usize> = state.live.values().map(|(_, thread)| *thread).collect();
+        // (a connection handed off and not yet taken has no thread)
+        let busy: HashSet<usize> = state
+            .live
+            .values()
+            .map(|(_, thread)| *thread)
+            .filter(|&thread| thread != NO_THREAD)
+            .collect();
         let threads = std::mem::take(&mut state.threads);
         let accept_ended = !state.accepting;
         drop(state);

@@ -122,6 +122,10 @@ impl super::Waiter for Waiting {}
 pub(super) enum Taker {
     /// A [`ResponseFuture`].
     Future,
+    /// A [`ResponseFuture`], and the connection closes behind this last
+    /// request: asked for under the lock that queues it, so that the
+    /// driver takes both at once ([`PacketConnection::submit_and_close`]).
+    FutureThenClose,
     /// Nobody (a push).
     Nobody,
     /// The pipeline in this slot.
@@ -549,8 +553,11 @@ impl PacketConnection {
     ///
     /// The response counts: once it has arrived it is returned even if the
     /// close that follows is not orderly (the peer cut the stream instead of
-    /// sending EOF, say), which is logged. Without one, the error says why:
-    /// the close's failure, or the connection's end.
+    /// sending EOF, say), which is logged. Without one, the error says why
+    /// the connection ended. A request refused before it is queued (too
+    /// large, requests ended, connection ended) returns its error at once
+    /// and leaves the connection as it was; one that waits for room in a
+    /// full queue goes out before the close.
     ///
     /// ```no_run
     /// # async fn run(conn: tether::packet::PacketConnection) -> Result<(), tether::packet::PacketError> {
@@ -564,27 +571,32 @@ impl PacketConnection {
         flags: u64,
         payload: impl Into<Bytes>,
     ) -> Result<Response, PacketError> {
-        let mut response = self.submit(rq_type, flags, payload);
-        // on the queue before the close is asked for: a close refuses
-        // requests that still wait for room
-        if let RfState::Queued(channel, wait) = &mut response.state {
-            let channel = *channel;
-            match wait.await {
-                Ok(tag) => response.state = RfState::Waiting((channel, tag)),
-                Err(e) => {
-                    response.state = RfState::Done;
-                    return Err(e);
-                }
-            }
-        }
-        let closed = self.close().await;
+        // the close is asked for under the lock that queues the request
+        // (after waiting for room, if the queue is full): the driver, woken
+        // once, finds both
+        let tag = match enqueue(
+            &self.shared,
+            0,
+            rq_type,
+            flags,
+            payload.into(),
+            Taker::FutureThenClose,
+        )? {
+            Enqueued::Now(tag) => tag,
+            Enqueued::Later(wait) => wait.await?,
+        };
+        let response = ResponseFuture {
+            shared: self.shared.clone(),
+            state: RfState::Waiting((0, tag)),
+        };
+        let closed = self.closed().await;
         match (response.await, closed) {
             (Ok(r), Ok(())) => Ok(r),
             (Ok(r), Err(e)) => {
                 tracing::debug!(error = %e, "answered, then the close was not orderly");
                 Ok(r)
             }
-            (Err(_), Err(e)) | (Err(e), Ok(())) => Err(e),
+            (Err(e), _) => Err(e),
         }
     }
 
@@ -709,7 +721,7 @@ fn try_enqueue(
         return Ok(None);
     }
     let waiting = match taker {
-        Taker::Future => Waiting::Requester(None),
+        Taker::Future | Taker::FutureThenClose => Waiting::Requester(None),
         Taker::Nobody => Waiting::Detached,
         Taker::Pipeline(slot) => Waiting::Pipeline(slot),
     };
@@ -724,6 +736,9 @@ fn try_enqueue(
     }
     // validated by check_request: cannot fail
     let _ = wire::encode_request(&mut st.out, channel, tag, rq_type, flags, payload);
+    if let Taker::FutureThenClose = taker {
+        st.close_requested = true;
+    }
     shared.wake_driver(st);
     Ok(Some(tag))
 }
