@@ -122,10 +122,6 @@ impl super::Waiter for Waiting {}
 pub(super) enum Taker {
     /// A [`ResponseFuture`].
     Future,
-    /// A [`ResponseFuture`], and the connection closes behind this last
-    /// request: asked for under the lock that queues it, so that the
-    /// driver takes both at once ([`PacketConnection::submit_and_close`]).
-    FutureThenClose,
     /// Nobody (a push).
     Nobody,
     /// The pipeline in this slot.
@@ -410,7 +406,7 @@ impl PacketConnection {
         payload: impl Into<Bytes>,
     ) -> ResponseFuture {
         let payload = payload.into();
-        let state = match enqueue(
+        let state = match enqueue::<KEEP_OPEN>(
             &self.shared,
             channel,
             rq_type,
@@ -499,7 +495,7 @@ impl PacketConnection {
     ) -> Result<(), PacketError> {
         let payload = payload.into();
         if let Enqueued::Later(wait) =
-            enqueue(&self.shared, 0, rq_type, flags, payload, Taker::Nobody)?
+            enqueue::<KEEP_OPEN>(&self.shared, 0, rq_type, flags, payload, Taker::Nobody)?
         {
             wait.await?;
         }
@@ -574,13 +570,13 @@ impl PacketConnection {
         // the close is asked for under the lock that queues the request
         // (after waiting for room, if the queue is full): the driver, woken
         // once, finds both
-        let tag = match enqueue(
+        let tag = match enqueue::<THEN_CLOSE>(
             &self.shared,
             0,
             rq_type,
             flags,
             payload.into(),
-            Taker::FutureThenClose,
+            Taker::Future,
         )? {
             Enqueued::Now(tag) => tag,
             Enqueued::Later(wait) => wait.await?,
@@ -680,10 +676,19 @@ pub(super) enum Enqueued {
 /// A request waiting for room in the queue (see [`Enqueued::Later`]).
 pub(super) type WaitForRoom = Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>;
 
+/// [`enqueue`]'s `THEN_CLOSE`: the request only.
+pub(super) const KEEP_OPEN: bool = false;
+/// [`enqueue`]'s `THEN_CLOSE`: the connection closes behind this last
+/// request, asked for under the lock that queues it, so that the driver
+/// takes both at once ([`PacketConnection::submit_and_close`]). A constant,
+/// so that the other ways in, on every request's path, compile as if it
+/// were not there.
+pub(super) const THEN_CLOSE: bool = true;
+
 /// Submits a request: checks it, then queues it if there is room, or else
 /// returns the future that will (every way in takes this one path).
 #[inline(always)] // see try_enqueue
-pub(super) fn enqueue(
+pub(super) fn enqueue<const THEN_CLOSE: bool>(
     shared: &Arc<Shared>,
     channel: u64,
     rq_type: u64,
@@ -692,9 +697,9 @@ pub(super) fn enqueue(
     taker: Taker,
 ) -> Result<Enqueued, PacketError> {
     check_request(rq_type, flags, payload.len(), shared.max_body_len)?;
-    match try_enqueue(shared, channel, rq_type, flags, &payload, taker)? {
+    match try_enqueue::<THEN_CLOSE>(shared, channel, rq_type, flags, &payload, taker)? {
         Some(tag) => Ok(Enqueued::Now(tag)),
-        None => Ok(Enqueued::Later(wait_for_room(
+        None => Ok(Enqueued::Later(wait_for_room::<THEN_CLOSE>(
             shared, channel, rq_type, flags, payload, taker,
         ))),
     }
@@ -705,7 +710,7 @@ pub(super) fn enqueue(
 // them calls, their arguments and results moved through memory (W3
 // measured each of these worth 10 to 55 instructions a request)
 #[inline(always)]
-fn try_enqueue(
+fn try_enqueue<const THEN_CLOSE: bool>(
     shared: &Shared,
     channel: u64,
     rq_type: u64,
@@ -721,7 +726,7 @@ fn try_enqueue(
         return Ok(None);
     }
     let waiting = match taker {
-        Taker::Future | Taker::FutureThenClose => Waiting::Requester(None),
+        Taker::Future => Waiting::Requester(None),
         Taker::Nobody => Waiting::Detached,
         Taker::Pipeline(slot) => Waiting::Pipeline(slot),
     };
@@ -736,7 +741,7 @@ fn try_enqueue(
     }
     // validated by check_request: cannot fail
     let _ = wire::encode_request(&mut st.out, channel, tag, rq_type, flags, payload);
-    if let Taker::FutureThenClose = taker {
+    if THEN_CLOSE {
         st.close_requested = true;
     }
     shared.wake_driver(st);
@@ -748,7 +753,7 @@ fn try_enqueue(
 /// into stays small (built inline, it left `push` ~80 instructions a
 /// message slower).
 #[cold]
-fn wait_for_room(
+fn wait_for_room<const THEN_CLOSE: bool>(
     shared: &Arc<Shared>,
     channel: u64,
     rq_type: u64,
@@ -766,7 +771,9 @@ fn wait_for_room(
                 st.space_waiters = true;
                 notified.as_mut().enable();
             }
-            if let Some(tag) = try_enqueue(&shared, channel, rq_type, flags, &payload, taker)? {
+            if let Some(tag) =
+                try_enqueue::<THEN_CLOSE>(&shared, channel, rq_type, flags, &payload, taker)?
+            {
                 return Ok(tag);
             }
             notified.await;

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::connection::{enqueue, Enqueued, PipeSlot, Shared, Taker, WaitForRoom};
+use super::connection::{enqueue, Enqueued, PipeSlot, Shared, Taker, WaitForRoom, KEEP_OPEN};
 use super::{PacketConnection, PacketError, Response};
 
 /// Requests on one connection whose responses come back through one
@@ -174,14 +174,15 @@ impl Pipeline {
         let taker = Taker::Pipeline(self.slot);
         // the fast path runs here, not in the future, and the future stays
         // small (the rare error boxed): it is built and moved per request
-        let (queued, slow) = match enqueue(&self.shared, 0, rq_type, flags, payload.into(), taker) {
-            Ok(Enqueued::Now(tag)) => {
-                self.in_flight += 1;
-                (Some(tag), None)
-            }
-            Ok(Enqueued::Later(wait)) => (None, Some(Slow::Wait(wait))),
-            Err(e) => (None, Some(Slow::Failed(Box::new(e)))),
-        };
+        let (queued, slow) =
+            match enqueue::<KEEP_OPEN>(&self.shared, 0, rq_type, flags, payload.into(), taker) {
+                Ok(Enqueued::Now(tag)) => {
+                    self.in_flight += 1;
+                    (Some(tag), None)
+                }
+                Ok(Enqueued::Later(wait)) => (None, Some(Slow::Wait(wait))),
+                Err(e) => (None, Some(Slow::Failed(Box::new(e)))),
+            };
         Submit {
             pipeline: self,
             queued,
