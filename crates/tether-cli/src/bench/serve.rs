@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::conn::{start_server, ServerKind};
 use super::idle::raise_open_file_limit;
-use super::rig::{current_thread, serve_connections, Pushes, Running, ServerRuntime};
+use super::rig::{current_thread, serve_connections, Running, ServerRuntime};
 use super::served::{certificate, listing, server_addr, Entry, WorkloadSet, SERVED};
 use crate::CliResult;
 
@@ -79,7 +79,7 @@ async fn start_all(
         let kind = match set {
             WorkloadSet::Echo => ServerKind::Echo,
             WorkloadSet::Tls => ServerKind::EchoTls(certs.server.clone()),
-            WorkloadSet::Push => ServerKind::Push(Pushes::AskClient),
+            WorkloadSet::Push => ServerKind::Push,
         };
         let server = start_server(runtime, imp, bind_at, kind)
             .await
