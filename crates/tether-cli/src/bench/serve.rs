@@ -1,6 +1,6 @@
 //! `tether bench --serve ADDR`: the server side of the two-process bench.
 //!
-//! Starts every server of [`SERVED`] on one current-thread runtime on a
+//! Starts every server of [`served()`] on one current-thread runtime on a
 //! thread of its own (the std-blocking one on threads of its own), as the
 //! in-process bench does, then the listing at ADDR (see [`super::served`]).
 //! Prints each server's `serve impl=… workload-set=… addr=…` line, then
@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::conn::{start_server, ServerKind};
 use super::idle::raise_open_file_limit;
 use super::rig::{current_thread, serve_connections, Running, ServerRuntime};
-use super::served::{certificate, listing, server_addr, Entry, WorkloadSet, SERVED};
+use super::served::{certificate, listing, served, server_addr, Entry, WorkloadSet};
 use crate::CliResult;
 
 /// Serves the bench at `at` until SIGINT or SIGTERM.
@@ -72,9 +72,10 @@ async fn start_all(
     running: &mut Vec<Running>,
 ) -> CliResult<SocketAddr> {
     // the last port first: a base too high fails before anything starts
-    server_addr(at, SERVED.len() - 1)?;
-    let mut entries = Vec::with_capacity(SERVED.len());
-    for (index, &(imp, set)) in SERVED.iter().enumerate() {
+    let servers = served();
+    server_addr(at, servers.len() - 1)?;
+    let mut entries = Vec::with_capacity(servers.len());
+    for (index, (imp, set)) in servers.into_iter().enumerate() {
         let bind_at = server_addr(at, index)?;
         let kind = match set {
             WorkloadSet::Echo => ServerKind::Echo,
