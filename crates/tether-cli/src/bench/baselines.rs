@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::rig::{payload, serve_connections, Pushes};
+use super::rig::{payload, serve_connections, PushCount};
 use crate::CliResult;
 
 /// The largest frame either baseline accepts: 8 MiB, as tether's default.
@@ -167,9 +167,10 @@ pub fn codec() -> LengthDelimitedCodec {
 pub enum FramedService {
     /// Echo every frame.
     Echo,
-    /// Send 64-byte frames, as many as [`Pushes`] says, then wait for the
-    /// client to hang up (the push workload).
-    Push(Pushes),
+    /// Read the client's first frame, an 8-byte count ([`PushCount`]),
+    /// send that many 64-byte frames, then wait for the client to hang up
+    /// (the push workload).
+    Push,
 }
 
 /// The tokio-framed server: binds `at`, reports its address on `ready`,
@@ -217,18 +218,12 @@ where
             let (sink, stream) = framed.split();
             let _ = stream.map(|r| r.map(BytesMut::freeze)).forward(sink).await;
         }
-        FramedService::Push(pushes) => {
+        FramedService::Push => {
             let mut framed = framed;
-            let n = match pushes {
-                Pushes::Fixed(n) => n,
-                Pushes::AskClient => {
-                    let asked = tokio::time::timeout(Pushes::ASK_TIMEOUT, framed.next()).await;
-                    let Ok(Some(Ok(frame))) = asked else { return };
-                    let Some(n) = Pushes::decode_count(&frame) else {
-                        return;
-                    };
-                    n
-                }
+            let asked = tokio::time::timeout(PushCount::ASK_TIMEOUT, framed.next()).await;
+            let Ok(Some(Ok(frame))) = asked else { return };
+            let Some(n) = PushCount::decode(&frame) else {
+                return;
             };
             let msg = payload(64);
             for _ in 0..n {
@@ -240,7 +235,7 @@ where
             let _ = SinkExt::<Bytes>::flush(&mut framed).await;
             // wait for the client to hang up, so our close is never a reset
             // (a while: one that never does must not pin the connection)
-            let _ = tokio::time::timeout(Pushes::ASK_TIMEOUT, framed.next()).await;
+            let _ = tokio::time::timeout(PushCount::ASK_TIMEOUT, framed.next()).await;
         }
     }
 }

@@ -16,7 +16,7 @@ use super::baselines::{
     framed_connect, framed_connect_tls, framed_echo, framed_server, FramedService, FramedTcp,
     FramedTls, StdClient, StdServer,
 };
-use super::rig::{endpoint, Pushes, Running, ServerRuntime};
+use super::rig::{endpoint, Running, ServerRuntime};
 use super::served::WorkloadSet;
 use super::stacks::{blocking_server, packet_push_server, packet_server, session_server};
 use super::Impl;
@@ -30,8 +30,8 @@ pub enum ServerKind {
     Echo,
     /// Echoes every frame over TLS 1.3 with this configuration (W7).
     EchoTls(TlsServerConfig),
-    /// Pushes 64-byte messages to each client (W6).
-    Push(Pushes),
+    /// Pushes 64-byte messages to each client, as many as it asks for (W6).
+    Push,
 }
 
 impl ServerKind {
@@ -40,7 +40,7 @@ impl ServerKind {
         match self {
             ServerKind::Echo => WorkloadSet::Echo,
             ServerKind::EchoTls(_) => WorkloadSet::Tls,
-            ServerKind::Push(_) => WorkloadSet::Push,
+            ServerKind::Push => WorkloadSet::Push,
         }
     }
 }
@@ -56,7 +56,7 @@ pub async fn start_server(
     match kind {
         ServerKind::Echo => start_echo_server(runtime, imp, at, None).await,
         ServerKind::EchoTls(config) => start_echo_server(runtime, imp, at, Some(config)).await,
-        ServerKind::Push(pushes) => start_push_server(runtime, imp, at, pushes).await,
+        ServerKind::Push => start_push_server(runtime, imp, at).await,
     }
 }
 
@@ -100,19 +100,14 @@ async fn start_push_server(
     runtime: &ServerRuntime,
     imp: Impl,
     at: SocketAddr,
-    pushes: Pushes,
 ) -> CliResult<Running> {
     match imp {
         Impl::TokioFramed => {
             runtime
-                .spawn(|r, s| framed_server(at, r, s, FramedService::Push(pushes), None))
+                .spawn(|r, s| framed_server(at, r, s, FramedService::Push, None))
                 .await
         }
-        Impl::TetherPacket => {
-            runtime
-                .spawn(|r, s| packet_push_server(at, r, s, pushes))
-                .await
-        }
+        Impl::TetherPacket => runtime.spawn(|r, s| packet_push_server(at, r, s)).await,
         _ => Err(format!("{} has no push server", imp.name()).into()),
     }
 }

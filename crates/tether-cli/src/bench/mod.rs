@@ -37,9 +37,10 @@
 //! lines and ratios. ADDR itself serves a listing of the servers (each
 //! server on one of the 12 ports above ADDR in a fixed order, or on free
 //! ports when ADDR's port is 0) and of the CA the TLS servers' certificate
-//! is signed by, so the client needs nothing but ADDR ([`served`]). The
-//! push servers cannot know the client's count, so each push client sends
-//! it first (8 bytes, big-endian). `--serve` stops on SIGINT or SIGTERM,
+//! is signed by, so the client needs nothing but ADDR ([`served`]). A
+//! push server knows no count in advance, in either mode: each push client
+//! sends the count it wants first (8 bytes, big-endian), so procs=1 and
+//! procs=2 measure the same exchange. `--serve` stops on SIGINT or SIGTERM,
 //! not on stdin closing (a server started with `&` has /dev/null there).
 //! A `--target` that does not answer, or answers something other than a
 //! listing, is an error within 5 s.

@@ -1,6 +1,6 @@
 //! The bench's machinery: the two runtimes, where the servers are (here or
 //! at a `--target`), a server's lifetime and its accept loop, the scaled
-//! counts, payloads, and bounded waits.
+//! counts, the push clients' count message, payloads, and bounded waits.
 
 use std::future::Future;
 use std::io;
@@ -327,37 +327,32 @@ async fn drain(mut conns: tokio::task::JoinSet<()>) {
     conns.shutdown().await;
 }
 
-/// How many messages a push server sends each client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushes {
-    /// This many (the in-process bench, which knows the count).
-    Fixed(u64),
-    /// As many as the client asks for in its first message: a frame (or,
-    /// on the packet layer, a request) of 8 bytes, the count big-endian.
-    /// The `--serve` process, which does not know the client's counts.
-    AskClient,
-}
+/// How a push client tells the server how many messages it wants, in
+/// both modes (in-process and `--serve`): its first message is a frame
+/// (or, on the packet layer, a request) of 8 bytes, the count big-endian;
+/// the server then pushes that many.
+pub struct PushCount;
 
-impl Pushes {
-    /// The client's first message under [`Pushes::AskClient`].
-    pub fn encode_count(n: u64) -> Bytes {
+impl PushCount {
+    /// The client's first message: the count `n`.
+    pub fn encode(n: u64) -> Bytes {
         Bytes::copy_from_slice(&n.to_be_bytes())
     }
 
     /// The count in a client's first message, if it is one.
-    /// `None` unless it is 1 to [`Pushes::MAX_ASKED`]: a served push
-    /// server shares its runtime with every other server, and a count of
-    /// `u64::MAX` would keep it busy for ever.
-    pub fn decode_count(message: &[u8]) -> Option<u64> {
+    /// `None` unless it is 1 to [`PushCount::MAX`]: a count of `u64::MAX`
+    /// would keep the server busy for ever (and a served one shares its
+    /// runtime with every other server).
+    pub fn decode(message: &[u8]) -> Option<u64> {
         let n = u64::from_be_bytes(message.try_into().ok()?);
-        (1..=Self::MAX_ASKED).contains(&n).then_some(n)
+        (1..=Self::MAX).contains(&n).then_some(n)
     }
 
     /// The most messages a client may ask for: W6's count.
-    pub const MAX_ASKED: u64 = super::workloads::push::MESSAGES_PER_CLIENT;
+    pub const MAX: u64 = super::workloads::push::MESSAGES_PER_CLIENT;
 
-    /// How long a served push server waits for a client's count (and for
-    /// it to hang up afterwards) before closing the connection.
+    /// How long a push server waits for a client's count (and for it to
+    /// hang up afterwards) before closing the connection.
     pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
@@ -396,11 +391,11 @@ mod tests {
 
     #[test]
     fn push_counts_round_trip() {
-        let m = Pushes::encode_count(100_000);
+        let m = PushCount::encode(100_000);
         assert_eq!(m.len(), 8);
-        assert_eq!(Pushes::decode_count(&m), Some(100_000));
-        assert_eq!(Pushes::decode_count(b"short"), None);
-        assert_eq!(Pushes::decode_count(&Pushes::encode_count(0)), None);
-        assert_eq!(Pushes::decode_count(&Pushes::encode_count(u64::MAX)), None);
+        assert_eq!(PushCount::decode(&m), Some(100_000));
+        assert_eq!(PushCount::decode(b"short"), None);
+        assert_eq!(PushCount::decode(&PushCount::encode(0)), None);
+        assert_eq!(PushCount::decode(&PushCount::encode(u64::MAX)), None);
     }
 }

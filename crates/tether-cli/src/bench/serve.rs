@@ -1,6 +1,6 @@
 //! `tether bench --serve ADDR`: the server side of the two-process bench.
 //!
-//! Starts every server of [`SERVED`] on one current-thread runtime on a
+//! Starts every server of [`served()`] on one current-thread runtime on a
 //! thread of its own (the std-blocking one on threads of its own), as the
 //! in-process bench does, then the listing at ADDR (see [`super::served`]).
 //! Prints each server's `serve impl=… workload-set=… addr=…` line, then
@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use super::conn::{start_server, ServerKind};
 use super::idle::raise_open_file_limit;
-use super::rig::{current_thread, serve_connections, Pushes, Running, ServerRuntime};
-use super::served::{certificate, listing, server_addr, Entry, WorkloadSet, SERVED};
+use super::rig::{current_thread, serve_connections, Running, ServerRuntime};
+use super::served::{certificate, listing, served, server_addr, Entry, WorkloadSet};
 use crate::CliResult;
 
 /// Serves the bench at `at` until SIGINT or SIGTERM.
@@ -72,14 +72,15 @@ async fn start_all(
     running: &mut Vec<Running>,
 ) -> CliResult<SocketAddr> {
     // the last port first: a base too high fails before anything starts
-    server_addr(at, SERVED.len() - 1)?;
-    let mut entries = Vec::with_capacity(SERVED.len());
-    for (index, &(imp, set)) in SERVED.iter().enumerate() {
+    let servers = served();
+    server_addr(at, servers.len() - 1)?;
+    let mut entries = Vec::with_capacity(servers.len());
+    for (index, (imp, set)) in servers.into_iter().enumerate() {
         let bind_at = server_addr(at, index)?;
         let kind = match set {
             WorkloadSet::Echo => ServerKind::Echo,
             WorkloadSet::Tls => ServerKind::EchoTls(certs.server.clone()),
-            WorkloadSet::Push => ServerKind::Push(Pushes::AskClient),
+            WorkloadSet::Push => ServerKind::Push,
         };
         let server = start_server(runtime, imp, bind_at, kind)
             .await

@@ -2,7 +2,7 @@
 //! on: which servers run, on which ports, and the listing the serving
 //! process hands out at ADDR itself.
 //!
-//! Ports: the listing listens at ADDR; the servers of [`SERVED`] listen,
+//! Ports: the listing listens at ADDR; the servers of [`served()`] listen,
 //! in that order, at ADDR's port + 1, + 2, … (port 0: every one on a free
 //! port). The client never derives a port itself: it reads them from the
 //! listing, so both forms work the same.
@@ -28,7 +28,7 @@ use clap::ValueEnum;
 use tether::transport::tls::{self, SelfSigned};
 use tether::transport::TlsClientConfig;
 
-use super::Impl;
+use super::{Impl, Workload};
 use crate::CliResult;
 
 /// The listing's first line: says "this is a bench server", and which
@@ -67,27 +67,40 @@ impl WorkloadSet {
     fn from_name(name: &str) -> Option<WorkloadSet> {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }
+
+    /// The servers `w` measures against; `None` for idle, which measures
+    /// locally (fresh processes of its own).
+    fn of(w: Workload) -> Option<WorkloadSet> {
+        match w {
+            Workload::Idle => None,
+            Workload::Push => Some(WorkloadSet::Push),
+            Workload::Tls => Some(WorkloadSet::Tls),
+            _ => Some(WorkloadSet::Echo),
+        }
+    }
 }
 
 /// The servers of `--serve`, in port order: every implementation of every
-/// workload W1–W7, each with a server of its own as in the in-process
-/// bench (tether-blocking and tether-pipeline included).
-pub const SERVED: [(Impl, WorkloadSet); 12] = [
-    (Impl::StdBlocking, WorkloadSet::Echo),
-    (Impl::TokioFramed, WorkloadSet::Echo),
-    (Impl::TetherSentinel, WorkloadSet::Echo),
-    (Impl::TetherLength, WorkloadSet::Echo),
-    (Impl::TetherBlocking, WorkloadSet::Echo),
-    (Impl::TetherPacket, WorkloadSet::Echo),
-    (Impl::TetherPipeline, WorkloadSet::Echo),
-    (Impl::TokioFramed, WorkloadSet::Push),
-    (Impl::TetherPacket, WorkloadSet::Push),
-    (Impl::TokioFramed, WorkloadSet::Tls),
-    (Impl::TetherLength, WorkloadSet::Tls),
-    (Impl::TetherPacket, WorkloadSet::Tls),
-];
+/// workload W1–W7 ([`Workload::impls`]), each with a server of its own as
+/// in the in-process bench (tether-blocking and tether-pipeline included),
+/// one per implementation and [`WorkloadSet`], in the order first met
+/// going through [`Workload::ALL`]: the echo servers, then push, then tls.
+pub fn served() -> Vec<(Impl, WorkloadSet)> {
+    let mut servers = Vec::new();
+    for w in Workload::ALL {
+        let Some(set) = WorkloadSet::of(w) else {
+            continue;
+        };
+        for &imp in w.impls() {
+            if !servers.contains(&(imp, set)) {
+                servers.push((imp, set));
+            }
+        }
+    }
+    servers
+}
 
-/// Where the `index`-th server of [`SERVED`] binds when the listing is
+/// Where the `index`-th server of [`served()`] binds when the listing is
 /// at `listing`: the next ports up, or a free port when `listing`'s is 0.
 pub fn server_addr(listing: SocketAddr, index: usize) -> CliResult<SocketAddr> {
     if listing.port() == 0 {
@@ -97,7 +110,7 @@ pub fn server_addr(listing: SocketAddr, index: usize) -> CliResult<SocketAddr> {
         format!(
             "port {} leaves no room for {} servers above it",
             listing.port(),
-            SERVED.len()
+            served().len()
         )
     })?;
     // (the listing's address with another port: an IPv6 scope stays)
@@ -316,7 +329,6 @@ fn certificate_names(at: IpAddr) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::Workload;
 
     #[test]
     fn a_listing_names_each_impl_as_the_command_line_does() {
@@ -327,24 +339,9 @@ mod tests {
     }
 
     #[test]
-    fn every_server_a_workload_needs_is_served() {
-        for w in Workload::ALL {
-            let set = match w {
-                Workload::Idle => continue, // measured locally
-                Workload::Tls => WorkloadSet::Tls,
-                Workload::Push => WorkloadSet::Push,
-                _ => WorkloadSet::Echo,
-            };
-            for &imp in w.impls() {
-                assert!(
-                    SERVED.contains(&(imp, set)),
-                    "{} needs {} for {}",
-                    w.name(),
-                    imp.name(),
-                    set.name()
-                );
-            }
-        }
+    fn twelve_servers_as_the_help_says() {
+        let servers = served();
+        assert_eq!(servers.len(), 12, "{servers:?}");
     }
 
     fn addr(s: &str) -> SocketAddr {
@@ -371,10 +368,10 @@ mod tests {
     #[test]
     fn a_listing_round_trips() {
         let certs = tether::transport::tls::self_signed(&["127.0.0.1"]).unwrap();
-        let entries: Vec<Entry> = SERVED
-            .iter()
+        let entries: Vec<Entry> = served()
+            .into_iter()
             .enumerate()
-            .map(|(i, &(imp, set))| Entry {
+            .map(|(i, (imp, set))| Entry {
                 imp,
                 set,
                 addr: server_addr(addr("0.0.0.0:7000"), i).unwrap(),

@@ -6,8 +6,8 @@
 //! - `tether-blocking`: `blocking::Server` (a thread per connection over
 //!   std sockets) with the same echo handler as a plain function;
 //! - `tether-packet`: `packet::serve` with the contract's `EchoService`
-//!   (rq_type 0 echoes), or, for push, an accept loop that submits
-//!   requests to each client as it connects.
+//!   (rq_type 0 echoes), or, for push, an accept loop that pushes to each
+//!   client as many messages as its first request asks for.
 //!
 //! Every server binds the address it is given (in-process: 127.0.0.1 on a
 //! free port), reports its address, and serves until told to stop; TLS
@@ -20,18 +20,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::Either;
 use tether::framing::{FramingError, LengthCodec};
 use tether::packet::{
-    EchoService, Handler as PacketHandler, IncomingRequest, NoHandler, PacketConfig,
-    PacketConnection, Response,
+    EchoService, Handler as PacketHandler, IncomingRequest, PacketConfig, PacketConnection,
+    Response,
 };
 use tether::session::{ConnectionInfo, Handler, HandlerError, Server, ServerOptions};
 use tether::transport::{ByteStream, Endpoint, Listener, TlsServerConfig};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::rig::{endpoint, payload, serve_connections, Pushes};
+use super::rig::{endpoint, payload, serve_connections, PushCount};
 use crate::CliResult;
 
 /// Sessions a bench server accepts at once: above W8's 10,000 idle ones.
@@ -129,31 +128,24 @@ pub async fn packet_server(
     Ok(())
 }
 
-/// The push workload's packet server: as each client connects, pushes
-/// 64-byte messages to it with [`PacketConnection::push`] (requests whose
-/// acknowledgements the connection discards), as many as `pushes` says.
+/// The push workload's packet server: as each client connects, waits for
+/// its first request, an 8-byte count ([`PushCount`]), acknowledges it,
+/// then pushes that many 64-byte messages to it with
+/// [`PacketConnection::push`] (requests whose acknowledgements the
+/// connection discards).
 pub async fn packet_push_server(
     at: SocketAddr,
     ready: oneshot::Sender<SocketAddr>,
     stop: oneshot::Receiver<()>,
-    pushes: Pushes,
 ) -> CliResult<()> {
     let (listener, addr) = bind(at, None).await?;
     let _ = ready.send(addr);
-    serve_connections(listener, stop, |stream| match pushes {
-        Pushes::Fixed(n) => {
-            let conn = PacketConnection::spawn(stream, NoHandler, PacketConfig::default());
-            Either::Left(push_to(conn, n))
-        }
-        Pushes::AskClient => Either::Right(push_as_asked(stream)),
-    })
-    .await;
+    serve_connections(listener, stop, push_as_asked).await;
     Ok(())
 }
 
-/// Serves `stream` under [`Pushes::AskClient`]: the connection starts at
-/// once, and the task pushes as many messages as the client's first
-/// request asks for.
+/// Serves one push connection: the connection starts at once, and the
+/// task pushes as many messages as the client's first request asks for.
 fn push_as_asked(stream: ByteStream) -> impl Future<Output = ()> + Send {
     let (count, counted) = oneshot::channel();
     let asked = PushCountRequest(std::sync::Mutex::new(Some(count)));
@@ -163,22 +155,21 @@ fn push_as_asked(stream: ByteStream) -> impl Future<Output = ()> + Send {
             Ok(n) = counted => push_to(conn, n).await,
             _ = conn.closed() => {}
             // a client that never says: closed, not kept
-            () = tokio::time::sleep(Pushes::ASK_TIMEOUT) => {
+            () = tokio::time::sleep(PushCount::ASK_TIMEOUT) => {
                 let _ = conn.close().await;
             }
         }
     }
 }
 
-/// The handler of a push server's connection under [`Pushes::AskClient`]:
-/// the client's request with the count is acknowledged and the count
-/// handed to the task that pushes.
+/// The handler of a push server's connection: the client's request with
+/// the count is acknowledged and the count handed to the task that pushes.
 struct PushCountRequest(std::sync::Mutex<Option<oneshot::Sender<u64>>>);
 
 impl PacketHandler for PushCountRequest {
     type Future = std::future::Ready<Response>;
     fn handle(&self, request: IncomingRequest) -> Self::Future {
-        let Some(n) = Pushes::decode_count(&request.payload) else {
+        let Some(n) = PushCount::decode(&request.payload) else {
             return std::future::ready(Response::fail("expected a push count (8 bytes)"));
         };
         let asked = self.0.lock().map(|mut once| once.take());

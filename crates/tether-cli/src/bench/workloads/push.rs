@@ -9,9 +9,10 @@
 //!   empty response from the client's handler) is read and discarded, many
 //!   in flight, bounded by the connection's queue and pending limits.
 //!
-//! Against a `--serve` process, which cannot know the count, each client
-//! first sends it ([`Pushes::AskClient`]): a frame, or a request, of 8
-//! bytes; the clock includes that one message.
+//! In every mode, in-process (`procs=1`) or against a `--serve` process
+//! (`procs=2`), each client first sends the count it wants
+//! ([`PushCount`]): a frame, or a request, of 8 bytes; the clock includes
+//! that one asking message, so both modes measure the same exchange.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use crate::bench::baselines::framed_connect;
 use crate::bench::conn::packet_connect;
 use crate::bench::conn::ServerKind;
 use crate::bench::report::Record;
-use crate::bench::rig::{per_sec, Ctx, Pushes, Servers};
+use crate::bench::rig::{per_sec, Ctx, PushCount};
 use crate::bench::stacks::PushCounter;
 use crate::bench::{Impl, Workload};
 use crate::CliResult;
@@ -32,21 +33,15 @@ use crate::CliResult;
 /// Connected clients.
 pub const CLIENTS: u64 = 16;
 
-/// Messages the server pushes to each client, before `--scale`: also the
-/// most a client may ask a served push server for.
+/// Messages the server pushes to each client, before `--quick` and
+/// `--scale`: also the most a client may ask a push server for.
 pub const MESSAGES_PER_CLIENT: u64 = 100_000;
 
 /// Runs W6 for `imp` (tokio-framed or tether-packet).
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let per_client = ctx.count(MESSAGES_PER_CLIENT);
-    // a local server is told the count; a served one asks each client
-    let pushes = match ctx.servers {
-        Servers::Local(_) => Pushes::Fixed(per_client),
-        Servers::Target(_) => Pushes::AskClient,
-    };
-    let elapsed = with_server(ctx, imp, ServerKind::Push(pushes), |addr| {
-        let ask = (pushes == Pushes::AskClient).then_some(per_client);
-        ctx.run(clients(imp, addr, per_client, ask))
+    let elapsed = with_server(ctx, imp, ServerKind::Push, |addr| {
+        ctx.run(clients(imp, addr, per_client))
     })?;
     let total = per_client * CLIENTS;
     Ok(Record::new(Workload::Push, imp, "msgs_s")
@@ -55,21 +50,15 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
         .float("msgs_s", per_sec(total, elapsed), 0))
 }
 
-/// Runs the clients at once; each first asks for `ask` messages when the
-/// server waits to be told.
-async fn clients(
-    imp: Impl,
-    addr: SocketAddr,
-    per_client: u64,
-    ask: Option<u64>,
-) -> CliResult<Duration> {
+/// Runs the clients at once; each first asks for `per_client` messages.
+async fn clients(imp: Impl, addr: SocketAddr, per_client: u64) -> CliResult<Duration> {
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..CLIENTS {
         tasks.spawn(async move {
             match imp {
-                Impl::TokioFramed => framed_client(addr, per_client, ask).await,
-                _ => packet_client(addr, per_client, ask).await,
+                Impl::TokioFramed => framed_client(addr, per_client).await,
+                _ => packet_client(addr, per_client).await,
             }
         });
     }
@@ -79,11 +68,9 @@ async fn clients(
     Ok(start.elapsed())
 }
 
-async fn framed_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<()> {
+async fn framed_client(addr: SocketAddr, n: u64) -> CliResult<()> {
     let mut f = framed_connect(addr).await?;
-    if let Some(count) = ask {
-        f.send(Pushes::encode_count(count)).await?;
-    }
+    f.send(PushCount::encode(n)).await?;
     let mut got = 0;
     while got < n {
         match f.next().await {
@@ -97,14 +84,12 @@ async fn framed_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<
     Ok(())
 }
 
-async fn packet_client(addr: SocketAddr, n: u64, ask: Option<u64>) -> CliResult<()> {
+async fn packet_client(addr: SocketAddr, n: u64) -> CliResult<()> {
     let counter = PushCounter::new(n);
     let conn = packet_connect(addr, None, counter.clone()).await?;
-    if let Some(count) = ask {
-        let answer = conn.submit(0, 0, Pushes::encode_count(count)).await?;
-        if !answer.ok {
-            return Err("the push server refused the count".into());
-        }
+    let answer = conn.submit(0, 0, PushCount::encode(n)).await?;
+    if !answer.ok {
+        return Err("the push server refused the count".into());
     }
     tokio::select! {
         _ = counter.finished() => {}
