@@ -316,24 +316,6 @@ async fn submit_and_close_sends_request_erq_and_eof_in_one_write_before_any_answ
 }
 
 #[tokio::test]
-async fn submit_and_close_refused_before_it_is_sent_leaves_the_connection_open() {
-    let (a, b) = memory_pair(4096);
-    let mut c = cfg();
-    c.max_body_len = 40; // a request may carry 40 - 30 (headers) bytes
-    let client = PacketConnection::spawn(a, NoHandler, c);
-    let _server = PacketConnection::spawn(b, EchoService, cfg());
-    let e = t(client.submit_and_close(0, 0, "eleven or more bytes"))
-        .await
-        .unwrap_err();
-    assert!(matches!(e, PacketError::TooLarge { .. }), "{e}");
-    assert!(!client.is_closed());
-    assert_eq!(
-        t(client.submit_and_close(0, 0, "fits")).await.unwrap(),
-        Response::ok(0, "fits")
-    );
-}
-
-#[tokio::test]
 async fn submit_and_close_keeps_a_response_the_peer_sent_before_cutting_the_stream() {
     let (a, b) = memory_pair(4096);
     let client = PacketConnection::spawn(a, NoHandler, cfg());
@@ -899,6 +881,17 @@ async fn oversize_submit_is_refused_locally() {
         t(client.submit(0, 0, "ok")).await.unwrap(),
         Response::ok(0, "ok")
     );
+    // a last request refused the same way does not close the connection
+    let e = t(client.submit_and_close(0, 0, vec![0u8; 200]))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PacketError::TooLarge { max: 100, .. }), "{e}");
+    assert!(!client.is_closed());
+    assert_eq!(
+        t(client.submit_and_close(0, 0, "last")).await.unwrap(),
+        Response::ok(0, "last")
+    );
+    assert!(client.is_closed());
 }
 
 #[tokio::test]

@@ -21,18 +21,24 @@ from cs.packetstream import PacketConnection  # noqa: E402
 from common import contract_handler, die, log  # noqa: E402
 
 
+def accept(lsock, name):
+    """The next connection, served by the reference with the contract handler."""
+    sock, _ = lsock.accept()
+    conn = PacketConnection(
+        (sock.fileno(), sock.fileno()),
+        name,
+        request_handler=contract_handler,
+        packet_grace=0,
+    )
+    return sock, conn
+
+
 def main():
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(1)
     log("PORT", lsock.getsockname()[1])
-    sock, _ = lsock.accept()
-    conn = PacketConnection(
-        (sock.fileno(), sock.fileno()),
-        "pyserver",
-        request_handler=contract_handler,
-        packet_grace=0,
-    )
+    sock, conn = accept(lsock, "pyserver")
     with conn:
         got = conn.submit(1, 0, b"hello from python")()
         if tuple(got) != (True, 0, b"nohtyp morf olleh"):
@@ -44,13 +50,7 @@ def main():
         conn.join_recv()
     sock.close()
     log("PYSERVER OK")
-    sock, _ = lsock.accept()
-    conn = PacketConnection(
-        (sock.fileno(), sock.fileno()),
-        "pyserver-once",
-        request_handler=contract_handler,
-        packet_grace=0,
-    )
+    sock, conn = accept(lsock, "pyserver-once")
     with conn:
         conn.join_recv()
     sock.close()
