@@ -315,8 +315,14 @@ async fn submit_and_close_sends_request_erq_and_eof_in_one_write_before_any_answ
     }
 }
 
-#[tokio::test]
-async fn submit_and_close_keeps_a_response_the_peer_sent_before_cutting_the_stream() {
+/// A client asking a raw peer its last request (`submit_and_close(1, 0,
+/// "q")`), once the request has arrived: the client, the task asking, and
+/// the peer.
+async fn last_request_arrived() -> (
+    PacketConnection,
+    tokio::task::JoinHandle<Result<Response, PacketError>>,
+    Framed<ByteStream, PacketCodec>,
+) {
     let (a, b) = memory_pair(4096);
     let client = PacketConnection::spawn(a, NoHandler, cfg());
     let asking = {
@@ -325,6 +331,12 @@ async fn submit_and_close_keeps_a_response_the_peer_sent_before_cutting_the_stre
     };
     let mut peer = raw(b);
     assert_eq!(next(&mut peer).await, rq(2, 1, 0, b"q"));
+    (client, asking, peer)
+}
+
+#[tokio::test]
+async fn submit_and_close_keeps_a_response_the_peer_sent_before_cutting_the_stream() {
+    let (client, asking, mut peer) = last_request_arrived().await;
     t(peer.send(rs(2, true, 3, b"kept"))).await.unwrap();
     drop(peer); // no EOF: the close is not orderly, the answer still counts
     assert_eq!(t(asking).await.unwrap().unwrap(), Response::ok(3, "kept"));
@@ -334,14 +346,7 @@ async fn submit_and_close_keeps_a_response_the_peer_sent_before_cutting_the_stre
 
 #[tokio::test]
 async fn submit_and_close_without_an_answer_says_why() {
-    let (a, b) = memory_pair(4096);
-    let client = PacketConnection::spawn(a, NoHandler, cfg());
-    let asking = {
-        let c = client.clone();
-        tokio::spawn(async move { c.submit_and_close(1, 0, "q").await })
-    };
-    let mut peer = raw(b);
-    assert_eq!(next(&mut peer).await, rq(2, 1, 0, b"q"));
+    let (_client, asking, mut peer) = last_request_arrived().await;
     t(peer.send(Packet::Eof)).await.unwrap(); // orderly, but unanswered
     let e = t(asking).await.unwrap().unwrap_err();
     assert!(e.is_connection_lost(), "{e}");
