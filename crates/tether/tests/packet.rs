@@ -67,6 +67,22 @@ async fn tcp_pair() -> (ByteStream, ByteStream) {
     (a.unwrap(), b.unwrap())
 }
 
+/// `packet::serve` with [`EchoService`] on a free TCP port: its endpoint,
+/// the sender that stops it, and its task.
+async fn echo_server() -> (
+    tether::transport::Endpoint,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ep = listener.local_endpoint();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tether::packet::serve(listener, EchoService, cfg(), stopped));
+    (ep, stop, server)
+}
+
 /// A handler where rq_type 10 waits for the gate, everything else echoes.
 fn gated(gate: Arc<Notify>) -> impl tether::packet::Handler {
     handler_fn(move |rq: IncomingRequest| {
@@ -379,25 +395,22 @@ async fn submit_and_close_waits_for_room_before_closing() {
 }
 
 #[tokio::test]
-async fn request_once_asks_a_server_over_tcp_and_leaves_nothing_open() {
-    let listener = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let ep = listener.local_endpoint();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tether::packet::serve(listener, EchoService, cfg(), stopped));
+async fn request_once_asks_a_server_over_tcp_a_connection_each_time() {
+    let (ep, stop, server) = echo_server().await;
     let options = tether::transport::ConnectOptions::new(LIMIT);
     for i in 0..20u8 {
+        let asked: Vec<u8> = (i..i + 64).collect();
         let r = t(PacketConnection::request_once(
             &ep,
             &options,
             1,
             0,
-            vec![i; 64],
+            asked.clone(),
         ))
         .await
         .unwrap();
-        assert_eq!(r, Response::ok(0, vec![i; 64]));
+        let reversed: Vec<u8> = asked.into_iter().rev().collect();
+        assert_eq!(r, Response::ok(0, reversed));
     }
     stop.send(()).unwrap();
     t(server).await.unwrap();
@@ -1294,12 +1307,7 @@ fn pending_requests_resolve_when_the_connection_runtime_shuts_down() {
 
 #[tokio::test]
 async fn serve_closes_every_connection_in_order_on_shutdown() {
-    let l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let ep = l.local_endpoint();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tether::packet::serve(l, EchoService, cfg(), stopped));
+    let (ep, stop, server) = echo_server().await;
     let a = t(PacketConnection::connect(&ep, LIMIT, NoHandler, cfg()))
         .await
         .unwrap();

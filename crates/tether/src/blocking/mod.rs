@@ -25,7 +25,9 @@
 //!   between threads, so its latency is a hand-written `std::net`
 //!   server's. The cost is a thread per connection, bounded by
 //!   [`ServerOptions::max_connections`](crate::session::ServerOptions::max_connections);
-//!   a server holding thousands of idle sessions wants the async
+//!   a thread whose connection ended waits up to 10 s to serve the next
+//!   (so thread-local state a handler leaves may be seen by a later
+//!   connection); a server holding thousands of idle sessions wants the async
 //!   [`crate::session::Server`]. Shutdown wakes idle connections, lets
 //!   handlers in progress finish within the grace period, and never hangs.
 //!

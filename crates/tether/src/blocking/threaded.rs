@@ -15,10 +15,11 @@
 //!
 //! **The cost** is a thread per connection (and up to [`MAX_IDLE_THREADS`]
 //! more, waiting): its stack ([`STACK_SIZE`], reserved, mostly untouched)
-//! and a kernel task. [`ServerOptions`]'
-//! `max_connections` bounds both; beyond it a connection is accepted and
-//! closed at once, as the async server does. Servers holding thousands of
-//! mostly idle sessions belong on the async [`crate::session::Server`].
+//! and a kernel task. [`ServerOptions`]' `max_connections` bounds the
+//! serving threads (beyond it a connection is accepted and closed at once,
+//! as the async server does), [`MAX_IDLE_THREADS`] the waiting ones.
+//! Servers holding thousands of mostly idle sessions belong on the async
+//! [`crate::session::Server`].
 //!
 //! **Threads are reused.** A thread whose connection ended waits, idle, up
 //! to [`IDLE_THREAD_TIME`] for the next one (at most [`MAX_IDLE_THREADS`]
@@ -335,8 +336,8 @@ impl Shared {
 
     /// Waits, as thread number `me`, for a connection handed off to serve
     /// next: `None` after [`IDLE_THREAD_TIME`], at stop, or at once when
-    /// [`MAX_IDLE_THREADS`] already wait. Connections handed off are taken
-    /// even at stop, so that each is served (and ends) rather than dropped.
+    /// [`MAX_IDLE_THREADS`] already wait. (At stop the queue is empty:
+    /// `stop` closes the connections not yet taken.)
     fn next_job(&self, me: usize) -> Option<Job> {
         let mut state = self.lock();
         if state.idle >= MAX_IDLE_THREADS {
@@ -471,16 +472,20 @@ impl Running {
         };
         // (capped: `Instant + Duration::MAX` would panic; a year is for ever)
         let deadline = Instant::now() + grace.min(Duration::from_secs(365 * 24 * 3600));
-        let connections = {
-            let state = self.shared.lock();
+        let (connections, unserved) = {
+            let mut state = self.shared.lock();
             // Under the lock: a connection registers either before this
             // (and is woken below) or sees the flag and is dropped.
             self.shared.stopping.store(true, Ordering::Release);
             for (socket, _) in state.live.values() {
                 let _ = socket.shutdown(Shutdown::Read);
             }
-            state.live.len()
+            // handed off and not yet taken: closed unserved, as a served
+            // connection stops before its next read
+            let unserved: Vec<_> = state.handoff.drain(..).collect();
+            (state.live.len(), unserved)
         };
+        drop(unserved); // (each takes the lock to leave the registry)
         info!(connections, ?grace, "shutting down");
         self.shared.handed_off.notify_all(); // idle threads end
         self.wake.wake();
@@ -600,6 +605,12 @@ fn accept_loop<C, F, Req, Resp>(
         });
         let me = {
             let mut state = shared.lock();
+            if shared.stopping() {
+                // (stop has emptied the hand-off queue: none goes in after)
+                drop(state);
+                drop(job);
+                break;
+            }
             if state.idle > state.handoff.len() {
                 state.handoff.push_back((info.id, job));
                 drop(state);

@@ -533,10 +533,12 @@ impl PacketConnection {
         self.closed().await
     }
 
-    /// Sends a last request on channel 0 and closes: the request and EOF
-    /// leave in one write, so asking and closing take one round trip
-    /// between them instead of two. Returns the response, which the peer
-    /// sends before its own EOF.
+    /// Sends a last request on channel 0 and closes: the close is asked for
+    /// under the lock that queues the request, so the request, ERQ and EOF
+    /// leave in one write (when no handler of this end is still running,
+    /// which holds EOF back, and the socket takes the bytes whole), and
+    /// asking and closing take one round trip between them instead of two.
+    /// Returns the response, which the peer sends before its own EOF.
     ///
     /// ```text
     /// this end   05 02 02 02 68 69   request: tag 2, rq_type 1, "hi"
@@ -676,9 +678,9 @@ pub(super) enum Enqueued {
 /// A request waiting for room in the queue (see [`Enqueued::Later`]).
 pub(super) type WaitForRoom = Pin<Box<dyn Future<Output = Result<u64, PacketError>> + Send>>;
 
-/// [`enqueue`]'s `THEN_CLOSE`: the request only.
+/// [`enqueue`]'s `CLOSE_AFTER`: the request only.
 pub(super) const KEEP_OPEN: bool = false;
-/// [`enqueue`]'s `THEN_CLOSE`: the connection closes behind this last
+/// [`enqueue`]'s `CLOSE_AFTER`: the connection closes behind this last
 /// request, asked for under the lock that queues it, so that the driver
 /// takes both at once ([`PacketConnection::submit_and_close`]). A constant,
 /// so that the other ways in, on every request's path, compile as if it
@@ -688,7 +690,7 @@ pub(super) const THEN_CLOSE: bool = true;
 /// Submits a request: checks it, then queues it if there is room, or else
 /// returns the future that will (every way in takes this one path).
 #[inline(always)] // see try_enqueue
-pub(super) fn enqueue<const THEN_CLOSE: bool>(
+pub(super) fn enqueue<const CLOSE_AFTER: bool>(
     shared: &Arc<Shared>,
     channel: u64,
     rq_type: u64,
@@ -697,9 +699,9 @@ pub(super) fn enqueue<const THEN_CLOSE: bool>(
     taker: Taker,
 ) -> Result<Enqueued, PacketError> {
     check_request(rq_type, flags, payload.len(), shared.max_body_len)?;
-    match try_enqueue::<THEN_CLOSE>(shared, channel, rq_type, flags, &payload, taker)? {
+    match try_enqueue::<CLOSE_AFTER>(shared, channel, rq_type, flags, &payload, taker)? {
         Some(tag) => Ok(Enqueued::Now(tag)),
-        None => Ok(Enqueued::Later(wait_for_room::<THEN_CLOSE>(
+        None => Ok(Enqueued::Later(wait_for_room::<CLOSE_AFTER>(
             shared, channel, rq_type, flags, payload, taker,
         ))),
     }
@@ -710,7 +712,7 @@ pub(super) fn enqueue<const THEN_CLOSE: bool>(
 // them calls, their arguments and results moved through memory (W3
 // measured each of these worth 10 to 55 instructions a request)
 #[inline(always)]
-fn try_enqueue<const THEN_CLOSE: bool>(
+fn try_enqueue<const CLOSE_AFTER: bool>(
     shared: &Shared,
     channel: u64,
     rq_type: u64,
@@ -741,7 +743,7 @@ fn try_enqueue<const THEN_CLOSE: bool>(
     }
     // validated by check_request: cannot fail
     let _ = wire::encode_request(&mut st.out, channel, tag, rq_type, flags, payload);
-    if THEN_CLOSE {
+    if CLOSE_AFTER {
         st.close_requested = true;
     }
     shared.wake_driver(st);
@@ -753,7 +755,7 @@ fn try_enqueue<const THEN_CLOSE: bool>(
 /// into stays small (built inline, it left `push` ~80 instructions a
 /// message slower).
 #[cold]
-fn wait_for_room<const THEN_CLOSE: bool>(
+fn wait_for_room<const CLOSE_AFTER: bool>(
     shared: &Arc<Shared>,
     channel: u64,
     rq_type: u64,
@@ -772,7 +774,7 @@ fn wait_for_room<const THEN_CLOSE: bool>(
                 notified.as_mut().enable();
             }
             if let Some(tag) =
-                try_enqueue::<THEN_CLOSE>(&shared, channel, rq_type, flags, &payload, taker)?
+                try_enqueue::<CLOSE_AFTER>(&shared, channel, rq_type, flags, &payload, taker)?
             {
                 return Ok(tag);
             }
@@ -1116,13 +1118,8 @@ impl<S, H: Handler> Driver<S, H> {
         }
         self.shared.lock().outcome = Some(outcome);
         self.shared.ended.notify_waiters();
-        // the buffers go back to the thread, warm, for its next connection
-        // (a connection per request allocated a set each time)
-        self.rbuf.clear();
-        self.wbuf.clear();
-        self.incoming.clear();
-        self.completed.clear();
-        self.answered.clear();
+        // the buffers go back to the thread, emptied and warm, for its next
+        // connection (a connection per request allocated a set each time)
         self.release_scratch();
     }
 }

@@ -58,20 +58,22 @@ impl Scratch {
         Pool::take(&POOL)
     }
 
-    /// Whether every buffer is empty (a set is only pooled empty).
-    pub(super) fn is_empty(&self) -> bool {
-        self.rbuf.is_empty()
-            && self.wbuf.is_empty()
-            && self.incoming.is_empty()
-            && self.completed.is_empty()
-            && self.answered.is_empty()
-            && self.to_wake.is_empty()
+    /// Empties every buffer, keeping its room (a set is only pooled
+    /// empty; a connection that ends may leave bytes in it).
+    fn clear(&mut self) {
+        self.rbuf.clear();
+        self.wbuf.clear();
+        self.incoming.clear();
+        self.completed.clear();
+        self.answered.clear();
+        self.to_wake.clear();
     }
 
-    /// Returns the set to this thread's pool, or to the allocator when the
-    /// pool is full; buffers grown for a big packet go to the allocator.
+    /// Returns the set, emptied, to this thread's pool, or to the allocator
+    /// when the pool is full; buffers grown for a big packet go to the
+    /// allocator.
     pub(super) fn give_back(mut self: Box<Self>) {
-        debug_assert!(self.is_empty());
+        self.clear();
         self.rbuf.release_if_grown();
         clear_write_buf(&mut self.wbuf);
         Pool::give(&POOL, self);
