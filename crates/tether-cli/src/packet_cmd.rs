@@ -72,8 +72,9 @@ pub async fn call(args: CallArgs, timeout: Duration) -> CliResult {
     Ok(())
 }
 
-/// The packet section of `tether demo`: out-of-order completion and a
-/// request sent by the server to its client, on one connection.
+/// The packet section of `tether demo`: out-of-order completion, a
+/// request sent by the server to its client, and a last request sent with
+/// the close, on one connection.
 pub async fn demo_section() -> CliResult {
     let mut listener = Listener::bind(&"tcp://127.0.0.1:0".parse()?).await?;
     let endpoint = listener.local_endpoint();
@@ -147,12 +148,19 @@ pub async fn demo_section() -> CliResult {
     if !(rev.payload == "desserts" && flags.flags == 42 && !fail.ok && back.ok) {
         return Err("the packet contract was not followed".into());
     }
-    client.close().await?;
+    // The last request and the orderly close in one write.
+    let last = client.submit_and_close(1, 0, "won").await?;
     server.closed().await?;
     let s = client.stats();
     println!(
-        "  closed in order (ERQ, EOF both ways): {} requests sent, {} received by the client",
-        s.requests_sent, s.requests_received
+        "  last request with the close (request, ERQ, EOF in one write): REV won → {}; \
+         closed in order, {} requests sent, {} received by the client",
+        String::from_utf8_lossy(&last.payload),
+        s.requests_sent,
+        s.requests_received
     );
+    if last.payload != "now" {
+        return Err("the last request was not answered before the close".into());
+    }
     Ok(())
 }
