@@ -1020,8 +1020,8 @@ fn blocking_call_against_a_tcp_server() {
             .unwrap();
         let ep = l.local_endpoint();
         tokio::spawn(async move {
-            // the second connection is the one-call one
-            for _ in 0..2 {
+            // the second and third connections make one call each
+            for _ in 0..3 {
                 let s = l.accept().await.unwrap();
                 let c = PacketConnection::spawn(s, EchoService, PacketConfig::default());
                 tokio::spawn(async move { c.closed().await });
@@ -1056,9 +1056,13 @@ fn blocking_call_against_a_tcp_server() {
     assert!(p.next().is_none());
     drop(p);
     conn.close().unwrap();
-    let once = tether::packet::blocking::PacketConnection::connect(&ep, LIMIT).unwrap();
+    let last = tether::packet::blocking::PacketConnection::connect(&ep, LIMIT).unwrap();
     assert_eq!(
-        once.call_and_close(1, 0, "once").unwrap(),
+        last.call_and_close(1, 0, "last").unwrap(),
+        Response::ok(0, "tsal")
+    );
+    assert_eq!(
+        tether::packet::blocking::PacketConnection::request_once(&ep, LIMIT, 1, 0, "once").unwrap(),
         Response::ok(0, "ecno")
     );
 }

@@ -116,6 +116,29 @@ impl PacketConnection {
         self.rt.block_on(self.inner.close())
     }
 
+    /// The sessionless mode: connects to `endpoint`, sends one request with
+    /// EOF behind it, and returns the response (see
+    /// [`super::PacketConnection::request_once`]; the wait is bounded by
+    /// the default close limits, 10 s).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use tether::packet::blocking::PacketConnection;
+    /// let endpoint = "tcp://127.0.0.1:7000".parse()?;
+    /// let r = PacketConnection::request_once(&endpoint, Duration::from_secs(2), 1, 0, "once")?;
+    /// assert_eq!(&r.payload[..], b"ecno");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn request_once(
+        endpoint: &Endpoint,
+        timeout: Duration,
+        rq_type: u64,
+        flags: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<Response, PacketError> {
+        Self::connect(endpoint, timeout)?.call_and_close(rq_type, flags, payload)
+    }
+
     /// Sends a last request and closes, in one round trip: the request and
     /// EOF leave in one write (see
     /// [`super::PacketConnection::submit_and_close`]).
