@@ -35,13 +35,17 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
-    /// The served servers of this kind.
-    pub fn workload_set(&self) -> WorkloadSet {
-        match self {
-            ServerKind::Echo => WorkloadSet::Echo,
-            ServerKind::EchoTls(_) => WorkloadSet::Tls,
-            ServerKind::Push => WorkloadSet::Push,
-        }
+    /// The kind of the servers of `set`; `tls` gives the TLS servers their
+    /// configuration.
+    pub fn of(
+        set: WorkloadSet,
+        tls: impl FnOnce() -> CliResult<TlsServerConfig>,
+    ) -> CliResult<ServerKind> {
+        Ok(match set {
+            WorkloadSet::Echo => ServerKind::Echo,
+            WorkloadSet::Tls => ServerKind::EchoTls(tls()?),
+            WorkloadSet::Push => ServerKind::Push,
+        })
     }
 }
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use super::conn::Conn;
 use super::report::Record;
 use super::rig::{bounded, current_thread, payload, Ctx};
-use super::workloads::with_echo_server;
+use super::workloads::with_server;
 use super::{Impl, Workload};
 use crate::CliResult;
 
@@ -137,7 +137,7 @@ pub fn idle_server(args: IdleServerArgs) -> ExitCode {
 /// In the server process: RSS before the clients connect and once they idle.
 fn measure(ctx: &Ctx, imp: Impl, n: u64) -> CliResult<(u64, u64)> {
     let exe = std::env::current_exe()?;
-    with_echo_server(ctx, imp, false, |addr| {
+    with_server(ctx, Workload::Idle, imp, |addr| {
         let before = quiet_rss()?;
         let mut child = Command::new(&exe)
             .arg("bench-hold-clients")

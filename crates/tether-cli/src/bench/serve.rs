@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::conn::{start_server, ServerKind};
 use super::idle::raise_open_file_limit;
 use super::rig::{current_thread, serve_connections, Running, ServerRuntime};
-use super::served::{certificate, listing, served, server_addr, Entry, WorkloadSet};
+use super::served::{certificate, listing, served, server_addr, Entry};
 use crate::CliResult;
 
 /// Serves the bench at `at` until SIGINT or SIGTERM.
@@ -77,11 +77,7 @@ async fn start_all(
     let mut entries = Vec::with_capacity(servers.len());
     for (index, (imp, set)) in servers.into_iter().enumerate() {
         let bind_at = server_addr(at, index)?;
-        let kind = match set {
-            WorkloadSet::Echo => ServerKind::Echo,
-            WorkloadSet::Tls => ServerKind::EchoTls(certs.server.clone()),
-            WorkloadSet::Push => ServerKind::Push,
-        };
+        let kind = ServerKind::of(set, || Ok(certs.server.clone()))?;
         let server = start_server(runtime, imp, bind_at, kind)
             .await
             .map_err(|e| {

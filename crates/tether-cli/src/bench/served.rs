@@ -68,14 +68,14 @@ impl WorkloadSet {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }
 
-    /// The servers `w` measures against; `None` for idle, which measures
-    /// locally (fresh processes of its own).
-    fn of(w: Workload) -> Option<WorkloadSet> {
+    /// The servers `w` runs against, the one place that says so: the
+    /// workloads start theirs by it, and `--serve` starts the same (idle's
+    /// are the echo servers, which it measures in a fresh local process).
+    pub fn of(w: Workload) -> WorkloadSet {
         match w {
-            Workload::Idle => None,
-            Workload::Push => Some(WorkloadSet::Push),
-            Workload::Tls => Some(WorkloadSet::Tls),
-            _ => Some(WorkloadSet::Echo),
+            Workload::Push => WorkloadSet::Push,
+            Workload::Tls => WorkloadSet::Tls,
+            _ => WorkloadSet::Echo,
         }
     }
 }
@@ -87,10 +87,9 @@ impl WorkloadSet {
 /// going through [`Workload::ALL`]: the echo servers, then push, then tls.
 pub fn served() -> Vec<(Impl, WorkloadSet)> {
     let mut servers = Vec::new();
-    for w in Workload::ALL {
-        let Some(set) = WorkloadSet::of(w) else {
-            continue;
-        };
+    // (idle measures locally, never against a target)
+    for w in Workload::ALL.into_iter().filter(|&w| w != Workload::Idle) {
+        let set = WorkloadSet::of(w);
         for &imp in w.impls() {
             if !servers.contains(&(imp, set)) {
                 servers.push((imp, set));

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::with_echo_server;
+use super::with_server;
 use crate::bench::conn::{BlockingConn, Conn};
 use crate::bench::report::Record;
 use crate::bench::rig::{payload, per_sec, Ctx};
@@ -17,7 +17,7 @@ pub const SIZE: usize = 1024 * 1024;
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let n = ctx.count(512);
     let p = payload(SIZE);
-    let elapsed = with_echo_server(ctx, imp, false, |addr| {
+    let elapsed = with_server(ctx, Workload::Bulk, imp, |addr| {
         if imp.is_blocking() {
             let mut c = BlockingConn::connect(imp, addr)?;
             let start = Instant::now();

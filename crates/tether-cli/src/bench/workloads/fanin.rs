@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::task::JoinSet;
 
-use super::with_echo_server;
+use super::with_server;
 use crate::bench::conn::Conn;
 use crate::bench::report::Record;
 use crate::bench::rig::{payload, per_sec, Ctx};
@@ -20,7 +20,7 @@ pub const SESSIONS: u64 = 64;
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let per_session = (ctx.count(200_000) / SESSIONS).max(1);
     let total = per_session * SESSIONS;
-    let elapsed = with_echo_server(ctx, imp, false, |addr| {
+    let elapsed = with_server(ctx, Workload::Fanin, imp, |addr| {
         ctx.run(async move {
             let mut conns = Vec::with_capacity(SESSIONS as usize);
             for _ in 0..SESSIONS {

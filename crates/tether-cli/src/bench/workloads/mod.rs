@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use super::conn::{start_server, ServerKind};
 use super::report::Record;
 use super::rig::{Ctx, Servers, ANY_LOOPBACK_PORT};
+use super::served::WorkloadSet;
 use super::{idle, Impl, Workload};
 use crate::CliResult;
 
@@ -33,35 +34,20 @@ pub fn run(ctx: &Ctx, w: Workload, imp: Impl, earlier: &[Record]) -> CliResult<R
     }
 }
 
-/// Runs `f` with the address of the echo server of `imp` (TLS when
-/// `tls`): one started for `f` and stopped afterwards whatever `f`
-/// returns, or the target's.
-pub fn with_echo_server<T>(
-    ctx: &Ctx,
-    imp: Impl,
-    tls: bool,
-    f: impl FnOnce(SocketAddr) -> CliResult<T>,
-) -> CliResult<T> {
-    let kind = if tls {
-        ServerKind::EchoTls(ctx.tls_server()?)
-    } else {
-        ServerKind::Echo
-    };
-    with_server(ctx, imp, kind, f)
-}
-
-/// Runs `f` with the address of the server of `imp` for `kind`: one
-/// started for `f` and stopped afterwards whatever `f` returns, or the
-/// target's.
+/// Runs `f` with the address of the server of `imp` for workload `w` (of
+/// its [`WorkloadSet`], the one `--serve` starts too): one started for `f`
+/// and stopped afterwards whatever `f` returns, or the target's.
 pub fn with_server<T>(
     ctx: &Ctx,
+    w: Workload,
     imp: Impl,
-    kind: ServerKind,
     f: impl FnOnce(SocketAddr) -> CliResult<T>,
 ) -> CliResult<T> {
+    let set = WorkloadSet::of(w);
     match &ctx.servers {
-        Servers::Target(target) => f(target.addr(imp, kind.workload_set())?),
+        Servers::Target(target) => f(target.addr(imp, set)?),
         Servers::Local(runtime) => {
+            let kind = ServerKind::of(set, || ctx.tls_server())?;
             let server = ctx.block_on(start_server(runtime, imp, ANY_LOOPBACK_PORT, kind))?;
             let out = f(server.addr());
             ctx.client.block_on(server.stop());

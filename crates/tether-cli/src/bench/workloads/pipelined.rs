@@ -16,7 +16,7 @@ use std::time::Instant;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tether::packet::NoHandler;
 
-use super::with_echo_server;
+use super::with_server;
 use crate::bench::baselines::framed_connect;
 use crate::bench::conn::packet_connect;
 use crate::bench::report::Record;
@@ -30,7 +30,7 @@ pub const IN_FLIGHT: usize = 64;
 /// Runs W3 for `imp` (tokio-framed or tether-packet).
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let n = ctx.count(200_000);
-    let elapsed = with_echo_server(ctx, imp, false, |addr| {
+    let elapsed = with_server(ctx, Workload::Pipelined, imp, |addr| {
         ctx.run(async move {
             match imp {
                 Impl::TokioFramed => framed(addr, n).await,

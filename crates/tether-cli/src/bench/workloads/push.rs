@@ -23,7 +23,6 @@ use tokio::task::JoinSet;
 use super::with_server;
 use crate::bench::baselines::framed_connect;
 use crate::bench::conn::packet_connect;
-use crate::bench::conn::ServerKind;
 use crate::bench::report::Record;
 use crate::bench::rig::{per_sec, Ctx, PushCount};
 use crate::bench::stacks::PushCounter;
@@ -40,7 +39,7 @@ pub const MESSAGES_PER_CLIENT: u64 = 100_000;
 /// Runs W6 for `imp` (tokio-framed or tether-packet).
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let per_client = ctx.count(MESSAGES_PER_CLIENT);
-    let elapsed = with_server(ctx, imp, ServerKind::Push, |addr| {
+    let elapsed = with_server(ctx, Workload::Push, imp, |addr| {
         ctx.run(clients(imp, addr, per_client))
     })?;
     let total = per_client * CLIENTS;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tether::transport::TlsClientConfig;
 
-use super::with_echo_server;
+use super::with_server;
 use crate::bench::conn::{BlockingConn, Conn};
 use crate::bench::report::{percentile_us, Record};
 use crate::bench::rig::{payload, per_sec, Ctx};
@@ -22,7 +22,7 @@ pub type Latencies = (Vec<Duration>, Duration);
 pub fn rtt(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let (warm, n) = (ctx.count(1_000), ctx.count(20_000));
     let p = payload(64);
-    let (lat, total) = with_echo_server(ctx, imp, false, |addr| {
+    let (lat, total) = with_server(ctx, Workload::Rtt, imp, |addr| {
         if imp.is_blocking() {
             sequential_blocking(imp, addr, &p, warm, n)
         } else {
@@ -99,7 +99,7 @@ fn sequential_blocking(
 pub fn connect(ctx: &Ctx, imp: Impl, earlier: &[Record]) -> CliResult<Record> {
     let n = ctx.count(2_000);
     let p = payload(64);
-    let total = with_echo_server(ctx, imp, false, |addr| {
+    let total = with_server(ctx, Workload::Connect, imp, |addr| {
         if imp.is_blocking() {
             let start = Instant::now();
             for _ in 0..n {

@@ -4,7 +4,7 @@
 //! of the session's req/s to the sessionless mode's (a handshake per request).
 
 use super::rtt::{latency_record, sequential, sessionless};
-use super::with_echo_server;
+use super::with_server;
 use crate::bench::report::Record;
 use crate::bench::rig::{payload, per_sec, Ctx};
 use crate::bench::{Impl, Workload};
@@ -15,7 +15,7 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let (warm, n, m) = (ctx.count(1_000), ctx.count(20_000), ctx.count(2_000));
     let p = payload(64);
     let trust = ctx.tls_client()?;
-    let ((lat, total), once) = with_echo_server(ctx, imp, true, move |addr| {
+    let ((lat, total), once) = with_server(ctx, Workload::Tls, imp, move |addr| {
         ctx.run(async move {
             let session = sequential(imp, addr, Some(trust.clone()), p.clone(), warm, n).await?;
             let once = sessionless(imp, addr, Some(trust), p, m).await?;
