@@ -866,12 +866,20 @@ async fn bad_input_ends_the_connection_with_a_clear_error() {
         (&[0x01, 0x05], "too short"),
         (&[0x80; 20], "length prefix"),
     ];
-    for (bytes, needle) in cases {
+    // an ordinary request, and a last one sent with the close
+    for ((bytes, needle), last) in cases.iter().flat_map(|c| [(c, false), (c, true)]) {
+        let (bytes, needle) = (*bytes, *needle);
         let (a, b) = memory_pair(4096);
         let client = PacketConnection::spawn(a, EchoService, cfg());
         let w = {
             let c = client.clone();
-            tokio::spawn(async move { c.submit(0, 0, "q").await })
+            tokio::spawn(async move {
+                if last {
+                    c.submit_and_close(0, 0, "q").await
+                } else {
+                    c.submit(0, 0, "q").await
+                }
+            })
         };
         let mut peer = raw(b);
         next(&mut peer).await;
