@@ -117,6 +117,18 @@ pub(super) enum Waiting {
 
 impl super::Waiter for Waiting {}
 
+/// Where a connection's close stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// Not closing.
+    No,
+    /// Closing; its time limits start when the driver first waits (see
+    /// `Driver::arm_close_deadlines`).
+    Started,
+    /// Closing, against its time limits.
+    Timed,
+}
+
 /// Who will take the response of a request being queued.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Taker {
@@ -335,8 +347,7 @@ impl PacketConnection {
             batch: Batch::START,
             to_wake: Vec::new(),
             read_open: true,
-            closing: false,
-            close_timed: false,
+            closing: Closing::No,
             eof_sent: false,
             shutdown_done: false,
             needs_flush: false,
@@ -1011,9 +1022,7 @@ struct Driver<S, H: Handler> {
     config: PacketConfig,
     /// False after the peer's EOF, end of stream, or a failure.
     read_open: bool,
-    closing: bool,
-    /// The close's time limits are running (see `arm_close_deadlines`).
-    close_timed: bool,
+    closing: Closing,
     eof_sent: bool,
     shutdown_done: bool,
     needs_flush: bool,
@@ -1154,7 +1163,7 @@ where
             if !progress {
                 let mut st = this.shared.lock();
                 let more = (!st.out.is_empty() && this.wbuf.len() < WRITE_HIGH_WATER)
-                    || (st.close_requested && !this.closing);
+                    || (st.close_requested && this.closing == Closing::No);
                 if !more {
                     if !st
                         .driver_waker
@@ -1214,7 +1223,7 @@ where
         let mut progress = false;
         let shared = self.shared.clone();
         let mut st = shared.lock();
-        if st.close_requested && !self.closing {
+        if st.close_requested && self.closing == Closing::No {
             self.start_close(&mut st);
             progress = true;
         }
@@ -1242,11 +1251,11 @@ where
     }
 
     fn start_close(&mut self, st: &mut State) {
-        if self.closing {
+        if self.closing != Closing::No {
             return;
         }
         tracing::debug!("closing");
-        self.closing = true;
+        self.closing = Closing::Started;
         if st.proto.end_requests() {
             tracing::debug!("sending ERQ");
             let _ = Packet::Erq.encode(&mut st.out);
@@ -1262,10 +1271,10 @@ where
     /// wakes its runtime with a system call for a timer due before any it
     /// has, two per connection in W2.
     fn arm_close_deadlines(&mut self) -> bool {
-        if !self.closing || self.close_timed {
+        if self.closing != Closing::Started {
             return false;
         }
-        self.close_timed = true;
+        self.closing = Closing::Timed;
         if !self.eof_sent {
             self.handler_deadline = Some(Box::pin(tokio::time::sleep(self.config.close_timeout)));
         }
@@ -1659,7 +1668,7 @@ where
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.closing {
+        if self.closing == Closing::No {
             return false;
         }
         let mut progress = false;
