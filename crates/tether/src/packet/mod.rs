@@ -24,7 +24,10 @@
 //!   [`submit`](PacketConnection::submit) returns a [`ResponseFuture`];
 //!   [`push`](PacketConnection::push) sends a request whose response is
 //!   discarded; a [`Pipeline`] keeps many requests in flight and takes
-//!   their responses in completion order from one queue.
+//!   their responses in completion order from one queue;
+//!   [`request_once`](PacketConnection::request_once) and
+//!   [`submit_and_close`](PacketConnection::submit_and_close) send a last
+//!   request with the close behind it (one write, one round trip).
 //! - [`Handler`], [`handler_fn`], [`TypedRequest`] + [`Service`],
 //!   [`EchoService`]: answering the peer.
 //! - [`serve`]: an accept loop serving every connection at once, with an
