@@ -416,8 +416,21 @@ impl PacketConnection {
         flags: u64,
         payload: impl Into<Bytes>,
     ) -> ResponseFuture {
-        let payload = payload.into();
-        let state = match enqueue::<KEEP_OPEN>(
+        self.response_future::<KEEP_OPEN>(channel, rq_type, flags, payload.into())
+    }
+
+    /// Queues a request (see [`enqueue`]) and returns the future of its
+    /// response: [`submit_on`](Self::submit_on)'s, and with `CLOSE_AFTER`
+    /// [`submit_and_close`](Self::submit_and_close)'s.
+    #[inline(always)] // on every request's path, as enqueue is
+    fn response_future<const CLOSE_AFTER: bool>(
+        &self,
+        channel: u64,
+        rq_type: u64,
+        flags: u64,
+        payload: Bytes,
+    ) -> ResponseFuture {
+        let state = match enqueue::<CLOSE_AFTER>(
             &self.shared,
             channel,
             rq_type,
@@ -582,31 +595,16 @@ impl PacketConnection {
     ) -> Result<Response, PacketError> {
         // the close is asked for under the lock that queues the request
         // (after waiting for room, if the queue is full): the driver, woken
-        // once, finds both
-        let tag = match enqueue::<THEN_CLOSE>(
-            &self.shared,
-            0,
-            rq_type,
-            flags,
-            payload.into(),
-            Taker::Future,
-        )? {
-            Enqueued::Now(tag) => tag,
-            Enqueued::Later(wait) => wait.await?,
-        };
-        let response = ResponseFuture {
-            shared: self.shared.clone(),
-            state: RfState::Waiting((0, tag)),
-        };
-        let closed = self.closed().await;
-        match (response.await, closed) {
-            (Ok(r), Ok(())) => Ok(r),
-            (Ok(r), Err(e)) => {
-                tracing::debug!(error = %e, "answered, then the close was not orderly");
-                Ok(r)
-            }
-            (Err(e), _) => Err(e),
+        // once, finds both; a request refused is not queued, and nothing
+        // is closed
+        let response = self
+            .response_future::<THEN_CLOSE>(0, rq_type, flags, payload.into())
+            .await?;
+        // the peer answers before its EOF: what is left is the close
+        if let Err(e) = self.closed().await {
+            tracing::debug!(error = %e, "answered, then the close was not orderly");
         }
+        Ok(response)
     }
 
     /// The sessionless mode: connects to `endpoint`, sends one request on
