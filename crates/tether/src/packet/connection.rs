@@ -17,16 +17,25 @@
 //! split off the read buffer at once. It writes whatever has accumulated as
 //! soon as it has nothing else to do, so a burst of requests or responses
 //! goes out in one `write` and a lone request goes out at once (no grace
-//! sleep).
+//! sleep). A payload of 16 KiB or more is not copied: it waits beside the
+//! write buffer and goes out in a vectored write (see [`super::outgoing`]).
+//!
+//! When 64 KiB are waiting to be written, the task takes no new work (no
+//! requests decoded, no handler results, no requests from this end) until
+//! the peer reads. It goes on reading, though, up to `max_body_len` bytes
+//! undecoded: a peer doing the same (another tether end echoing 1 MiB
+//! packets back) would otherwise wait for this end to read while this end
+//! waits for it.
 
 use std::future::Future;
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,6 +45,7 @@ use tracing::Instrument;
 
 use super::codec::{PacketCodec, DEFAULT_MAX_BODY_LEN};
 use super::handler::{Handler, NoHandler, TypedRequest, HANDLER_FAILED};
+use super::outgoing::{self, Outgoing};
 use super::proto::{Batch, IncomingRequest, Protocol, Stats, StatsSnapshot};
 use super::scratch::Scratch;
 use super::tag_table::TagTable;
@@ -145,7 +155,7 @@ pub(super) struct State {
     /// Tags, the pending table (each entry: who takes the response), ERQ.
     proto: Protocol<Waiting>,
     /// Requests (and ERQ) encoded by requesters, not yet taken by the task.
-    out: BytesMut,
+    out: Outgoing,
     /// Results that arrived, until their requester takes them.
     done: TagTable<Result<Response, PacketError>>,
     /// Set while the task is idle: whoever gives it work wakes it.
@@ -314,7 +324,7 @@ impl PacketConnection {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 proto,
-                out: BytesMut::new(),
+                out: Outgoing::default(),
                 done: TagTable::default(),
                 driver_waker: None,
                 close_requested: false,
@@ -335,7 +345,7 @@ impl PacketConnection {
             rbuf: ReadBuf::default(),
             chunk: Bytes::new(),
             chunk_pos: 0,
-            wbuf: BytesMut::new(),
+            wbuf: Outgoing::default(),
             codec: PacketCodec::with_max_body_len(config.max_body_len),
             shared: shared.clone(),
             handler,
@@ -535,7 +545,7 @@ impl PacketConnection {
             return Err(PacketError::ConnectionEnded(reason.clone()));
         }
         if st.proto.end_requests() {
-            let _ = Packet::Erq.encode(&mut st.out);
+            let _ = Packet::Erq.encode(st.out.buf_mut());
         }
         self.shared.wake_driver(st);
         Ok(())
@@ -726,7 +736,7 @@ fn try_enqueue<const CLOSE_AFTER: bool>(
     channel: u64,
     rq_type: u64,
     flags: u64,
-    payload: &[u8],
+    payload: &Bytes,
     taker: Taker,
 ) -> Result<Option<u64>, PacketError> {
     let mut st = shared.lock();
@@ -751,7 +761,7 @@ fn try_enqueue<const CLOSE_AFTER: bool>(
         }
     }
     // validated by check_request: cannot fail
-    let _ = wire::encode_request(&mut st.out, channel, tag, rq_type, flags, payload);
+    let _ = st.out.request(channel, tag, rq_type, flags, payload);
     if CLOSE_AFTER {
         st.close_requested = true;
     }
@@ -995,7 +1005,7 @@ struct Driver<S, H: Handler> {
     /// Whole packets split off `rbuf` at once, decoded from `chunk_pos` on.
     chunk: Bytes,
     chunk_pos: usize,
-    wbuf: BytesMut,
+    wbuf: Outgoing,
     codec: PacketCodec,
     shared: Arc<Shared>,
     handler: H,
@@ -1228,11 +1238,8 @@ where
         if !st.out.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
             if self.eof_sent {
                 st.out.clear(); // cannot happen: requests end before EOF
-            } else if self.wbuf.is_empty() {
-                std::mem::swap(&mut self.wbuf, &mut st.out);
             } else {
-                self.wbuf.extend_from_slice(&st.out);
-                st.out.clear();
+                self.wbuf.append(&mut st.out);
             }
             progress = true;
         }
@@ -1256,7 +1263,7 @@ where
         self.closing = Closing::Started;
         if st.proto.end_requests() {
             tracing::debug!("sending ERQ");
-            let _ = Packet::Erq.encode(&mut st.out);
+            let _ = Packet::Erq.encode(st.out.buf_mut());
         }
         // the time limits start when the driver first waits (see
         // `arm_close_deadlines`)
@@ -1422,18 +1429,12 @@ where
                 max: self.config.max_body_len,
             })
         } else {
-            wire::encode_response(&mut self.wbuf, channel, tag, r.ok, r.flags, &r.payload)
+            self.wbuf.response(channel, tag, r.ok, r.flags, &r.payload)
         };
         if let Err(e) = res {
             tracing::warn!(channel, tag, error = %e, "handler response cannot be sent; sending a failure");
-            let _ = wire::encode_response(
-                &mut self.wbuf,
-                channel,
-                tag,
-                false,
-                0,
-                b"response cannot be encoded",
-            );
+            let reason = b"response cannot be encoded";
+            let _ = wire::encode_response(self.wbuf.buf_mut(), channel, tag, false, 0, reason);
         }
     }
 
@@ -1462,7 +1463,8 @@ where
             // under one lock for the whole batch (at most max_handlers
             // requests: they run after it)
             let mut whole = false; // no complete packet left to decode
-            if !self.rbuf.is_empty() || self.chunk_pos < self.chunk.len() {
+            let writes_behind = self.wbuf.len() >= WRITE_HIGH_WATER;
+            if !writes_behind && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
                 if self.incoming.capacity() == 0 {
                     // given back when idle: sized once per burst, not
                     // regrown from empty a push at a time
@@ -1509,11 +1511,20 @@ where
                     return true;
                 }
             }
-            if self.running.len() >= self.config.max_handlers || self.wbuf.len() >= WRITE_HIGH_WATER
-            {
-                return progress; // woken by a handler or by the writer
+            if self.running.len() >= self.config.max_handlers {
+                return progress; // woken by a handler
             }
-            if !whole && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
+            let undecoded = self.rbuf.len() + (self.chunk.len() - self.chunk_pos);
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                // Take no new work while the peer is slow to read, but go
+                // on reading what it sends, up to a packet's worth: a peer
+                // that also waits for its writes before it reads (another
+                // tether, a 1 MiB echo each way) would otherwise wait on
+                // this end for ever, and this end on it.
+                if undecoded >= self.config.max_body_len {
+                    return progress; // woken by the writer
+                }
+            } else if !whole && undecoded > 0 {
                 continue; // the batch was full: decode the rest before reading
             }
             if self.read_would_block {
@@ -1632,8 +1643,14 @@ where
     fn reject(&mut self, channel: u64, tag: u64, reason: &'static str) {
         tracing::debug!(channel, tag, reason, "request refused");
         if !self.eof_sent {
-            let _ =
-                wire::encode_response(&mut self.wbuf, channel, tag, false, 0, reason.as_bytes());
+            let _ = wire::encode_response(
+                self.wbuf.buf_mut(),
+                channel,
+                tag,
+                false,
+                0,
+                reason.as_bytes(),
+            );
         }
     }
 
@@ -1689,7 +1706,7 @@ where
                 self.take_outgoing();
                 if self.shared.lock().out.is_empty() {
                     tracing::debug!("sending EOF");
-                    let _ = Packet::Eof.encode(&mut self.wbuf);
+                    let _ = Packet::Eof.encode(self.wbuf.buf_mut());
                     self.eof_sent = true;
                     progress = true;
                 }
@@ -1712,7 +1729,16 @@ where
     fn poll_write(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
         while !self.wbuf.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.wbuf) {
+            let written = match self.wbuf.contiguous() {
+                Some(bytes) => Pin::new(&mut self.io).poll_write(cx, bytes),
+                None => {
+                    // a large payload waits beside the buffer, not copied
+                    let mut slices = [IoSlice::new(&[]); outgoing::SLICES];
+                    let n = self.wbuf.io_slices(&mut slices);
+                    Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n])
+                }
+            };
+            match written {
                 Poll::Ready(Ok(0)) => {
                     self.fail("write failed: wrote zero bytes".to_string());
                     return true;

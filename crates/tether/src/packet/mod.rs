@@ -79,6 +79,7 @@ mod codec;
 mod connection;
 mod error;
 mod handler;
+mod outgoing;
 mod pipeline;
 mod proto;
 mod scratch;

@@ -18,11 +18,10 @@
 
 use std::task::Waker;
 
-use bytes::BytesMut;
-
+use super::outgoing::Outgoing;
 use super::proto::IncomingRequest;
 use super::Response;
-use crate::buffers::{clear_write_buf, Pool, ReadBuf};
+use crate::buffers::{Pool, ReadBuf};
 
 /// Scratch sets a thread keeps. A thread works for one connection at a
 /// time, so one set is enough; a few more cover connections that go to
@@ -35,7 +34,7 @@ pub(super) struct Scratch {
     /// Bytes read and not yet decoded.
     pub(super) rbuf: ReadBuf,
     /// Bytes encoded and not yet written.
-    pub(super) wbuf: BytesMut,
+    pub(super) wbuf: Outgoing,
     /// The peer's requests decoded under the lock, run after it.
     pub(super) incoming: Vec<IncomingRequest>,
     /// Handler results collected before taking the lock.
@@ -75,7 +74,7 @@ impl Scratch {
     pub(super) fn give_back(mut self: Box<Self>) {
         self.clear();
         self.rbuf.release_if_grown();
-        clear_write_buf(&mut self.wbuf);
+        self.wbuf.clear_and_shrink();
         Pool::give(&POOL, self);
     }
 }
@@ -128,7 +127,7 @@ mod tests {
 
         for _ in 0..POOL_SIZE + 3 {
             let mut s = Box::<Scratch>::default();
-            s.wbuf.reserve(10);
+            s.wbuf.buf_mut().reserve(10);
             s.give_back();
         }
         let pooled = Pool::len(&POOL);
