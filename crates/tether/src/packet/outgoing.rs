@@ -174,7 +174,7 @@ impl Outgoing {
     /// [`KEEP_AT_MOST`](crate::buffers::KEEP_AT_MOST).
     pub(super) fn clear_and_shrink(&mut self) {
         clear_write_buf(&mut self.buf);
-        self.large = VecDeque::new();
+        self.large.clear(); // a few entries' room, kept
         self.large_len = 0;
     }
 
