@@ -1463,8 +1463,7 @@ where
             // under one lock for the whole batch (at most max_handlers
             // requests: they run after it)
             let mut whole = false; // no complete packet left to decode
-            let writes_behind = self.wbuf.len() >= WRITE_HIGH_WATER;
-            if !writes_behind && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
+            if !self.rbuf.is_empty() || self.chunk_pos < self.chunk.len() {
                 if self.incoming.capacity() == 0 {
                     // given back when idle: sized once per burst, not
                     // regrown from empty a push at a time
@@ -1514,18 +1513,19 @@ where
             if self.running.len() >= self.config.max_handlers {
                 return progress; // woken by a handler
             }
-            let undecoded = self.rbuf.len() + (self.chunk.len() - self.chunk_pos);
-            if self.wbuf.len() >= WRITE_HIGH_WATER {
+            if self.wbuf.len() < WRITE_HIGH_WATER {
+                if !whole && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
+                    continue; // the batch was full: decode the rest before reading
+                }
+            } else if self.rbuf.len() + (self.chunk.len() - self.chunk_pos)
+                >= self.config.max_body_len
+            {
                 // Take no new work while the peer is slow to read, but go
                 // on reading what it sends, up to a packet's worth: a peer
                 // that also waits for its writes before it reads (another
                 // tether, a 1 MiB echo each way) would otherwise wait on
                 // this end for ever, and this end on it.
-                if undecoded >= self.config.max_body_len {
-                    return progress; // woken by the writer
-                }
-            } else if !whole && undecoded > 0 {
-                continue; // the batch was full: decode the rest before reading
+                return progress; // woken by the writer
             }
             if self.read_would_block {
                 return progress;

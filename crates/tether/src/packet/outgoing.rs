@@ -84,10 +84,11 @@ impl Outgoing {
         flags: u64,
         payload: &Bytes,
     ) -> Result<(), PacketError> {
-        if payload.len() >= BY_REFERENCE {
+        let bytes: &[u8] = payload;
+        if bytes.len() >= BY_REFERENCE {
             return self.large_request(channel, tag, rq_type, flags, payload);
         }
-        wire::encode_request(&mut self.buf, channel, tag, rq_type, flags, payload)
+        wire::encode_request(&mut self.buf, channel, tag, rq_type, flags, bytes)
     }
 
     #[cold]
@@ -115,10 +116,11 @@ impl Outgoing {
         flags: u64,
         payload: &Bytes,
     ) -> Result<(), PacketError> {
-        if payload.len() >= BY_REFERENCE {
+        let bytes: &[u8] = payload;
+        if bytes.len() >= BY_REFERENCE {
             return self.large_response(channel, tag, ok, flags, payload);
         }
-        wire::encode_response(&mut self.buf, channel, tag, ok, flags, payload)
+        wire::encode_response(&mut self.buf, channel, tag, ok, flags, bytes)
     }
 
     #[cold]
