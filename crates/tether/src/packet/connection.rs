@@ -1429,7 +1429,7 @@ where
                 max: self.config.max_body_len,
             })
         } else {
-            self.wbuf.response(channel, tag, r.ok, r.flags, &r.payload)
+            self.wbuf.response(channel, tag, r.ok, r.flags, r.payload)
         };
         if let Err(e) = res {
             tracing::warn!(channel, tag, error = %e, "handler response cannot be sent; sending a failure");

@@ -114,13 +114,12 @@ impl Outgoing {
         tag: u64,
         ok: bool,
         flags: u64,
-        payload: &Bytes,
+        payload: Bytes,
     ) -> Result<(), PacketError> {
-        let bytes: &[u8] = payload;
-        if bytes.len() >= BY_REFERENCE {
+        if payload.len() >= BY_REFERENCE {
             return self.large_response(channel, tag, ok, flags, payload);
         }
-        wire::encode_response(&mut self.buf, channel, tag, ok, flags, bytes)
+        wire::encode_response(&mut self.buf, channel, tag, ok, flags, &payload)
     }
 
     #[cold]
@@ -131,10 +130,10 @@ impl Outgoing {
         tag: u64,
         ok: bool,
         flags: u64,
-        payload: &Bytes,
+        payload: Bytes,
     ) -> Result<(), PacketError> {
         wire::encode_response_head(&mut self.buf, channel, tag, ok, flags, payload.len())?;
-        self.push_large(payload.clone());
+        self.push_large(payload);
         Ok(())
     }
 
@@ -313,7 +312,9 @@ mod tests {
                     ok,
                     flags,
                     payload,
-                } => q.response(*channel, *tag, *ok, *flags, payload).unwrap(),
+                } => q
+                    .response(*channel, *tag, *ok, *flags, payload.clone())
+                    .unwrap(),
                 _ => unreachable!("only requests and responses are queued here"),
             }
         }
