@@ -239,6 +239,40 @@ async fn large_and_small_payloads_in_flight_together_arrive_intact_both_ways() {
 }
 
 #[tokio::test]
+async fn an_answer_read_ahead_while_writes_are_behind_survives_the_peer_closing() {
+    // the client's 8 MiB request fills the 777-byte pipe, so the client
+    // reads ahead without decoding; the server answers the small request,
+    // then closes: the answer must reach its requester, not be dropped
+    // with the stream's end
+    let (a, b) = memory_pair(777);
+    let (answered, was_answered) = tokio::sync::oneshot::channel::<()>();
+    let answered = std::sync::Mutex::new(Some(answered));
+    let server = PacketConnection::spawn(
+        b,
+        handler_fn(move |rq: IncomingRequest| {
+            if rq.flags == 1 {
+                if let Some(tx) = answered.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            }
+            async move { Response::ok(rq.flags, "small") }
+        }),
+        cfg(),
+    );
+    let client = PacketConnection::spawn(a, NoHandler, cfg());
+    let small = tokio::spawn(client.submit(0, 1, "hi"));
+    let big = tokio::spawn(client.submit(0, 2, vec![7u8; (8 << 20) - 100]));
+    t(was_answered).await.unwrap();
+    let _ = t(server.close()).await;
+    assert_eq!(t(small).await.unwrap().unwrap(), Response::ok(1, "small"));
+    assert!(
+        t(big).await.unwrap().is_err(),
+        "the peer closed before reading it all"
+    );
+    let _ = t(client.closed()).await;
+}
+
+#[tokio::test]
 async fn close_sends_erq_lets_handlers_finish_then_eof() {
     // raw client: request (held), ERQ, EOF; tether server must answer it
     // before its own EOF.

@@ -20,12 +20,17 @@
 //! sleep). A payload of 16 KiB or more is not copied: it waits beside the
 //! write buffer and goes out in a vectored write (see [`super::outgoing`]).
 //!
-//! When 64 KiB are waiting to be written, the task takes no new work (no
-//! requests decoded, no handler results, no requests from this end) until
-//! the peer reads. It goes on reading, though, up to `max_body_len` bytes
-//! undecoded: a peer doing the same (another tether end echoing 1 MiB
-//! packets back) would otherwise wait for this end to read while this end
-//! waits for it.
+//! When 64 KiB are waiting to be written, the task takes no new work until
+//! the peer reads: it decodes nothing (requests or responses), takes no
+//! handler results and no requests from this end. It goes on reading,
+//! though, up to `max_body_len` bytes undecoded (and one read more, at most
+//! 256 KiB): a peer doing the same (another tether end echoing 1 MiB packets
+//! back) would otherwise wait for this end to read while this end waits for
+//! it. Two ends that each have more than that queued for the other can
+//! still stall: the wire has no flow control, and reading further would
+//! leave memory unbounded. If the stream ends meanwhile, the packets read
+//! ahead are decoded before the end is handled (the peer may have answered,
+//! then closed).
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -362,6 +367,7 @@ impl PacketConnection {
             shutdown_done: false,
             needs_flush: false,
             read_would_block: false,
+            stream_ended: false,
             handler_deadline: None,
             scratch: None,
             final_deadline: None,
@@ -1038,6 +1044,10 @@ struct Driver<S, H: Handler> {
     /// the later rounds of the same poll need not ask the socket again
     /// (each ask costs about as much as decoding a packet).
     read_would_block: bool,
+    /// The stream ended (a read returned 0) with packets read ahead still
+    /// to decode: decoded first, whatever the write buffer holds, then
+    /// the end is handled.
+    stream_ended: bool,
     handler_deadline: Option<Pin<Box<Sleep>>>,
     /// While the buffers are borrowed from the thread's pool (see
     /// `adopt_scratch`): the box they go back in.
@@ -1474,7 +1484,7 @@ where
                 let mut st = shared.lock();
                 self.batch = Batch::START;
                 while self.running.len() + self.incoming.len() < self.config.max_handlers
-                    && self.wbuf.len() < WRITE_HIGH_WATER
+                    && (self.wbuf.len() < WRITE_HIGH_WATER || self.stream_ended)
                 {
                     match self.next_packet() {
                         Ok(Some(packet)) => {
@@ -1513,7 +1523,7 @@ where
             if self.running.len() >= self.config.max_handlers {
                 return progress; // woken by a handler
             }
-            if self.wbuf.len() < WRITE_HIGH_WATER {
+            if self.wbuf.len() < WRITE_HIGH_WATER || self.stream_ended {
                 if !whole && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
                     continue; // the batch was full: decode the rest before reading
                 }
@@ -1526,6 +1536,11 @@ where
                 // tether, a 1 MiB echo each way) would otherwise wait on
                 // this end for ever, and this end on it.
                 return progress; // woken by the writer
+            }
+            if self.stream_ended {
+                // every whole packet read ahead is decoded
+                self.end_of_stream();
+                return true;
             }
             if self.read_would_block {
                 return progress;
@@ -1546,24 +1561,10 @@ where
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut *self.rbuf) {
                 Poll::Ready(Ok(0)) => {
+                    // the packets read ahead while writes were behind come
+                    // first: the peer may have answered, then closed
                     progress = true;
-                    let reason = if self.rbuf.is_empty() {
-                        "end of stream without EOF".to_string()
-                    } else {
-                        format!(
-                            "stream cut mid-packet ({} bytes of an incomplete packet)",
-                            self.rbuf.len()
-                        )
-                    };
-                    tracing::debug!("{reason}");
-                    self.unclean = Some(Arc::from(reason.as_str()));
-                    let shared = self.shared.clone();
-                    let mut st = shared.lock();
-                    self.read_ended(&mut st, &reason);
-                    drop(st);
-                    for w in self.to_wake.drain(..) {
-                        w.wake();
-                    }
+                    self.stream_ended = true;
                 }
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => {
@@ -1578,6 +1579,29 @@ where
             }
         }
         progress
+    }
+
+    /// The stream ended without the peer's EOF packet: in the middle of a
+    /// packet (the bytes left once every whole one is decoded) or between
+    /// two.
+    fn end_of_stream(&mut self) {
+        let reason = if self.rbuf.is_empty() {
+            "end of stream without EOF".to_string()
+        } else {
+            format!(
+                "stream cut mid-packet ({} bytes of an incomplete packet)",
+                self.rbuf.len()
+            )
+        };
+        tracing::debug!("{reason}");
+        self.unclean = Some(Arc::from(reason.as_str()));
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        self.read_ended(&mut st, &reason);
+        drop(st);
+        for w in self.to_wake.drain(..) {
+            w.wake();
+        }
     }
 
     fn on_packet(&mut self, st: &mut State, packet: Packet) {

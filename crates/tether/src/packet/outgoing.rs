@@ -11,7 +11,7 @@
 //! ```text
 //! queued: request a (5 bytes), request b (64 KiB), response c (1 MiB)
 //! buf:    [hdr a · payload a · hdr b] [hdr c]
-//! large:  payload b after 13 bytes of buf, payload c after 5 more
+//! large:  payload b after 15 bytes of buf, payload c after 5 more
 //! wire:   hdr a · payload a · hdr b · payload b · hdr c · payload c
 //! ```
 //!
@@ -194,8 +194,7 @@ impl Outgoing {
     /// [`KEEP_AT_MOST`](crate::buffers::KEEP_AT_MOST).
     pub(super) fn clear_and_shrink(&mut self) {
         clear_write_buf(&mut self.buf);
-        self.large = None;
-        self.large_len = 0;
+        self.clear(); // the queue's few entries' room is kept, as the buffer's is
     }
 
     /// The bytes to write next, in one slice: all of them when no large
@@ -427,6 +426,25 @@ mod tests {
         a.append(&mut b);
         wire.extend(drain(&mut a, 777));
         assert!(wire == want);
+    }
+
+    #[test]
+    fn append_to_a_queue_holding_only_the_rest_of_a_payload() {
+        // its buffer is empty, but it is not: what is appended goes after
+        let packets = [
+            request(1, large(b'p')),
+            request(2, Bytes::from_static(b"next")),
+        ];
+        let want = encoded(&packets);
+        let mut a = Outgoing::default();
+        queue(&mut a, &packets[..1]);
+        let head = a.buf.len();
+        a.advance(head + 10);
+        assert!(a.buf.is_empty() && !a.is_empty());
+        let mut b = Outgoing::default();
+        queue(&mut b, &packets[1..]);
+        a.append(&mut b);
+        assert!(drain(&mut a, 4096) == want[head + 10..]);
     }
 
     #[test]
