@@ -239,6 +239,68 @@ async fn large_and_small_payloads_in_flight_together_arrive_intact_both_ways() {
 }
 
 #[tokio::test]
+async fn many_large_requests_each_way_at_once_do_not_stall_both_ends() {
+    // each end has 24 MiB to send the other through a 64 KiB pipe, more
+    // than either may read ahead (max_body_len, 8 MiB): each must serve
+    // the other's requests before it sends more of its own
+    let (a, b) = memory_pair(64 * 1024);
+    let echo =
+        || handler_fn(|rq: IncomingRequest| async move { Response::ok(rq.flags, rq.payload) });
+    let left = PacketConnection::spawn(a, echo(), cfg());
+    let right = PacketConnection::spawn(b, echo(), cfg());
+    let mut calls = Vec::new();
+    for i in 0..48u64 {
+        let from = if i % 2 == 0 {
+            left.clone()
+        } else {
+            right.clone()
+        };
+        let payload = Bytes::from(vec![i as u8; 1 << 20]);
+        calls.push(tokio::spawn(async move {
+            let r = from.submit(0, i, payload.clone()).await.unwrap();
+            assert!(r.ok && r.flags == i && r.payload == payload, "request {i}");
+        }));
+    }
+    for c in calls {
+        t(c).await.unwrap();
+    }
+    t(left.close()).await.unwrap();
+    t(right.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn with_a_small_max_body_len_both_ends_still_read_ahead_enough() {
+    // 64 KiB packets at most, 40 KiB ones each way at once: a peer's
+    // backlog (a full write buffer and a batch of answers) is more than
+    // max_body_len, so reading ahead only that far stalled both ends
+    let (a, b) = memory_pair(777);
+    let mut config = cfg();
+    config.max_body_len = 64 * 1024;
+    let echo =
+        || handler_fn(|rq: IncomingRequest| async move { Response::ok(rq.flags, rq.payload) });
+    let left = PacketConnection::spawn(a, echo(), config.clone());
+    let right = PacketConnection::spawn(b, echo(), config);
+    let mut calls = Vec::new();
+    for i in 0..128u64 {
+        let from = if i % 2 == 0 {
+            left.clone()
+        } else {
+            right.clone()
+        };
+        let payload = Bytes::from(vec![i as u8; 40 * 1024]);
+        calls.push(tokio::spawn(async move {
+            let r = from.submit(0, i, payload.clone()).await.unwrap();
+            assert!(r.ok && r.payload == payload, "request {i}");
+        }));
+    }
+    for c in calls {
+        t(c).await.unwrap();
+    }
+    t(left.close()).await.unwrap();
+    t(right.closed()).await.unwrap();
+}
+
+#[tokio::test]
 async fn an_answer_read_ahead_while_writes_are_behind_survives_the_peer_closing() {
     // the client's 8 MiB request fills the 777-byte pipe, so the client
     // reads ahead without decoding; the server answers the small request,
@@ -263,13 +325,18 @@ async fn an_answer_read_ahead_while_writes_are_behind_survives_the_peer_closing(
     let small = tokio::spawn(client.submit(0, 1, "hi"));
     let big = tokio::spawn(client.submit(0, 2, vec![7u8; (8 << 20) - 100]));
     t(was_answered).await.unwrap();
-    let _ = t(server.close()).await;
+    // well within the close's time limits (5 s and 5 s): both ends close
+    // in order, the client's EOF behind its big request
+    let quick = Duration::from_secs(4);
+    let closed = tokio::time::timeout(quick, server.close()).await;
+    assert!(matches!(closed, Ok(Ok(()))), "server close: {closed:?}");
     assert_eq!(t(small).await.unwrap().unwrap(), Response::ok(1, "small"));
     assert!(
         t(big).await.unwrap().is_err(),
         "the peer closed before reading it all"
     );
-    let _ = t(client.closed()).await;
+    let closed = tokio::time::timeout(quick, client.closed()).await;
+    assert!(matches!(closed, Ok(Ok(()))), "client close: {closed:?}");
 }
 
 #[tokio::test]

@@ -23,14 +23,17 @@
 //! When 64 KiB are waiting to be written, the task takes no new work until
 //! the peer reads: it decodes nothing (requests or responses), takes no
 //! handler results and no requests from this end. It goes on reading,
-//! though, up to `max_body_len` bytes undecoded (and one read more, at most
-//! 256 KiB): a peer doing the same (another tether end echoing 1 MiB packets
-//! back) would otherwise wait for this end to read while this end waits for
-//! it. Two ends that each have more than that queued for the other can
-//! still stall: the wire has no flow control, and reading further would
-//! leave memory unbounded. If the stream ends meanwhile, the packets read
-//! ahead are decoded before the end is handled (the peer may have answered,
-//! then closed).
+//! though, up to `max_body_len` bytes undecoded (at least 256 KiB, and one
+//! read more, at most 256 KiB): a peer doing the same (another tether end
+//! echoing 1 MiB packets back) would otherwise wait for this end to read
+//! while this end waits for it. While packets read ahead wait, this end's
+//! new requests wait behind them, so that each end serves the other before
+//! it sends more of its own. Two ends can still stall if one has more
+//! queued than the other reads ahead (a handler answering a small request
+//! with many megabytes, say): the wire has no flow control, and reading
+//! further would leave memory unbounded. If the stream ends meanwhile, the
+//! packets read ahead are decoded before the end is handled (the peer may
+//! have answered, then closed).
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -66,6 +69,11 @@ use crate::transport::{self, ConnectOptions, Endpoint};
 /// packet limit, large enough that 64-byte packets are batched by the
 /// hundred.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// The least a connection whose writes are behind reads ahead (it reads
+/// up to `max_body_len`, if that is more): what a peer like it may have
+/// queued, a full write buffer and a batch of answers besides, so that
+/// neither waits on the other when `max_body_len` is small.
+const READ_AHEAD_AT_LEAST: usize = 4 * WRITE_HIGH_WATER;
 /// Bytes reserved for each read. 16 KiB amortises the syscall over many
 /// small packets; a connection holds the buffer only while it has work (see
 /// [`super::scratch`]).
@@ -368,6 +376,7 @@ impl PacketConnection {
             needs_flush: false,
             read_would_block: false,
             stream_ended: false,
+            peer_waiting: false,
             handler_deadline: None,
             scratch: None,
             final_deadline: None,
@@ -1048,6 +1057,10 @@ struct Driver<S, H: Handler> {
     /// to decode: decoded first, whatever the write buffer holds, then
     /// the end is handled.
     stream_ended: bool,
+    /// The peer's packets were read ahead while writes were behind and
+    /// wait to be decoded: this end's new requests wait behind them, so
+    /// that what frees the write buffer goes out to the peer first.
+    peer_waiting: bool,
     handler_deadline: Option<Pin<Box<Sleep>>>,
     /// While the buffers are borrowed from the thread's pool (see
     /// `adopt_scratch`): the box they go back in.
@@ -1180,7 +1193,7 @@ where
             }
             if !progress {
                 let mut st = this.shared.lock();
-                let more = (!st.out.is_empty() && this.wbuf.len() < WRITE_HIGH_WATER)
+                let more = (!st.out.is_empty() && this.takes_requests())
                     || (st.close_requested && this.closing == Closing::No);
                 if !more {
                     if !st
@@ -1236,6 +1249,17 @@ where
             && self.to_wake.is_empty()
     }
 
+    /// Whether the requests this end's requesters queued go into the write
+    /// buffer now: not while it is full, nor while the peer's packets wait
+    /// (each end sending its own requests before serving the other's would
+    /// fill both ends' read-ahead, and stall them both). Once the peer's
+    /// EOF is read, nothing more of its waits: the close's ERQ and the
+    /// requests before it go out.
+    #[inline(always)]
+    fn takes_requests(&self) -> bool {
+        self.wbuf.len() < WRITE_HIGH_WATER && !(self.peer_waiting && self.read_open)
+    }
+
     /// Takes the requests encoded by requesters, and a close request.
     fn take_outgoing(&mut self) -> bool {
         let mut progress = false;
@@ -1245,7 +1269,7 @@ where
             self.start_close(&mut st);
             progress = true;
         }
-        if !st.out.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
+        if !st.out.is_empty() && self.takes_requests() {
             if self.eof_sent {
                 st.out.clear(); // cannot happen: requests end before EOF
             } else {
@@ -1523,19 +1547,22 @@ where
             if self.running.len() >= self.config.max_handlers {
                 return progress; // woken by a handler
             }
+            let undecoded = self.rbuf.len() + (self.chunk.len() - self.chunk_pos);
             if self.wbuf.len() < WRITE_HIGH_WATER || self.stream_ended {
-                if !whole && (!self.rbuf.is_empty() || self.chunk_pos < self.chunk.len()) {
+                if !whole && undecoded > 0 {
                     continue; // the batch was full: decode the rest before reading
                 }
-            } else if self.rbuf.len() + (self.chunk.len() - self.chunk_pos)
-                >= self.config.max_body_len
-            {
+                self.peer_waiting = false;
+            } else {
                 // Take no new work while the peer is slow to read, but go
                 // on reading what it sends, up to a packet's worth: a peer
                 // that also waits for its writes before it reads (another
                 // tether, a 1 MiB echo each way) would otherwise wait on
                 // this end for ever, and this end on it.
-                return progress; // woken by the writer
+                self.peer_waiting = undecoded > 0;
+                if undecoded >= self.config.max_body_len.max(READ_AHEAD_AT_LEAST) {
+                    return progress; // woken by the writer
+                }
             }
             if self.stream_ended {
                 // every whole packet read ahead is decoded
