@@ -301,6 +301,99 @@ async fn with_a_small_max_body_len_both_ends_still_read_ahead_enough() {
 }
 
 #[tokio::test]
+async fn a_handler_request_goes_out_while_max_handlers_are_busy() {
+    // max_handlers 1. The peer's request X arrives while this end's 1 MiB
+    // answer is still unread, so X is read ahead; once the answer drains,
+    // X's handler asks the peer something on the same connection. That
+    // request must go out although X now fills max_handlers (it was held
+    // back, as if the peer's packets still waited to be decoded). (The
+    // answer to it could not come in: with max_handlers running nothing is
+    // read, see PacketConfig::max_handlers.)
+    let (a, b) = memory_pair(64 * 1024);
+    let mut config = cfg();
+    config.max_handlers = 1;
+    let this_end = Arc::new(std::sync::OnceLock::<PacketConnection>::new());
+    let handle = this_end.clone();
+    let handler = handler_fn(move |rq: IncomingRequest| {
+        let handle = handle.clone();
+        async move {
+            if rq.rq_type != 10 {
+                return Response::ok(rq.flags, rq.payload);
+            }
+            let conn = handle.get().expect("set at spawn").clone();
+            match conn.submit(0, 0, "nested").await {
+                Ok(r) => Response::ok(0, r.payload),
+                Err(e) => Response::fail(e.to_string()),
+            }
+        }
+    });
+    let conn = PacketConnection::spawn(b, handler, config);
+    this_end.set(conn.clone()).ok().unwrap();
+    let mut peer = raw(a);
+    let big = Bytes::from(vec![5u8; 1 << 20]);
+    t(peer.send(Packet::Request {
+        channel: 0,
+        tag: 1,
+        rq_type: 0,
+        flags: 0,
+        payload: big.clone(),
+    }))
+    .await
+    .unwrap();
+    t(peer.send(rq(2, 10, 0, b"x"))).await.unwrap();
+    let echoed = Packet::Response {
+        channel: 0,
+        tag: 1,
+        ok: true,
+        flags: 0,
+        payload: big,
+    };
+    assert!(next(&mut peer).await == echoed, "the 1 MiB echo first");
+    let Packet::Request { payload, .. } = next(&mut peer).await else {
+        panic!("expected the handler's request");
+    };
+    assert_eq!(&payload[..], b"nested");
+    drop(conn);
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_sending_and_never_reads_is_let_go_within_the_close_limits() {
+    // the peer asks for 1 MiB back, sends one more request (read ahead,
+    // since the answer cannot go out), ends its stream and reads nothing:
+    // the connection must not wait for the writer for ever
+    let (a, b) = memory_pair(64 * 1024);
+    let mut config = cfg();
+    config.close_timeout = Duration::from_millis(200);
+    config.eof_timeout = Duration::from_millis(200);
+    let conn = PacketConnection::spawn(b, EchoService, config);
+    let mut peer = raw(a);
+    t(peer.send(Packet::Request {
+        channel: 0,
+        tag: 1,
+        rq_type: 0,
+        flags: 0,
+        payload: Bytes::from(vec![1u8; 1 << 20]),
+    }))
+    .await
+    .unwrap();
+    // the answer's first bytes: it is being written, and is behind
+    let mut start = [0u8; 16];
+    t(tokio::io::AsyncReadExt::read_exact(
+        peer.get_mut(),
+        &mut start,
+    ))
+    .await
+    .unwrap();
+    t(peer.send(rq(2, 0, 0, b"more"))).await.unwrap();
+    t(tokio::io::AsyncWriteExt::shutdown(peer.get_mut()))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    assert!(matches!(ended, Ok(Err(_))), "{ended:?}");
+    drop(peer);
+}
+
+#[tokio::test]
 async fn an_answer_read_ahead_while_writes_are_behind_survives_the_peer_closing() {
     // the client's 8 MiB request fills the 777-byte pipe, so the client
     // reads ahead without decoding; the server answers the small request,

@@ -31,9 +31,12 @@
 //! it sends more of its own. Two ends can still stall if one has more
 //! queued than the other reads ahead (a handler answering a small request
 //! with many megabytes, say): the wire has no flow control, and reading
-//! further would leave memory unbounded. If the stream ends meanwhile, the
-//! packets read ahead are decoded before the end is handled (the peer may
-//! have answered, then closed).
+//! further would leave memory unbounded. A peer that keeps sending requests
+//! and reads slowly can so hold this end's own requests back for as long as
+//! it does. If the stream ends meanwhile, the packets read ahead are decoded
+//! before the end is handled (the peer may have answered, then closed), and
+//! the close starts at once, so that its time limits bound the wait for a
+//! peer that never reads again.
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -95,6 +98,12 @@ pub struct PacketConfig {
     pub max_body_len: usize,
     /// Maximum number of the peer's requests handled at once; further
     /// requests wait in the socket (backpressure). Default 256.
+    ///
+    /// While that many run, the connection reads nothing, answers to its
+    /// own requests included: a handler that awaits a request of its own
+    /// on the same connection waits for a slot to free, and if every slot
+    /// is held by such a handler, for ever. Keep handlers that call back
+    /// over their own connection fewer than this.
     pub max_handlers: usize,
     /// Maximum number of our requests awaiting a response; `submit` waits
     /// for room beyond it. Default 65536. (Requests encoded but not yet
@@ -1053,13 +1062,13 @@ struct Driver<S, H: Handler> {
     /// the later rounds of the same poll need not ask the socket again
     /// (each ask costs about as much as decoding a packet).
     read_would_block: bool,
-    /// The stream ended (a read returned 0) with packets read ahead still
-    /// to decode: decoded first, whatever the write buffer holds, then
-    /// the end is handled.
+    /// The stream ended (a read returned 0). Packets read ahead are
+    /// decoded first, as the writer makes room; then the end is handled.
     stream_ended: bool,
-    /// The peer's packets were read ahead while writes were behind and
-    /// wait to be decoded: this end's new requests wait behind them, so
-    /// that what frees the write buffer goes out to the peer first.
+    /// Bytes of the peer's (whole packets or part of one) were read ahead
+    /// while writes were behind and wait to be decoded: this end's new
+    /// requests, and its EOF, wait behind them, so that each end serves
+    /// the other first. Meaningful only while `read_open`.
     peer_waiting: bool,
     handler_deadline: Option<Pin<Box<Sleep>>>,
     /// While the buffers are borrowed from the thread's pool (see
@@ -1508,7 +1517,7 @@ where
                 let mut st = shared.lock();
                 self.batch = Batch::START;
                 while self.running.len() + self.incoming.len() < self.config.max_handlers
-                    && (self.wbuf.len() < WRITE_HIGH_WATER || self.stream_ended)
+                    && self.wbuf.len() < WRITE_HIGH_WATER
                 {
                     match self.next_packet() {
                         Ok(Some(packet)) => {
@@ -1545,22 +1554,29 @@ where
                 }
             }
             if self.running.len() >= self.config.max_handlers {
+                if self.wbuf.len() < WRITE_HIGH_WATER {
+                    // nothing waits on the writer: a handler's own
+                    // requests (it may be waiting on them) go out
+                    self.peer_waiting = false;
+                }
                 return progress; // woken by a handler
             }
             let undecoded = self.rbuf.len() + (self.chunk.len() - self.chunk_pos);
-            if self.wbuf.len() < WRITE_HIGH_WATER || self.stream_ended {
+            if self.wbuf.len() < WRITE_HIGH_WATER {
                 if !whole && undecoded > 0 {
                     continue; // the batch was full: decode the rest before reading
                 }
                 self.peer_waiting = false;
             } else {
                 // Take no new work while the peer is slow to read, but go
-                // on reading what it sends, up to a packet's worth: a peer
-                // that also waits for its writes before it reads (another
-                // tether, a 1 MiB echo each way) would otherwise wait on
-                // this end for ever, and this end on it.
+                // on reading what it sends, at least a packet's worth: a
+                // peer that also waits for its writes before it reads
+                // (another tether, a 1 MiB echo each way) would otherwise
+                // wait on this end for ever, and this end on it.
                 self.peer_waiting = undecoded > 0;
-                if undecoded >= self.config.max_body_len.max(READ_AHEAD_AT_LEAST) {
+                let read_ahead_full =
+                    undecoded >= self.config.max_body_len.max(READ_AHEAD_AT_LEAST);
+                if read_ahead_full || (self.stream_ended && undecoded > 0) {
                     return progress; // woken by the writer
                 }
             }
@@ -1589,9 +1605,15 @@ where
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut *self.rbuf) {
                 Poll::Ready(Ok(0)) => {
                     // the packets read ahead while writes were behind come
-                    // first: the peer may have answered, then closed
+                    // first (the peer may have answered, then closed), as
+                    // the writer makes room; the close starts now, so that
+                    // its time limits bound the wait if the peer never reads
                     progress = true;
                     self.stream_ended = true;
+                    if self.peer_waiting {
+                        let shared = self.shared.clone();
+                        self.start_close(&mut shared.lock());
+                    }
                 }
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => {
@@ -1755,7 +1777,9 @@ where
                 // requests queued before the close go out before EOF (once
                 // the writer has made room for the last of them)
                 self.take_outgoing();
-                if self.shared.lock().out.is_empty() {
+                // nor before the answers to the peer's packets read ahead
+                let answers_due = self.peer_waiting && self.read_open;
+                if self.shared.lock().out.is_empty() && !answers_due {
                     tracing::debug!("sending EOF");
                     let _ = Packet::Eof.encode(self.wbuf.buf_mut());
                     self.eof_sent = true;
