@@ -206,35 +206,45 @@ fn mixed_payload(i: u64) -> Bytes {
     )
 }
 
+/// Two ends that echo (flags and payload) each send the other half of `n`
+/// requests, all at once: request `i` carries flags `i` and `payload(i)`,
+/// and every one must come back intact before both ends close.
+async fn echo_both_ways(
+    (a, b): (ByteStream, ByteStream),
+    config: PacketConfig,
+    n: u64,
+    payload: impl Fn(u64) -> Bytes,
+) {
+    let echo =
+        || handler_fn(|rq: IncomingRequest| async move { Response::ok(rq.flags, rq.payload) });
+    let left = PacketConnection::spawn(a, echo(), config.clone());
+    let right = PacketConnection::spawn(b, echo(), config);
+    let mut calls = Vec::new();
+    for i in 0..n {
+        let from = if i % 2 == 0 { &left } else { &right }.clone();
+        let payload = payload(i);
+        calls.push(tokio::spawn(async move {
+            let r = from.submit(0, i, payload.clone()).await.unwrap();
+            assert!(r.ok && r.flags == i, "request {i}");
+            assert!(r.payload == payload, "request {i}: payload changed");
+        }));
+    }
+    for c in calls {
+        t(c).await.unwrap();
+    }
+    t(left.close()).await.unwrap();
+    t(right.closed()).await.unwrap();
+}
+
 #[tokio::test]
 async fn large_and_small_payloads_in_flight_together_arrive_intact_both_ways() {
     // TCP takes vectored writes; the memory pipe takes one slice at a time,
     // a few hundred bytes a write, so writes end inside headers and payloads.
     // The pipe holds 777 bytes: each end must go on reading while its own
     // 1 MiB responses wait to be written (both ends used to stop, and stall)
-    let (tcp_a, tcp_b) = tcp_pair().await;
-    for (a, b) in [(tcp_a, tcp_b), memory_pair(777)] {
-        let echo =
-            || handler_fn(|rq: IncomingRequest| async move { Response::ok(rq.flags, rq.payload) });
-        let left = PacketConnection::spawn(a, echo(), cfg());
-        let right = PacketConnection::spawn(b, echo(), cfg());
-        let mut calls = Vec::new();
-        for i in 0..24u64 {
-            let (from, payload) = match i % 2 {
-                0 => (left.clone(), mixed_payload(i / 2)),
-                _ => (right.clone(), mixed_payload(i / 2 + 3)),
-            };
-            calls.push(tokio::spawn(async move {
-                let r = from.submit(0, i, payload.clone()).await.unwrap();
-                assert!(r.ok && r.flags == i, "request {i}");
-                assert!(r.payload == payload, "request {i}: payload changed");
-            }));
-        }
-        for c in calls {
-            t(c).await.unwrap();
-        }
-        t(left.close()).await.unwrap();
-        t(right.closed()).await.unwrap();
+    for pair in [tcp_pair().await, memory_pair(777)] {
+        // each end sends every size
+        echo_both_ways(pair, cfg(), 24, |i| mixed_payload(i / 2 + 3 * (i % 2))).await;
     }
 }
 
@@ -243,29 +253,10 @@ async fn many_large_requests_each_way_at_once_do_not_stall_both_ends() {
     // each end has 24 MiB to send the other through a 64 KiB pipe, more
     // than either may read ahead (max_body_len, 8 MiB): each must serve
     // the other's requests before it sends more of its own
-    let (a, b) = memory_pair(64 * 1024);
-    let echo =
-        || handler_fn(|rq: IncomingRequest| async move { Response::ok(rq.flags, rq.payload) });
-    let left = PacketConnection::spawn(a, echo(), cfg());
-    let right = PacketConnection::spawn(b, echo(), cfg());
-    let mut calls = Vec::new();
-    for i in 0..48u64 {
-        let from = if i % 2 == 0 {
-            left.clone()
-        } else {
-            right.clone()
-        };
-        let payload = Bytes::from(vec![i as u8; 1 << 20]);
-        calls.push(tokio::spawn(async move {
-            let r = from.submit(0, i, payload.clone()).await.unwrap();
-            assert!(r.ok && r.flags == i && r.payload == payload, "request {i}");
-        }));
-    }
-    for c in calls {
-        t(c).await.unwrap();
-    }
-    t(left.close()).await.unwrap();
-    t(right.closed()).await.unwrap();
+    echo_both_ways(memory_pair(64 * 1024), cfg(), 48, |i| {
+        Bytes::from(vec![i as u8; 1 << 20])
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -273,31 +264,12 @@ async fn with_a_small_max_body_len_both_ends_still_read_ahead_enough() {
     // 64 KiB packets at most, 40 KiB ones each way at once: a peer's
     // backlog (a full write buffer and a batch of answers) is more than
     // max_body_len, so reading ahead only that far stalled both ends
-    let (a, b) = memory_pair(777);
     let mut config = cfg();
     config.max_body_len = 64 * 1024;
-    let echo =
-        || handler_fn(|rq: IncomingRequest| async move { Response::ok(rq.flags, rq.payload) });
-    let left = PacketConnection::spawn(a, echo(), config.clone());
-    let right = PacketConnection::spawn(b, echo(), config);
-    let mut calls = Vec::new();
-    for i in 0..128u64 {
-        let from = if i % 2 == 0 {
-            left.clone()
-        } else {
-            right.clone()
-        };
-        let payload = Bytes::from(vec![i as u8; 40 * 1024]);
-        calls.push(tokio::spawn(async move {
-            let r = from.submit(0, i, payload.clone()).await.unwrap();
-            assert!(r.ok && r.payload == payload, "request {i}");
-        }));
-    }
-    for c in calls {
-        t(c).await.unwrap();
-    }
-    t(left.close()).await.unwrap();
-    t(right.closed()).await.unwrap();
+    echo_both_ways(memory_pair(777), config, 128, |i| {
+        Bytes::from(vec![i as u8; 40 * 1024])
+    })
+    .await;
 }
 
 #[tokio::test]
