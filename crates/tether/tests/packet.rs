@@ -23,9 +23,15 @@ async fn t<F: Future>(f: F) -> F::Output {
 }
 
 fn cfg() -> PacketConfig {
+    closing_within(Duration::from_secs(5))
+}
+
+/// The default config with both close limits (handlers, then the peer's
+/// EOF) set to `limit`.
+fn closing_within(limit: Duration) -> PacketConfig {
     let mut c = PacketConfig::default();
-    c.close_timeout = Duration::from_secs(5);
-    c.eof_timeout = Duration::from_secs(5);
+    c.close_timeout = limit;
+    c.eof_timeout = limit;
     c
 }
 
@@ -334,9 +340,7 @@ async fn a_peer_that_stops_sending_and_never_reads_is_let_go_within_the_close_li
     // since the answer cannot go out), ends its stream and reads nothing:
     // the connection must not wait for the writer for ever
     let (a, b) = memory_pair(64 * 1024);
-    let mut config = cfg();
-    config.close_timeout = Duration::from_millis(200);
-    config.eof_timeout = Duration::from_millis(200);
+    let config = closing_within(Duration::from_millis(200));
     let conn = PacketConnection::spawn(b, EchoService, config);
     let mut peer = raw(a);
     t(peer.send(Packet::Request {
@@ -1418,9 +1422,7 @@ async fn works_over_a_unix_socket() {
 #[tokio::test(start_paused = true)]
 async fn close_is_bounded_when_the_peer_never_sends_eof() {
     let (a, b) = memory_pair(4096);
-    let mut c = cfg();
-    c.close_timeout = Duration::from_secs(1);
-    c.eof_timeout = Duration::from_secs(1);
+    let c = closing_within(Duration::from_secs(1));
     let client = PacketConnection::spawn(a, NoHandler, c);
     let mut peer = raw(b);
     let pending = client.submit(0, 0, "never answered");
@@ -1436,9 +1438,7 @@ async fn close_is_bounded_when_the_peer_never_sends_eof() {
 #[tokio::test(start_paused = true)]
 async fn submit_and_close_is_bounded_by_the_close_limits_when_the_peer_is_silent() {
     let (a, b) = memory_pair(4096);
-    let mut c = cfg();
-    c.close_timeout = Duration::from_secs(1);
-    c.eof_timeout = Duration::from_secs(1);
+    let c = closing_within(Duration::from_secs(1));
     let client = PacketConnection::spawn(a, NoHandler, c);
     let _peer = raw(b); // reads nothing, answers nothing
     let start = tokio::time::Instant::now();

@@ -60,7 +60,7 @@ use super::outgoing::{self, Outgoing};
 use super::proto::{Batch, IncomingRequest, Protocol, Stats, StatsSnapshot};
 use super::scratch::Scratch;
 use super::tag_table::TagTable;
-use super::wire::{self, MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
+use super::wire::{MAX_REQUEST_FLAGS, MAX_RQ_TYPE};
 use super::{Packet, PacketError, Response};
 use crate::buffers::ReadBuf;
 use crate::framing::room_ahead;
@@ -1266,7 +1266,14 @@ where
     /// requests before it go out.
     #[inline(always)]
     fn takes_requests(&self) -> bool {
-        self.wbuf.len() < WRITE_HIGH_WATER && !(self.peer_waiting && self.read_open)
+        self.wbuf.len() < WRITE_HIGH_WATER && !self.peer_packets_wait()
+    }
+
+    /// Whether the peer's bytes, read ahead while writes were behind, are
+    /// still to be decoded (none are once its EOF is read).
+    #[inline(always)]
+    fn peer_packets_wait(&self) -> bool {
+        self.peer_waiting && self.read_open
     }
 
     /// Takes the requests encoded by requesters, and a close request.
@@ -1476,8 +1483,8 @@ where
         };
         if let Err(e) = res {
             tracing::warn!(channel, tag, error = %e, "handler response cannot be sent; sending a failure");
-            let reason = b"response cannot be encoded";
-            let _ = wire::encode_response(self.wbuf.buf_mut(), channel, tag, false, 0, reason);
+            let reason = Bytes::from_static(b"response cannot be encoded");
+            let _ = self.wbuf.response(channel, tag, false, 0, reason);
         }
     }
 
@@ -1555,25 +1562,25 @@ where
             }
             if self.running.len() >= self.config.max_handlers {
                 if self.wbuf.len() < WRITE_HIGH_WATER {
-                    // nothing waits on the writer: a handler's own
-                    // requests (it may be waiting on them) go out
+                    // the writer caught up: nothing holds this end's
+                    // requests back (a handler may be waiting on its own)
                     self.peer_waiting = false;
                 }
                 return progress; // woken by a handler
             }
             let undecoded = self.rbuf.len() + (self.chunk.len() - self.chunk_pos);
-            if self.wbuf.len() < WRITE_HIGH_WATER {
+            let behind = self.wbuf.len() >= WRITE_HIGH_WATER;
+            self.peer_waiting = behind && undecoded > 0;
+            if !behind {
                 if !whole && undecoded > 0 {
                     continue; // the batch was full: decode the rest before reading
                 }
-                self.peer_waiting = false;
             } else {
                 // Take no new work while the peer is slow to read, but go
                 // on reading what it sends, at least a packet's worth: a
                 // peer that also waits for its writes before it reads
                 // (another tether, a 1 MiB echo each way) would otherwise
                 // wait on this end for ever, and this end on it.
-                self.peer_waiting = undecoded > 0;
                 let read_ahead_full =
                     undecoded >= self.config.max_body_len.max(READ_AHEAD_AT_LEAST);
                 if read_ahead_full || (self.stream_ended && undecoded > 0) {
@@ -1716,14 +1723,8 @@ where
     fn reject(&mut self, channel: u64, tag: u64, reason: &'static str) {
         tracing::debug!(channel, tag, reason, "request refused");
         if !self.eof_sent {
-            let _ = wire::encode_response(
-                self.wbuf.buf_mut(),
-                channel,
-                tag,
-                false,
-                0,
-                reason.as_bytes(),
-            );
+            let reason = Bytes::from_static(reason.as_bytes());
+            let _ = self.wbuf.response(channel, tag, false, 0, reason);
         }
     }
 
@@ -1778,8 +1779,7 @@ where
                 // the writer has made room for the last of them)
                 self.take_outgoing();
                 // nor before the answers to the peer's packets read ahead
-                let answers_due = self.peer_waiting && self.read_open;
-                if self.shared.lock().out.is_empty() && !answers_due {
+                if self.shared.lock().out.is_empty() && !self.peer_packets_wait() {
                     tracing::debug!("sending EOF");
                     let _ = Packet::Eof.encode(self.wbuf.buf_mut());
                     self.eof_sent = true;

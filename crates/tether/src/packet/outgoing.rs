@@ -82,7 +82,7 @@ impl Outgoing {
         self.large.iter().flat_map(|l| l.iter())
     }
 
-    /// The buffer to append small, fixed packets to (EOF, ERQ, refusals).
+    /// The buffer to append small, fixed packets to (EOF, ERQ).
     pub(super) fn buf_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
     }
