@@ -14,6 +14,9 @@
 //!
 //! Modes (exactly one):
 //!
+//! - `--profile-w2`: W2, a connection per request through
+//!   `PacketConnection::request_once`;
+//! - `--profile-w2-framed`: W2 over tokio-util's `LengthDelimitedCodec`;
 //! - `--profile-w3`: W3, a future per request, awaited in a `FuturesUnordered`;
 //! - `--profile-w3-in-order`: W3, the futures awaited in submission order;
 //! - `--profile-w3-pipeline`: W3 through a `Pipeline`;
@@ -22,7 +25,8 @@
 //! - `--profile-w6-submit`: W6, the server pushing with `submit`;
 //! - `--profile-w6-framed`: W6 over `LengthDelimitedCodec`.
 //!
-//! W3 sends 2,000,000 requests (200,000 with `--quick`: total instructions
+//! W2 opens 2,000 connections (200 with `--quick`); W3 sends 2,000,000
+//! requests (200,000 with `--quick`: total instructions
 //! / 200,000 ≈ instructions per request); W6 pushes 100,000 messages to
 //! each of 16 clients (10,000 with `--quick`). The server and the client
 //! run on two single-threaded runtimes in one process, over TCP on
@@ -197,6 +201,33 @@ async fn w3_packet_pipeline(ep: Endpoint, n: usize) {
     c.close().await.unwrap();
 }
 
+/// W2 through `PacketConnection::request_once`: a connection per request,
+/// closed in order (the request, ERQ and EOF in one write).
+async fn w2_packet(ep: Endpoint, n: usize) {
+    let options = transport::ConnectOptions::new(Duration::from_secs(5));
+    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    for _ in 0..n {
+        let r = PacketConnection::request_once(&ep, &options, 0, 0, payload.clone())
+            .await
+            .unwrap();
+        debug_assert_eq!(r.payload.len(), PAYLOAD);
+    }
+}
+
+/// W2 over `LengthDelimitedCodec`: connect, one echo, drop.
+async fn w2_framed(ep: Endpoint, n: usize) {
+    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    for _ in 0..n {
+        let s = transport::connect(&ep, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut f = Framed::new(s, LengthDelimitedCodec::new());
+        f.send(payload.clone()).await.unwrap();
+        let r = f.next().await.unwrap().unwrap();
+        debug_assert_eq!(r.len(), PAYLOAD);
+    }
+}
+
 async fn w3_framed(ep: Endpoint, n: usize) {
     let s = transport::connect(&ep, Duration::from_secs(5))
         .await
@@ -369,7 +400,8 @@ async fn w6_packet(ep: Endpoint, per_client: usize) {
     assert_eq!(got, per_client * PUSH_CLIENTS);
 }
 
-const USAGE: &str = "usage: packet_bench [--quick] --profile-w3 | --profile-w3-in-order | \
+const USAGE: &str = "usage: packet_bench [--quick] --profile-w2 | --profile-w2-framed | \
+    --profile-w3 | --profile-w3-in-order | \
     --profile-w3-pipeline | --profile-w3-framed | --profile-w6 | --profile-w6-submit | \
     --profile-w6-framed\n(speed is measured by `tether bench`; this runs one workload for a profiler)";
 
@@ -385,15 +417,17 @@ fn main() {
         eprintln!("{USAGE}");
         std::process::exit(2);
     };
-    let (w3, w6) = if quick {
-        (200_000, 10_000)
+    let (w2, w3, w6) = if quick {
+        (200, 200_000, 10_000)
     } else {
-        (2_000_000, 100_000)
+        (2_000, 2_000_000, 100_000)
     };
     // one runtime loop for every mode, the workload polled through a
     // pointer: inlined into a loop of its own, each workload's code moved
     // the instruction counts by up to 2% with no change to tether
     let workload: Pin<Box<dyn Future<Output = ()> + Send>> = match mode {
+        "--profile-w2" => Box::pin(w2_packet(packet_server(), w2)),
+        "--profile-w2-framed" => Box::pin(w2_framed(framed_server(), w2)),
         "--profile-w3" => Box::pin(w3_packet(packet_server(), w3)),
         "--profile-w3-in-order" => Box::pin(w3_packet_in_order(packet_server(), w3)),
         "--profile-w3-pipeline" => Box::pin(w3_packet_pipeline(packet_server(), w3)),

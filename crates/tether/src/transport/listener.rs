@@ -123,8 +123,8 @@ impl Listener {
     pub async fn accept(&mut self) -> io::Result<ByteStream> {
         match &mut self.kind {
             Kind::Tcp(listener) => {
-                let (stream, _) = listener.accept().await?;
-                ByteStream::from_tcp(stream)
+                let (stream, peer) = listener.accept().await?;
+                ByteStream::from_tcp_with_peer(stream, peer)
             }
             Kind::Tls(tls) => tls.accept().await,
             Kind::Unix(listener, _) => {

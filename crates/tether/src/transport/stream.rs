@@ -123,11 +123,18 @@ impl ByteStream {
 
     /// Wraps a connected TCP stream (sets `TCP_NODELAY`).
     pub fn from_tcp(stream: TcpStream) -> io::Result<Self> {
+        let peer = stream.peer_addr()?;
+        Self::from_tcp_with_peer(stream, peer)
+    }
+
+    /// [`from_tcp`](Self::from_tcp) when the peer's address is already
+    /// known (from `accept` or `connect`): one system call fewer per
+    /// connection.
+    pub(crate) fn from_tcp_with_peer(stream: TcpStream, peer: SocketAddr) -> io::Result<Self> {
         stream.set_nodelay(true)?;
-        let peer = PeerAddr::Tcp(stream.peer_addr()?);
         Ok(ByteStream {
             inner: Inner::Tcp(stream),
-            peer,
+            peer: PeerAddr::Tcp(peer),
         })
     }
 
@@ -152,11 +159,16 @@ impl ByteStream {
 
     /// Wraps a Telnet stream.
     pub fn from_telnet(stream: TelnetStream<TcpStream>) -> io::Result<Self> {
-        let peer = PeerAddr::Tcp(stream.get_ref().peer_addr()?);
-        Ok(ByteStream {
+        let peer = stream.get_ref().peer_addr()?;
+        Ok(Self::from_telnet_with_peer(stream, peer))
+    }
+
+    /// [`from_telnet`](Self::from_telnet) when the peer's address is known.
+    fn from_telnet_with_peer(stream: TelnetStream<TcpStream>, peer: SocketAddr) -> Self {
+        ByteStream {
             inner: Inner::Telnet(Box::new(stream)),
-            peer,
-        })
+            peer: PeerAddr::Tcp(peer),
+        }
     }
 
     /// Wraps an established TLS stream (either side) over TCP; `peer` is the TCP peer.
@@ -290,20 +302,20 @@ pub async fn connect_with(
     let attempt = async {
         match endpoint {
             Endpoint::Tcp { .. } => {
-                let tcp = connect_tcp(endpoint).await.map_err(named)?;
-                ByteStream::from_tcp(tcp).map_err(named)
+                let (tcp, peer) = connect_tcp(endpoint).await.map_err(named)?;
+                ByteStream::from_tcp_with_peer(tcp, peer).map_err(named)
             }
             Endpoint::Telnet { .. } => {
-                let tcp = connect_tcp(endpoint).await.map_err(named)?;
+                let (tcp, peer) = connect_tcp(endpoint).await.map_err(named)?;
                 tcp.set_nodelay(true).map_err(named)?;
-                ByteStream::from_telnet(TelnetStream::new(tcp, TelnetOptions::default()))
-                    .map_err(named)
+                let telnet = TelnetStream::new(tcp, TelnetOptions::default());
+                Ok(ByteStream::from_telnet_with_peer(telnet, peer))
             }
             Endpoint::Tls { host, .. } => {
                 let config = tls::client_config_for(endpoint, options.tls.as_ref())?;
-                let tcp = connect_tcp(endpoint).await.map_err(named)?;
+                let (tcp, peer) = connect_tcp(endpoint).await.map_err(named)?;
                 tcp.set_nodelay(true).map_err(named)?;
-                tls::client_handshake(tcp, endpoint, host, &config).await
+                tls::client_handshake(tcp, peer, endpoint, host, &config).await
             }
             Endpoint::Unix(path) => Ok(ByteStream::from_unix(
                 UnixStream::connect(path).await.map_err(named)?,
@@ -321,12 +333,14 @@ pub async fn connect_with(
     }
 }
 
-async fn connect_tcp(endpoint: &Endpoint) -> io::Result<TcpStream> {
+/// A TCP connection to the first of the endpoint's addresses that takes
+/// it, and that address.
+async fn connect_tcp(endpoint: &Endpoint) -> io::Result<(TcpStream, SocketAddr)> {
     let target = endpoint.host_port().expect("network endpoint");
     let mut last_error = None;
     for addr in tokio::net::lookup_host(&target).await? {
         match TcpStream::connect(addr).await {
-            Ok(stream) => return Ok(stream),
+            Ok(stream) => return Ok((stream, addr)),
             Err(e) => last_error = Some(e),
         }
     }
@@ -449,6 +463,48 @@ mod tests {
         b.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
         assert_eq!(b.peer(), PeerAddr::Memory);
+    }
+
+    /// The local address of a TCP or Telnet stream.
+    fn local_tcp_addr(s: &ByteStream) -> SocketAddr {
+        match &s.inner {
+            Inner::Tcp(t) => t.local_addr().unwrap(),
+            Inner::Telnet(t) => t.get_ref().local_addr().unwrap(),
+            _ => panic!("not over TCP"),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_end_of_a_tcp_or_telnet_stream_names_the_other() {
+        // the peer comes from `accept` and `connect`, not asked of the socket
+        for scheme in ["tcp", "telnet"] {
+            let at: Endpoint = "tcp://127.0.0.1:0".parse().unwrap();
+            let mut listener = crate::transport::Listener::bind(&at).await.unwrap();
+            let listening = listener.local_endpoint();
+            let target: Endpoint = format!("{scheme}://{}", listening.host_port().unwrap())
+                .parse()
+                .unwrap();
+            let limit = Duration::from_secs(5);
+            let (client, server) = tokio::join!(connect(&target, limit), async {
+                tokio::time::timeout(limit, listener.accept())
+                    .await
+                    .unwrap()
+            });
+            let (client, server) = (client.unwrap(), server.unwrap());
+            let PeerAddr::Tcp(server_seen_by_client) = client.peer() else {
+                panic!("{scheme}: client's peer {:?}", client.peer())
+            };
+            assert_eq!(
+                server_seen_by_client.to_string(),
+                listening.host_port().unwrap(),
+                "{scheme}"
+            );
+            assert_eq!(
+                server.peer(),
+                PeerAddr::Tcp(local_tcp_addr(&client)),
+                "{scheme}"
+            );
+        }
     }
 
     #[tokio::test]

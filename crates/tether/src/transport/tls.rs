@@ -411,6 +411,7 @@ pub fn self_signed<S: AsRef<str>>(names: &[S]) -> Result<SelfSigned, TlsConfigEr
 /// The client handshake over a connected TCP stream; the caller bounds it in time.
 pub(crate) async fn client_handshake(
     tcp: TcpStream,
+    peer: std::net::SocketAddr,
     endpoint: &Endpoint,
     host: &str,
     config: &TlsClientConfig,
@@ -419,7 +420,6 @@ pub(crate) async fn client_handshake(
         endpoint: endpoint.to_string(),
         reason: format!("{host:?} is neither a DNS name nor an IP address a certificate can carry"),
     })?;
-    let peer = tcp.peer_addr()?;
     let connector = TlsConnector::from(config.config.clone());
     match connector.connect(name, tcp).await {
         Ok(stream) => Ok(ByteStream::from_tls(stream.into(), peer)),
