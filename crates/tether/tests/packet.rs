@@ -61,6 +61,14 @@ fn rs(tag: u64, ok: bool, flags: u64, payload: &'static [u8]) -> Packet {
 }
 
 async fn next(f: &mut Framed<ByteStream, PacketCodec>) -> Packet {
+    next_of(f).await
+}
+
+/// The next packet of any stream of them (a raw peer, or its read half).
+async fn next_of<S>(f: &mut S) -> Packet
+where
+    S: futures_util::Stream<Item = Result<Packet, PacketError>> + Unpin,
+{
     t(f.next()).await.expect("stream ended").expect("decode")
 }
 
@@ -284,9 +292,7 @@ async fn a_handler_request_goes_out_while_max_handlers_are_busy() {
     // answer is still unread, so X is read ahead; once the answer drains,
     // X's handler asks the peer something on the same connection. That
     // request must go out although X now fills max_handlers (it was held
-    // back, as if the peer's packets still waited to be decoded). (The
-    // answer to it could not come in: with max_handlers running nothing is
-    // read, see PacketConfig::max_handlers.)
+    // back, as if the peer's packets still waited to be decoded).
     let (a, b) = memory_pair(64 * 1024);
     let mut config = cfg();
     config.max_handlers = 1;
@@ -332,6 +338,155 @@ async fn a_handler_request_goes_out_while_max_handlers_are_busy() {
     };
     assert_eq!(&payload[..], b"nested");
     drop(conn);
+}
+
+/// A handler that, for rq_type 10, asks the peer "nested" over its own
+/// connection (the one set in the returned cell) and answers with the
+/// peer's answer; for rq_type 11, waits for `release`; otherwise echoes.
+fn calling_back_handler(
+    release: Arc<Notify>,
+) -> (
+    Arc<std::sync::OnceLock<PacketConnection>>,
+    impl tether::packet::Handler,
+) {
+    let this_end = Arc::new(std::sync::OnceLock::<PacketConnection>::new());
+    let handle = this_end.clone();
+    let handler = handler_fn(move |rq: IncomingRequest| {
+        let handle = handle.clone();
+        let release = release.clone();
+        async move {
+            match rq.rq_type {
+                10 => {
+                    let conn = handle.get().expect("set at spawn").clone();
+                    match conn.submit(0, 0, "nested").await {
+                        Ok(r) => Response::ok(0, r.payload),
+                        Err(e) => Response::fail(e.to_string()),
+                    }
+                }
+                11 => {
+                    release.notified().await;
+                    Response::ok(rq.flags, rq.payload)
+                }
+                _ => Response::ok(rq.flags, rq.payload),
+            }
+        }
+    });
+    (this_end, handler)
+}
+
+#[tokio::test]
+async fn a_handler_awaiting_an_answer_on_its_own_connection_gets_it_while_max_handlers_are_busy() {
+    // max_handlers 1: request 1's handler asks the peer something over the
+    // same connection and waits. The peer sends request 2 (no slot: it
+    // waits its turn), then the answer. The answer must be read past
+    // request 2, or handler 1 waits for ever and request 2 with it.
+    let (a, b) = memory_pair(64 * 1024);
+    let mut config = cfg();
+    config.max_handlers = 1;
+    let (this_end, handler) = calling_back_handler(Arc::new(Notify::new()));
+    let conn = PacketConnection::spawn(b, handler, config);
+    this_end.set(conn.clone()).ok().unwrap();
+    let mut peer = raw(a);
+    t(peer.send(rq(1, 10, 0, b"x"))).await.unwrap();
+    let Packet::Request { tag, payload, .. } = next(&mut peer).await else {
+        panic!("expected the handler's request");
+    };
+    assert_eq!(&payload[..], b"nested");
+    t(peer.send(rq(2, 0, 5, b"second"))).await.unwrap();
+    t(peer.send(rs(tag, true, 0, b"the answer"))).await.unwrap();
+    assert!(next(&mut peer).await == rs(1, true, 0, b"the answer"));
+    assert!(next(&mut peer).await == rs(2, true, 5, b"second"));
+    t(peer.send(Packet::Eof)).await.unwrap();
+    t(conn.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn requests_waiting_for_a_handler_slot_are_read_only_so_far_then_all_answered_in_order() {
+    // max_handlers 1, held by a handler that waits to be released. The
+    // peer sends 4 MiB of requests behind it: the connection reads ahead
+    // only a bounded part (the rest waits in the 64 KiB pipe, unsent), and
+    // once released answers every one, in order.
+    let (a, b) = memory_pair(64 * 1024);
+    let mut config = cfg();
+    config.max_handlers = 1;
+    let release = Arc::new(Notify::new());
+    let (_this_end, handler) = calling_back_handler(release.clone());
+    let conn = PacketConnection::spawn(b, handler, config);
+    let (mut tx, mut rx) = raw(a).split();
+    t(tx.send(rq(1, 11, 0, b"hold"))).await.unwrap();
+    const N: u64 = 4096;
+    let payload = Bytes::from(vec![3u8; 1024]);
+    let sent = payload.clone();
+    let mut flood = futures_util::stream::iter((2..2 + N).map(move |tag| {
+        Ok(Packet::Request {
+            channel: 0,
+            tag,
+            rq_type: 0,
+            flags: tag,
+            payload: sent.clone(),
+        })
+    }));
+    let flooding = tokio::spawn(async move { tx.send_all(&mut flood).await.map(|()| tx) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !flooding.is_finished(),
+        "4 MiB were taken while every handler was busy"
+    );
+    let stats = conn.stats();
+    let held = stats.requests_waiting;
+    assert!(
+        stats.handlers_running == 1 && (1..=300).contains(&held),
+        "{held} requests waiting: the read-ahead is bounded (256 KiB)"
+    );
+    release.notify_one();
+    let mut answers = Vec::new();
+    for _ in 0..N + 1 {
+        answers.push(next_of(&mut rx).await);
+    }
+    let mut tx = t(flooding)
+        .await
+        .unwrap()
+        .expect("the rest of the flood is taken");
+    assert!(answers[0] == rs(1, true, 0, b"hold"));
+    for (i, answer) in answers[1..].iter().enumerate() {
+        let tag = i as u64 + 2;
+        let Packet::Response {
+            tag: got,
+            ok: true,
+            flags,
+            payload: p,
+            ..
+        } = answer
+        else {
+            panic!("answer {i}: {answer:?}");
+        };
+        assert_eq!((*got, *flags, p), (tag, tag, &payload), "in order, intact");
+    }
+    let stats = conn.stats();
+    assert_eq!((stats.handlers_running, stats.requests_waiting), (0, 0));
+    t(tx.send(Packet::Eof)).await.unwrap();
+    t(conn.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn requests_waiting_for_a_handler_slot_when_the_peer_ends_are_answered_before_eof() {
+    let (a, b) = memory_pair(64 * 1024);
+    let mut config = cfg();
+    config.max_handlers = 1;
+    let release = Arc::new(Notify::new());
+    let (_this_end, handler) = calling_back_handler(release.clone());
+    let conn = PacketConnection::spawn(b, handler, config);
+    let mut peer = raw(a);
+    t(peer.send(rq(1, 11, 0, b"hold"))).await.unwrap();
+    t(peer.send(rq(2, 0, 0, b"waits"))).await.unwrap();
+    t(peer.send(Packet::Erq)).await.unwrap();
+    t(peer.send(Packet::Eof)).await.unwrap();
+    assert_eq!(next(&mut peer).await, Packet::Erq);
+    release.notify_one();
+    assert_eq!(next(&mut peer).await, rs(1, true, 0, b"hold"));
+    assert_eq!(next(&mut peer).await, rs(2, true, 0, b"waits"));
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+    t(conn.closed()).await.unwrap();
 }
 
 #[tokio::test]
@@ -1345,16 +1500,18 @@ async fn handler_concurrency_is_bounded() {
         t(peer.send(rq(tag, 10, 0, b"held"))).await.unwrap();
     }
     t(peer.send(rq(5, 0, 0, b"quick"))).await.unwrap();
-    // two handlers run; the third request and the quick one wait unread
+    // two handlers run; the third request and the quick one wait their
+    // turn (read, so that answers behind them would still come in)
     t(async {
-        while server.stats().handlers_running < 2 {
+        while server.stats().requests_waiting < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
     tokio::time::sleep(Duration::from_millis(50)).await; // give it a chance to misbehave
-    assert_eq!(server.stats().handlers_running, 2);
-    assert_eq!(server.stats().requests_received, 2);
+    let stats = server.stats();
+    assert_eq!((stats.handlers_running, stats.requests_waiting), (2, 2));
+    assert_eq!(stats.requests_received, 4);
     let mut got = Vec::new();
     for _ in 0..4 {
         gate.notify_one();

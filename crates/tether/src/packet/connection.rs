@@ -20,6 +20,10 @@
 //! sleep). A payload of 16 KiB or more is not copied: it waits beside the
 //! write buffer and goes out in a vectored write (see [`super::outgoing`]).
 //!
+//! While `max_handlers` handlers run, the peer's further requests wait in
+//! a queue (bounded at 256 KiB) and decoding goes on past them, so that the
+//! answers a running handler may be awaiting still come in.
+//!
 //! When 64 KiB are waiting to be written, the task takes no new work until
 //! the peer reads: it decodes nothing (requests or responses), takes no
 //! handler results and no requests from this end. It goes on reading,
@@ -38,6 +42,7 @@
 //! the close starts at once, so that its time limits bound the wait for a
 //! peer that never reads again.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -77,6 +82,11 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// queued, a full write buffer and a batch of answers besides, so that
 /// neither waits on the other when `max_body_len` is small.
 const READ_AHEAD_AT_LEAST: usize = 4 * WRITE_HIGH_WATER;
+/// What the peer's requests waiting for a handler slot may hold (see
+/// [`Parked`]): their payloads, and their own size each. Past it, nothing
+/// more is read until a handler finishes. At least one request waits,
+/// whatever its size (up to `max_body_len`).
+const PARKED_AT_MOST: usize = READ_AHEAD_AT_LEAST;
 /// Bytes reserved for each read. 16 KiB amortises the syscall over many
 /// small packets; a connection holds the buffer only while it has work (see
 /// [`super::scratch`]).
@@ -96,14 +106,20 @@ const MAX_ROUNDS: usize = 64;
 pub struct PacketConfig {
     /// Maximum packet body length, both directions. Default 8 MiB.
     pub max_body_len: usize,
-    /// Maximum number of the peer's requests handled at once; further
-    /// requests wait in the socket (backpressure). Default 256.
+    /// Maximum number of the peer's requests handled at once. Default
+    /// 256; 0 is taken as 1.
     ///
-    /// While that many run, the connection reads nothing, answers to its
-    /// own requests included: a handler that awaits a request of its own
-    /// on the same connection waits for a slot to free, and if every slot
-    /// is held by such a handler, for ever. Keep handlers that call back
-    /// over their own connection fewer than this.
+    /// While that many run, further requests wait their turn and start in
+    /// order of arrival as handlers finish. The connection goes on reading
+    /// past them, so that answers to its own requests still come in (a
+    /// running handler may be awaiting one, over the same connection),
+    /// until the waiting requests hold 256 KiB (their payloads and 64
+    /// bytes each; at least one request, whatever its size). Then it reads
+    /// nothing more until a handler finishes, and the peer's writes wait
+    /// (backpressure). So a handler can call back over its own connection
+    /// even when every slot is taken, unless the peer sends more requests
+    /// than that before the answer.
+    /// [`StatsSnapshot::requests_waiting`] counts the waiting requests.
     pub max_handlers: usize,
     /// Maximum number of our requests awaiting a response; `submit` waits
     /// for room beyond it. Default 65536. (Requests encoded but not yet
@@ -341,6 +357,8 @@ impl PacketConnection {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         H: Handler,
     {
+        let mut config = config;
+        config.max_handlers = config.max_handlers.max(1);
         let proto = Protocol::new();
         let stats = proto.stats().clone();
         let shared = Arc::new(Shared {
@@ -1023,6 +1041,57 @@ impl<F: Future<Output = Response>> Future for Running<F> {
     }
 }
 
+/// The peer's requests that arrived while `max_handlers` handlers ran:
+/// admitted (registered as being handled), and started in order of arrival
+/// as handlers finish. Decoding goes on past them, so that the answers to
+/// this end's own requests still come in (a running handler may be
+/// awaiting one, over its own connection), until they hold
+/// [`PARKED_AT_MOST`] bytes. They live in the connection's [`Scratch`]
+/// set: only a connection with work has any, and an idle one keeps no room
+/// for them.
+#[derive(Debug, Default)]
+pub(super) struct Parked {
+    requests: VecDeque<IncomingRequest>,
+    /// Their payloads' bytes, and [`PARKED_OVERHEAD`] for each.
+    bytes: usize,
+}
+
+/// What a parked request counts for beside its payload.
+const PARKED_OVERHEAD: usize = std::mem::size_of::<IncomingRequest>();
+
+impl Parked {
+    fn is_full(&self) -> bool {
+        self.bytes >= PARKED_AT_MOST
+    }
+
+    fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    fn push(&mut self, rq: IncomingRequest) {
+        self.bytes += rq.payload.len() + PARKED_OVERHEAD;
+        self.requests.push_back(rq);
+    }
+
+    /// Moves the first `n` (at most) into `to`; how many.
+    fn start(&mut self, n: usize, to: &mut Vec<IncomingRequest>) -> usize {
+        let n = n.min(self.requests.len());
+        for rq in self.requests.drain(..n) {
+            self.bytes -= rq.payload.len() + PARKED_OVERHEAD;
+            to.push(rq);
+        }
+        n
+    }
+
+    /// Forgets them all; how many there were.
+    pub(super) fn clear(&mut self) -> usize {
+        self.bytes = 0;
+        let n = self.requests.len();
+        self.requests.clear();
+        n
+    }
+}
+
 struct Driver<S, H: Handler> {
     io: S,
     rbuf: ReadBuf,
@@ -1142,6 +1211,9 @@ impl<S, H: Handler> Driver<S, H> {
             .clone()
             .unwrap_or_else(|| Arc::from("connection closed"));
         self.running.clear();
+        if let Some(s) = self.scratch.as_mut() {
+            s.parked.clear();
+        }
         {
             let shared = self.shared.clone();
             let mut st = shared.lock();
@@ -1252,6 +1324,7 @@ where
             && self.chunk_pos == self.chunk.len()
             && self.wbuf.is_empty()
             && self.running.is_empty()
+            && self.parked().is_empty()
             && self.incoming.is_empty()
             && self.completed.is_empty()
             && self.answered.is_empty()
@@ -1353,7 +1426,65 @@ where
                 _ => break,
             }
         }
-        self.flush_completed()
+        // the answers first, then the requests waiting for their slots
+        let flushed = self.flush_completed();
+        (!self.parked().is_empty() && self.start_parked(cx)) || flushed
+    }
+
+    /// Starts the requests waiting for a handler slot, in order, as far as
+    /// slots are free (none while the write buffer is full); true if any.
+    #[cold]
+    fn start_parked(&mut self, cx: &mut Context<'_>) -> bool {
+        let free = self.config.max_handlers.saturating_sub(self.running.len());
+        if free == 0 || self.wbuf.len() >= WRITE_HIGH_WATER {
+            return false;
+        }
+        let Some(scratch) = self.scratch.as_mut() else {
+            return false; // (none are parked: they live there)
+        };
+        // (`incoming` is empty between batches)
+        let n = scratch.parked.start(free, &mut self.incoming);
+        self.shared.lock().proto.start_waiting(n);
+        self.batch = Batch::Registered; // they were, when parked
+        self.dispatch(cx);
+        true
+    }
+
+    /// The peer's requests waiting for a handler slot (see [`Parked`]).
+    fn parked(&self) -> &Parked {
+        static NONE: Parked = Parked {
+            requests: VecDeque::new(),
+            bytes: 0,
+        };
+        self.scratch.as_ref().map_or(&NONE, |s| &s.parked)
+    }
+
+    /// Whether the requests waiting for a handler slot hold all they may.
+    fn parked_full(&self) -> bool {
+        self.parked().is_full()
+    }
+
+    /// Keeps the peer's request waiting for a handler slot (see [`Parked`]).
+    #[cold]
+    fn park(&mut self, st: &mut State, rq: IncomingRequest) {
+        let (channel, tag) = (rq.channel, rq.tag);
+        if self.eof_sent {
+            // no answer can go out: counted, and released at once
+            if st.proto.admit_request(channel, tag).is_ok() {
+                st.proto.finish_request(channel, tag);
+            }
+            return;
+        }
+        match st.proto.admit_waiting(channel, tag) {
+            // (the set is borrowed while the driver is polled: taking one
+            // here is only a fallback)
+            Ok(()) => self
+                .scratch
+                .get_or_insert_with(Scratch::take)
+                .parked
+                .push(rq),
+            Err(reason) => self.reject(channel, tag, reason),
+        }
     }
 
     /// Encodes the responses in `completed` (one lock for all).
@@ -1523,8 +1654,20 @@ where
                 let shared = self.shared.clone();
                 let mut st = shared.lock();
                 self.batch = Batch::START;
-                while self.running.len() + self.incoming.len() < self.config.max_handlers
-                    && self.wbuf.len() < WRITE_HIGH_WATER
+                // a batch takes what the free handler slots can run; with
+                // none free, requests wait their turn (see `Parked`) and
+                // decoding goes on, up to a bound
+                let running = self.running.len();
+                let room = if !self.parked().is_empty() || running >= self.config.max_handlers {
+                    self.batch = Batch::Parking;
+                    usize::MAX
+                } else {
+                    self.batch = Batch::START;
+                    self.config.max_handlers - running
+                };
+                while self.wbuf.len() < WRITE_HIGH_WATER
+                    && self.incoming.len() < room
+                    && !(self.batch == Batch::Parking && self.parked_full())
                 {
                     match self.next_packet() {
                         Ok(Some(packet)) => {
@@ -1560,7 +1703,7 @@ where
                     return true;
                 }
             }
-            if self.running.len() >= self.config.max_handlers {
+            if self.parked_full() {
                 if self.wbuf.len() < WRITE_HIGH_WATER {
                     // the writer caught up: nothing holds this end's
                     // requests back (a handler may be waiting on its own)
@@ -1687,6 +1830,16 @@ where
                 flags,
                 payload,
             } => {
+                if self.batch == Batch::Parking {
+                    let rq = IncomingRequest {
+                        channel,
+                        tag,
+                        rq_type,
+                        flags,
+                        payload,
+                    };
+                    return self.park(st, rq);
+                }
                 match st
                     .proto
                     .admit_in_batch(&mut self.batch, channel, tag, &self.incoming)
@@ -1766,11 +1919,14 @@ where
                 .handler_deadline
                 .as_mut()
                 .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-            if self.running.is_empty() || deadline_passed {
-                if !self.running.is_empty() {
+            let handling = !self.running.is_empty() || !self.parked().is_empty();
+            if !handling || deadline_passed {
+                if handling {
+                    let waiting = self.scratch.as_mut().map_or(0, |s| s.parked.clear());
                     tracing::warn!(
                         abandoned = self.running.len(),
-                        "handlers still running at the close timeout"
+                        waiting,
+                        "the peer's requests still handled at the close timeout"
                     );
                     self.running.clear();
                     self.shared.lock().proto.abandon_handling();

@@ -130,7 +130,10 @@ pub struct Stats {
     unknown_responses: AtomicU64,
     cancelled: AtomicU64,
     in_flight: AtomicU64,
+    /// The peer's requests being handled, those waiting for a handler
+    /// slot included (the snapshot tells them apart).
     handlers_running: AtomicU64,
+    requests_waiting: AtomicU64,
     push_failures: AtomicU64,
 }
 
@@ -156,6 +159,9 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     /// The peer's requests being handled right now.
     pub handlers_running: u64,
+    /// The peer's requests read and waiting for a handler slot, while
+    /// [`max_handlers`](super::PacketConfig::max_handlers) run.
+    pub requests_waiting: u64,
     /// Failure responses to pushes
     /// ([`PacketConnection::push`](super::PacketConnection::push)), whose
     /// responses nobody awaits.
@@ -165,6 +171,8 @@ pub struct StatsSnapshot {
 impl Stats {
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
+        let handling = self.handlers_running.load(Relaxed);
+        let waiting = self.requests_waiting.load(Relaxed).min(handling);
         StatsSnapshot {
             requests_sent: self.requests_sent.load(Relaxed),
             responses_received: self.responses_received.load(Relaxed),
@@ -173,7 +181,11 @@ impl Stats {
             unknown_responses: self.unknown_responses.load(Relaxed),
             cancelled: self.cancelled.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
-            handlers_running: self.handlers_running.load(Relaxed),
+            // `handlers_running` holds every request being handled, those
+            // waiting for a handler slot included (no subtraction on the
+            // per-request path)
+            handlers_running: handling.saturating_sub(waiting),
+            requests_waiting: waiting,
             push_failures: self.push_failures.load(Relaxed),
         }
     }
@@ -289,6 +301,10 @@ pub(crate) enum Batch {
     Rising { last: Option<u64> },
     /// The batch's requests are registered, as the rest of it will be.
     Registered,
+    /// Every handler slot was taken when the batch began (or requests
+    /// were waiting for one already): its requests wait their turn,
+    /// admitted by [`Protocol::admit_waiting`].
+    Parking,
 }
 
 impl Batch {
@@ -449,6 +465,26 @@ impl<W> Protocol<W> {
         }
     }
 
+    /// What [`admit_request`](Self::admit_request) does, for a request
+    /// that is to wait for a handler slot (in a [`Batch::Parking`]): it
+    /// counts as waiting ([`StatsSnapshot::requests_waiting`]), not
+    /// running, until [`start_waiting`](Self::start_waiting).
+    #[cold]
+    pub(crate) fn admit_waiting(&mut self, channel: u64, tag: u64) -> Result<(), &'static str> {
+        self.admit_request(channel, tag)?;
+        // (counted in the stats only: a protocol is as big as before)
+        self.stats.requests_waiting.fetch_add(1, Relaxed);
+        self.publish_handlers_running();
+        Ok(())
+    }
+
+    /// `n` requests admitted by [`admit_waiting`](Self::admit_waiting)
+    /// start running.
+    pub(crate) fn start_waiting(&mut self, n: usize) {
+        self.stats.requests_waiting.fetch_sub(n as u64, Relaxed);
+        self.publish_handlers_running();
+    }
+
     /// Registers the peer's request `(channel, tag)`, admitted by
     /// [`admit_in_batch`](Self::admit_in_batch) without it, as being
     /// handled (call [`finish_request`](Self::finish_request) once it is
@@ -535,6 +571,7 @@ impl<W> Protocol<W> {
     /// at the close deadline; no response will be sent).
     pub fn abandon_handling(&mut self) {
         self.handling = TagTable::default();
+        self.stats.requests_waiting.store(0, Relaxed);
         self.publish_handlers_running();
     }
 
@@ -754,6 +791,27 @@ mod tests {
         p.finish_request(0, 7);
         assert_eq!(batch(&mut p, &[7]), (vec![7], vec![], rising(7)));
         assert_eq!(p.stats().snapshot().handlers_running, 0);
+    }
+
+    #[test]
+    fn a_request_waiting_for_a_slot_is_registered_and_counted_apart() {
+        let mut p: Protocol<u64> = Protocol::new();
+        p.register_request(0, 2); // running
+        assert_eq!(p.admit_waiting(0, 3), Ok(()));
+        assert_eq!(p.handling(), 2);
+        // a duplicate of either is refused
+        assert_eq!(p.admit_waiting(0, 2), Err(DUPLICATE_TAG));
+        assert_eq!(p.admit_waiting(0, 3), Err(DUPLICATE_TAG));
+        let s = p.stats().snapshot();
+        assert_eq!((s.handlers_running, s.requests_waiting), (1, 1));
+        assert_eq!((s.requests_received, s.requests_rejected), (3, 2));
+        p.start_waiting(1);
+        let s = p.stats().snapshot();
+        assert_eq!((s.handlers_running, s.requests_waiting), (2, 0));
+        assert_eq!(p.admit_waiting(0, 4), Ok(()));
+        p.abandon_handling();
+        let s = p.stats().snapshot();
+        assert_eq!((s.handlers_running, s.requests_waiting), (0, 0));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 use std::task::Waker;
 
+use super::connection::Parked;
 use super::outgoing::Outgoing;
 use super::proto::IncomingRequest;
 use super::Response;
@@ -43,6 +44,9 @@ pub(super) struct Scratch {
     pub(super) answered: Vec<(u64, u64)>,
     /// Requesters to wake after releasing the lock.
     pub(super) to_wake: Vec<Waker>,
+    /// The peer's requests waiting for a handler slot: not swapped in, but
+    /// kept here by the connection that borrows the set (see [`Parked`]).
+    pub(super) parked: Parked,
 }
 
 thread_local! {
@@ -66,6 +70,7 @@ impl Scratch {
         self.completed.clear();
         self.answered.clear();
         self.to_wake.clear();
+        self.parked.clear();
     }
 
     /// Returns the set, emptied, to this thread's pool, or to the allocator
