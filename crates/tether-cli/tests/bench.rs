@@ -42,7 +42,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "connect",
+        "connect-per-request",
         &[
             "std-blocking",
             "tokio-framed",
@@ -57,7 +57,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         &["tokio-framed", "tether-packet", "tether-pipeline"],
     ),
     (
-        "fanin",
+        "fan-in",
         &[
             "tokio-framed",
             "tether-sentinel",
@@ -77,7 +77,15 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("push", &["tokio-framed", "tether-packet"]),
-    ("tls", &["tokio-framed", "tether-length", "tether-packet"]),
+    (
+        "tls",
+        &[
+            "tokio-framed",
+            "tether-sentinel",
+            "tether-length",
+            "tether-packet",
+        ],
+    ),
     (
         "idle",
         &[
@@ -199,6 +207,28 @@ fn an_unwritable_json_path_fails_before_measuring() {
     assert!(!out.contains("workload="));
 }
 
+#[test]
+fn a_failed_run_leaves_an_earlier_json_file_as_it_was() {
+    let scratch = Scratch::new("bench-keep");
+    let json = scratch.path("keep.json");
+    std::fs::write(&json, "{\"earlier\": true}\n").unwrap();
+    // port 1: no bench server there, so the run fails before measuring
+    let (status, _, err) = bench(&["--target", "127.0.0.1:1", "rtt", "--json", &json]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&json).unwrap(),
+        "{\"earlier\": true}\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(scratch.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["keep.json"], "nothing else is left behind");
+    let (status, _, err) = bench(&["rtt", "--json", &json, "--plot", &json]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("the same file"), "{err}");
+}
+
 // ---- two processes: `--serve` and `--target` ----
 
 /// How long a bench server may take to start, or to stop once signalled.
@@ -220,7 +250,7 @@ fn serve() -> (KillOnDrop, Vec<String>, String) {
 #[test]
 fn a_served_bench_measures_in_two_processes_and_stops_on_sigterm() {
     let (server, served, target) = serve();
-    assert_eq!(served.len(), 12, "{served:?}");
+    assert_eq!(served.len(), 13, "{served:?}");
     for line in &served {
         let kv = pairs(line.strip_prefix("serve ").unwrap());
         let keys: Vec<&str> = kv.iter().map(|(k, _)| *k).collect();
@@ -230,7 +260,7 @@ fn a_served_bench_measures_in_two_processes_and_stops_on_sigterm() {
         .iter()
         .any(|l| l.contains("impl=tether-packet workload-set=push")));
 
-    let workloads = ["rtt", "pipelined", "fanin", "bulk", "push", "tls", "idle"];
+    let workloads = ["rtt", "pipelined", "fan-in", "bulk", "push", "tls", "idle"];
     let mut args = vec!["--target", &target, "--quick", "--scale", "100"];
     args.extend(workloads);
     let (status, out, err) = bench(&args);
@@ -275,6 +305,19 @@ fn a_served_bench_measures_in_two_processes_and_stops_on_sigterm() {
 fn a_bench_server_stops_cleanly_on_sigint() {
     let (server, _, _) = serve();
     assert!(server.signal_and_wait("INT").success());
+}
+
+#[test]
+fn a_busy_listing_port_fails_before_any_server_starts() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = busy.local_addr().unwrap().to_string();
+    let (status, out, err) = run(tether("bench").args(["--serve", &at]), b"", STOP_LIMIT);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot serve the listing"), "{err}");
+    assert!(
+        !out.contains("serve impl="),
+        "no server said where it is: {out}"
+    );
 }
 
 #[test]

@@ -490,6 +490,52 @@ async fn requests_waiting_for_a_handler_slot_when_the_peer_ends_are_answered_bef
 }
 
 #[tokio::test]
+async fn the_close_waits_for_a_request_that_waits_for_its_slot_behind_a_full_write_buffer() {
+    // max_handlers 1: request 1 holds the slot and is answered with 200 KiB
+    // (past the write high-water mark, through a 16 KiB pipe the peer does
+    // not read yet); request 2 waits for the slot, and cannot start while
+    // the writer is behind. The peer's EOF came first: EOF must still wait
+    // for request 2's answer.
+    let (a, b) = memory_pair(16 * 1024);
+    let mut config = cfg();
+    config.max_handlers = 1;
+    let release = Arc::new(Notify::new());
+    let (_this_end, handler) = calling_back_handler(release.clone());
+    let conn = PacketConnection::spawn(b, handler, config);
+    let mut peer = raw(a);
+    let big = Bytes::from(vec![1u8; 200 * 1024]);
+    t(peer.send(Packet::Request {
+        channel: 0,
+        tag: 1,
+        rq_type: 11,
+        flags: 0,
+        payload: big.clone(),
+    }))
+    .await
+    .unwrap();
+    t(peer.send(rq(2, 0, 0, b"waits"))).await.unwrap();
+    t(peer.send(Packet::Erq)).await.unwrap();
+    t(peer.send(Packet::Eof)).await.unwrap();
+    assert_eq!(next(&mut peer).await, Packet::Erq);
+    release.notify_one();
+    tokio::time::sleep(Duration::from_millis(200)).await; // the writer falls behind
+    let first = next(&mut peer).await;
+    assert!(
+        first
+            == Packet::Response {
+                channel: 0,
+                tag: 1,
+                ok: true,
+                flags: 0,
+                payload: big,
+            }
+    );
+    assert_eq!(next(&mut peer).await, rs(2, true, 0, b"waits"));
+    assert_eq!(next(&mut peer).await, Packet::Eof);
+    t(conn.closed()).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_peer_that_stops_sending_and_never_reads_is_let_go_within_the_close_limits() {
     // the peer asks for 1 MiB back, sends one more request (read ahead,
     // since the answer cannot go out), ends its stream and reads nothing:

@@ -62,6 +62,7 @@ pub struct IdleServerArgs {
 /// Runs W8 for `imp`: measures in a fresh server process.
 pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
     let n = ctx.count(10_000);
+    check_open_file_limit(n)?;
     let output = run_bounded(
         Command::new(std::env::current_exe()?)
             .arg("bench-idle-server")
@@ -76,7 +77,13 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
             .ok_or_else(|| format!("the idle server printed no {key}: {output:?}").into())
     };
     let (before, after) = (figure("rss_before")?, figure("rss_after")?);
-    let per_session = (after as f64 - before as f64) / n as f64;
+    if after <= before {
+        return Err(format!(
+            "the server's RSS did not grow with {n} sessions ({before} B, then {after} B): no figure"
+        )
+        .into());
+    }
+    let per_session = (after - before) as f64 / n as f64;
     Ok(Record::new(Workload::Idle, imp, "bytes_per_session")
         .int("sessions", n)
         .int("rss_before", before)
@@ -157,6 +164,11 @@ fn measure(ctx: &Ctx, imp: Impl, n: u64) -> CliResult<(u64, u64)> {
         });
         let ready = match rx.recv_timeout(READY_LIMIT) {
             Ok(Ok(line)) if line.trim() == "ready" => Ok(()),
+            // its output ended: it failed (its error is on stderr, above)
+            Ok(Ok(line)) if line.is_empty() => Err(format!(
+                "the client holder ended without holding its clients ({})",
+                exit_within(&mut child, Duration::from_secs(5))
+            )),
             Ok(Ok(line)) => Err(format!("the client holder said {:?}", line.trim())),
             Ok(Err(e)) => Err(format!("the client holder's output: {e}")),
             Err(_) => Err(format!(
@@ -183,6 +195,22 @@ fn measure(ctx: &Ctx, imp: Impl, n: u64) -> CliResult<(u64, u64)> {
         }
         Ok((before, after?))
     })
+}
+
+/// How `child` exited, waiting up to `limit` (then killing it).
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.to_string(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return "still running: killed".to_string();
+            }
+        }
+    }
 }
 
 /// The hidden `tether bench-hold-clients`: opens the clients, says `ready`,
@@ -271,6 +299,36 @@ pub fn raise_open_file_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+    }
+}
+
+/// This process's open-file limit (the soft one), if it can be read.
+fn open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as in raise_open_file_limit.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    ok.then_some(lim.rlim_cur)
+}
+
+/// Files each W8 process needs beside its `n` sockets: the runtime's,
+/// stdio, the listener, the pipes to its children, and room to spare.
+const FILES_BESIDE_SOCKETS: u64 = 256;
+
+/// Fails at once, naming the limit, when the server and client processes
+/// cannot each hold `n` sockets: they inherit this process's (already
+/// raised) limit, and would otherwise fail a connection at a time.
+fn check_open_file_limit(n: u64) -> CliResult<()> {
+    let need = n + FILES_BESIDE_SOCKETS;
+    match open_file_limit() {
+        Some(limit) if limit < need => Err(format!(
+            "idle holds {n} sessions, and each of its processes needs {need} open files, \
+             but the limit is {limit}: raise it (`ulimit -n {need}`)"
+        )
+        .into()),
+        _ => Ok(()),
     }
 }
 

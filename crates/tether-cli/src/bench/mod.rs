@@ -5,16 +5,16 @@
 //!
 //! | impl | what | workloads |
 //! |---|---|---|
-//! | `std-blocking` | baseline: blocking `std::net`, a thread per connection, 4-byte big-endian length prefix | rtt, connect, bulk |
+//! | `std-blocking` | baseline: blocking `std::net`, a thread per connection, 4-byte big-endian length prefix | rtt, connect-per-request, bulk |
 //! | `tokio-framed` | baseline: tokio + tokio-util `LengthDelimitedCodec` (over tokio-rustls for tls) | all |
-//! | `tether-sentinel` | async `session` over `SentinelCodec` (`\n`; payloads are printable bytes) | rtt, connect, fanin, bulk, idle |
-//! | `tether-length` | async `session` over `LengthCodec` | rtt, connect, fanin, bulk, tls, idle |
-//! | `tether-blocking` | the blocking API on both ends (`LengthCodec`): `blocking::Session` against `blocking::Server`, a thread per connection | rtt, connect, bulk |
+//! | `tether-sentinel` | async `session` over `SentinelCodec` (`\n`; payloads are printable bytes) | rtt, connect-per-request, fan-in, bulk, tls, idle |
+//! | `tether-length` | async `session` over `LengthCodec` | rtt, connect-per-request, fan-in, bulk, tls, idle |
+//! | `tether-blocking` | the blocking API on both ends (`LengthCodec`): `blocking::Session` against `blocking::Server`, a thread per connection | rtt, connect-per-request, bulk |
 //! | `tether-packet` | the packet layer: tagged, multiplexed (`submit`) | all |
 //! | `tether-pipeline` | the packet layer through a `Pipeline`: responses in completion order from one queue | pipelined |
 //!
 //! Left out on purpose: std-blocking where it would need a thread per
-//! request in flight or per idle session (pipelined, fanin, push, idle: 10,000
+//! request in flight or per idle session (pipelined, fan-in, push, idle: 10,000
 //! threads measure the kernel, not a protocol); the sessions where a
 //! workload needs tags (pipelined) or server push.
 //!
@@ -35,7 +35,7 @@
 //! once and for as long as it runs, and `tether bench --target ADDR
 //! [WORKLOAD…]` runs the same clients against them and prints the same
 //! lines and ratios. ADDR itself serves a listing of the servers (each
-//! server on one of the 12 ports above ADDR in a fixed order, or on free
+//! server on one of the 13 ports above ADDR in a fixed order, or on free
 //! ports when ADDR's port is 0) and of the CA the TLS servers' certificate
 //! is signed by, so the client needs nothing but ADDR ([`served`]). A
 //! push server knows no count in advance, in either mode: each push client
@@ -93,7 +93,7 @@ Two processes (procs=2), server and client apart:
   tether bench --serve 127.0.0.1:7000          # in one terminal: the servers, until Ctrl-C
   tether bench --target 127.0.0.1:7000 --quick # in another: the clients, the same lines and ratios
 --serve listens at ADDR for the client (a listing of its servers) and starts the servers
-at the next 12 ports up (port 0: free ports; the listing line it prints says where).")]
+at the next 13 ports up (port 0: free ports; the listing line it prints says where).")]
 pub struct BenchArgs {
     /// Workloads to run, by name or id (w1..w8); none runs them all.
     #[arg(value_enum, value_name = "WORKLOAD")]
@@ -131,13 +131,13 @@ pub enum Workload {
     #[value(alias = "w1")]
     Rtt,
     /// W2: a new connection per request.
-    #[value(alias = "w2", alias = "connect-per-request")]
+    #[value(name = "connect-per-request", alias = "w2", alias = "connect")]
     Connect,
     /// W3: 64 requests in flight on one connection.
     #[value(alias = "w3")]
     Pipelined,
     /// W4: 64 concurrent sequential sessions.
-    #[value(alias = "w4", alias = "fan-in")]
+    #[value(name = "fan-in", alias = "w4", alias = "fanin")]
     Fanin,
     /// W5: 1 MiB echoes.
     #[value(alias = "w5")]
@@ -166,13 +166,13 @@ impl Workload {
         Workload::Idle,
     ];
 
-    /// The name in `workload=` and on the command line.
+    /// The name in `workload=` and on the command line: BENCHMARKS.md's.
     pub fn name(self) -> &'static str {
         match self {
             Workload::Rtt => "rtt",
-            Workload::Connect => "connect",
+            Workload::Connect => "connect-per-request",
             Workload::Pipelined => "pipelined",
-            Workload::Fanin => "fanin",
+            Workload::Fanin => "fan-in",
             Workload::Bulk => "bulk",
             Workload::Push => "push",
             Workload::Tls => "tls",
@@ -197,7 +197,7 @@ impl Workload {
             Workload::Fanin | Workload::Idle => {
                 &[TokioFramed, TetherSentinel, TetherLength, TetherPacket]
             }
-            Workload::Tls => &[TokioFramed, TetherLength, TetherPacket],
+            Workload::Tls => &[TokioFramed, TetherSentinel, TetherLength, TetherPacket],
         }
     }
 }
@@ -263,23 +263,67 @@ pub fn run(args: BenchArgs) -> ExitCode {
     }
 }
 
-/// Creates an output file at once, so a bad path fails before minutes of measuring.
-fn create_output(flag: &str, path: &Path) -> CliResult<std::fs::File> {
-    std::fs::File::create(path)
-        .map_err(|e| format!("cannot write {flag} {}: {e}", path.display()).into())
+/// An output file (`--json`, `--plot`), written only once the run is over:
+/// its directory is tried at once, with a file beside the target, so that a
+/// bad path fails before minutes of measuring; the target itself is
+/// replaced at the end, so a run that fails or is interrupted leaves an
+/// earlier file as it was.
+struct Output {
+    flag: &'static str,
+    path: PathBuf,
+    partial: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl Output {
+    fn create(flag: &'static str, path: &Path) -> CliResult<Output> {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".partial");
+        let partial = path.with_file_name(name);
+        let file = std::fs::File::create(&partial)
+            .map_err(|e| format!("cannot write {flag} {}: {e}", path.display()))?;
+        Ok(Output {
+            flag,
+            path: path.to_path_buf(),
+            partial,
+            file: Some(file),
+        })
+    }
+
+    /// Writes `bytes`, then puts the file in place.
+    fn finish(mut self, bytes: &[u8]) -> CliResult<()> {
+        let failed =
+            |e: std::io::Error| format!("cannot write {} {}: {e}", self.flag, self.path.display());
+        let mut file = self.file.take().expect("finished once");
+        file.write_all(bytes).map_err(failed)?;
+        drop(file);
+        std::fs::rename(&self.partial, &self.path).map_err(failed)?;
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
 }
 
 /// Returns whether every workload succeeded.
 fn run_inner(args: BenchArgs) -> CliResult<bool> {
+    if args.json.is_some() && args.json == args.plot {
+        return Err("--json and --plot name the same file".into());
+    }
     let json_file = args
         .json
         .as_deref()
-        .map(|p| create_output("--json", p))
+        .map(|p| Output::create("--json", p))
         .transpose()?;
     let plot_file = args
         .plot
         .as_deref()
-        .map(|p| create_output("--plot", p))
+        .map(|p| Output::create("--plot", p))
         .transpose()?;
     let mut workloads = if args.workloads.is_empty() {
         Workload::ALL.to_vec()
@@ -357,15 +401,14 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
     println!();
     let ratios = report::ratios(&records);
     print!("{}", report::ratio_table(&ratios));
-    if let (Some(mut f), Some(p)) = (json_file, args.json.as_deref()) {
+    if let Some(out) = json_file {
         let doc = report::to_json(&records, &ratios, divisor, runs, procs);
-        serde_json::to_writer_pretty(&mut f, &doc)
-            .map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
-        writeln!(f).map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
+        let mut text = serde_json::to_string_pretty(&doc)?;
+        text.push('\n');
+        out.finish(text.as_bytes())?;
     }
-    if let (Some(mut f), Some(p)) = (plot_file, args.plot.as_deref()) {
-        f.write_all(plot::svg(&ratios).as_bytes())
-            .map_err(|e| format!("cannot write --plot {}: {e}", p.display()))?;
+    if let Some(out) = plot_file {
+        out.finish(plot::svg(&ratios).as_bytes())?;
     }
     Ok(all_ok)
 }

@@ -208,7 +208,9 @@ pub fn ratios(records: &[Record]) -> Vec<Ratio> {
             .iter()
             .filter(|r| r.implementation.is_baseline() && r.workload == t.workload)
         {
+            // (a figure of 0 or less, or NaN, has no ratio: NaN, left out)
             let oriented = |tv: f64, bv: f64| match t.better {
+                _ if !(tv > 0.0 && bv > 0.0) => f64::NAN,
                 Better::Higher => tv / bv,
                 Better::Lower => bv / tv,
             };
@@ -291,7 +293,7 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<10} {:<16} {:<17} {:>width$} {:>width$}",
+        "{:<19} {:<16} {:<17} {:>width$} {:>width$}",
         "workload", "impl", "metric", "vs std-blocking", "vs tokio-framed"
     );
     if rows.is_empty() {
@@ -300,7 +302,7 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
     for ((w, t, metric), [vs_std, vs_framed]) in rows.into_iter().zip(cells) {
         let _ = writeln!(
             s,
-            "{:<10} {:<16} {:<17} {vs_std:>width$} {vs_framed:>width$}",
+            "{:<19} {:<16} {:<17} {vs_std:>width$} {vs_framed:>width$}",
             w.name(),
             t.name(),
             metric,
@@ -426,6 +428,24 @@ mod tests {
         assert_eq!(r.to_json()["p50_us"], json!(15.84));
         assert_eq!(r.to_json()["impl"], json!("tokio-framed"));
         assert!(r.with_procs(2).line().contains(" procs=2 "));
+    }
+
+    #[test]
+    fn a_figure_of_zero_or_less_has_no_ratio() {
+        for bad in [0.0, -120.0, f64::NAN] {
+            let records = vec![
+                rec(
+                    Workload::Idle,
+                    Impl::TokioFramed,
+                    "bytes_per_session",
+                    9000.0,
+                ),
+                rec(Workload::Idle, Impl::TetherLength, "bytes_per_session", bad),
+                rec(Workload::Bulk, Impl::StdBlocking, "mib_s", bad),
+                rec(Workload::Bulk, Impl::TetherLength, "mib_s", 100.0),
+            ];
+            assert!(ratios(&records).is_empty(), "{bad}");
+        }
     }
 
     #[test]

@@ -74,6 +74,11 @@ async fn start_all(
     // the last port first: a base too high fails before anything starts
     let servers = served();
     server_addr(at, servers.len() - 1)?;
+    // and the listing's own port, taken now: a busy one fails before
+    // any server starts or says where it is
+    let reserved = std::net::TcpListener::bind(at)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| format!("cannot serve the listing at {at}: {e}"))?;
     let mut entries = Vec::with_capacity(servers.len());
     for (index, (imp, set)) in servers.into_iter().enumerate() {
         let bind_at = server_addr(at, index)?;
@@ -98,7 +103,7 @@ async fn start_all(
     }
     let text = listing(&entries, &certs.ca_pem);
     let listing = runtime
-        .spawn(|ready, stop| listing_server(at, ready, stop, text))
+        .spawn(|ready, stop| listing_server(reserved, ready, stop, text))
         .await
         .map_err(|e| format!("cannot serve the listing at {at}: {e}"))?;
     let listing_addr = listing.addr();
@@ -113,16 +118,16 @@ fn say(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
-/// Sends `text` to every client that connects to `at`, then closes; once
+/// Sends `text` to every client that connects to `reserved`, then closes; once
 /// stopped, waits for the sends still going as the other servers do.
 async fn listing_server(
-    at: SocketAddr,
+    reserved: std::net::TcpListener,
     ready: oneshot::Sender<SocketAddr>,
     stop: oneshot::Receiver<()>,
     text: String,
 ) -> CliResult<()> {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind(at).await?;
+    let listener = tokio::net::TcpListener::from_std(reserved)?;
     let _ = ready.send(listener.local_addr()?);
     let text: std::sync::Arc<str> = text.into();
     serve_connections(listener, stop, |mut stream| {

@@ -340,7 +340,7 @@ mod tests {
     #[test]
     fn twelve_servers_as_the_help_says() {
         let servers = served();
-        assert_eq!(servers.len(), 12, "{servers:?}");
+        assert_eq!(servers.len(), 13, "{servers:?}");
     }
 
     fn addr(s: &str) -> SocketAddr {
@@ -354,8 +354,8 @@ mod tests {
             addr("127.0.0.1:7001")
         );
         assert_eq!(
-            server_addr(addr("127.0.0.1:7000"), 11).unwrap(),
-            addr("127.0.0.1:7012")
+            server_addr(addr("127.0.0.1:7000"), 12).unwrap(),
+            addr("127.0.0.1:7013")
         );
         assert_eq!(
             server_addr(addr("127.0.0.1:0"), 5).unwrap(),
@@ -382,7 +382,7 @@ mod tests {
         assert_eq!(target.entries, entries);
         assert_eq!(
             target.addr(Impl::TetherPacket, WorkloadSet::Tls).unwrap(),
-            addr("127.0.0.1:7012")
+            addr("127.0.0.1:7013")
         );
         assert!(target.addr(Impl::StdBlocking, WorkloadSet::Push).is_err());
     }

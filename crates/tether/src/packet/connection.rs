@@ -83,9 +83,9 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// neither waits on the other when `max_body_len` is small.
 const READ_AHEAD_AT_LEAST: usize = 4 * WRITE_HIGH_WATER;
 /// What the peer's requests waiting for a handler slot may hold (see
-/// [`Parked`]): their payloads, and their own size each. Past it, nothing
-/// more is read until a handler finishes. At least one request waits,
-/// whatever its size (up to `max_body_len`).
+/// [`Parked`]): their payloads (copied), and their own size each. Past it,
+/// nothing more is read until a handler finishes; the request that crosses
+/// it waits too, whatever its size (up to `max_body_len`).
 const PARKED_AT_MOST: usize = READ_AHEAD_AT_LEAST;
 /// Bytes reserved for each read. 16 KiB amortises the syscall over many
 /// small packets; a connection holds the buffer only while it has work (see
@@ -113,8 +113,9 @@ pub struct PacketConfig {
     /// order of arrival as handlers finish. The connection goes on reading
     /// past them, so that answers to its own requests still come in (a
     /// running handler may be awaiting one, over the same connection),
-    /// until the waiting requests hold 256 KiB (their payloads and 64
-    /// bytes each; at least one request, whatever its size). Then it reads
+    /// until the waiting requests hold 256 KiB (their payloads, copied
+    /// out of the read buffer, and 64 bytes each), or that and one more
+    /// request of any size up to `max_body_len`. Then it reads
     /// nothing more until a handler finishes, and the peer's writes wait
     /// (backpressure). So a handler can call back over its own connection
     /// even when every slot is taken, unless the peer sends more requests
@@ -1083,6 +1084,13 @@ impl Parked {
         n
     }
 
+    /// Lets go of a queue grown by a flood (64 requests' room is kept).
+    pub(super) fn release_if_grown(&mut self) {
+        if self.requests.capacity() > 64 {
+            self.requests = VecDeque::new();
+        }
+    }
+
     /// Forgets them all; how many there were.
     pub(super) fn clear(&mut self) -> usize {
         self.bytes = 0;
@@ -1476,13 +1484,20 @@ where
             return;
         }
         match st.proto.admit_waiting(channel, tag) {
-            // (the set is borrowed while the driver is polled: taking one
-            // here is only a fallback)
-            Ok(()) => self
-                .scratch
-                .get_or_insert_with(Scratch::take)
-                .parked
-                .push(rq),
+            Ok(()) => {
+                // its own copy: a slice of the read buffer would keep the
+                // whole allocation it was read into (megabytes, maybe)
+                // alive for as long as it waits, where the bound counts
+                // only its bytes
+                let rq = IncomingRequest {
+                    payload: Bytes::copy_from_slice(&rq.payload),
+                    ..rq
+                };
+                // (the set is borrowed while the driver is polled: taking
+                // one here is only a fallback)
+                let scratch = self.scratch.get_or_insert_with(Scratch::take);
+                scratch.parked.push(rq)
+            }
             Err(reason) => self.reject(channel, tag, reason),
         }
     }

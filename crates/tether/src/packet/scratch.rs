@@ -80,6 +80,7 @@ impl Scratch {
         self.clear();
         self.rbuf.release_if_grown();
         self.wbuf.clear_and_shrink();
+        self.parked.release_if_grown();
         Pool::give(&POOL, self);
     }
 }

@@ -1,7 +1,12 @@
 //! W7 tls: W1 and W2 over TLS 1.3 with the run's self-signed certificate,
-//! for tokio-framed (tokio-rustls), tether-length and tether-packet.
+//! for tokio-framed (tokio-rustls), tether-sentinel, tether-length and
+//! tether-packet.
 //! Headline: the session's req/s; `session_over_sessionless` is the ratio
-//! of the session's req/s to the sessionless mode's (a handshake per request).
+//! of the session's req/s to the sessionless mode's (a handshake per
+//! request). Every client keeps its TLS sessions, as rustls's client
+//! configuration does by default, so each sessionless connection after
+//! the first resumes one (a PSK handshake, no certificate), as a client
+//! reconnecting to its server would: the line says `tls_resumption=1`.
 
 use super::rtt::{latency_record, sequential, sessionless};
 use super::with_server;
@@ -29,6 +34,7 @@ pub fn run(ctx: &Ctx, imp: Impl) -> CliResult<Record> {
         latency_record(Record::new(Workload::Tls, imp, "req_s"), lat, total)
             .int("sessionless_requests", m)
             .float("sessionless_req_s", once_req_s, 0)
-            .float("session_over_sessionless", session_req_s / once_req_s, 1),
+            .float("session_over_sessionless", session_req_s / once_req_s, 1)
+            .int("tls_resumption", 1),
     )
 }
