@@ -345,19 +345,21 @@ pub fn to_json(records: &[Record], ratios: &[Ratio], divisor: u64, runs: usize, 
 }
 
 /// The `p`-th quantile (0..=1) of sorted latencies, in microseconds, by the
-/// nearest rank. `NaN` for no samples.
+/// nearest rank: the smallest sample with at least `p` of them at or below
+/// it (the 50th of 100 for p50). `NaN` for no samples.
 pub fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    let i = ((sorted.len() as f64 - 1.0) * p.clamp(0.0, 1.0)).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
+    let rank = (sorted.len() as f64 * p.clamp(0.0, 1.0)).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e6
 }
 
 /// The record that stands for the rounds of one workload and
 /// implementation (`None`: a round that failed): the median round by the
-/// headline figure (for an even count, the lower middle: a real run, never
-/// an average of two), with every round's headline kept for [`ratios`]
+/// headline figure (for an even count, the worse of the two middle runs:
+/// a real run, never an average of two, and never flattering, whichever
+/// way the figure improves), with every round's headline kept for [`ratios`]
 /// (and for the `runs=N` figure, when N > 1 ran: [`Record::runs`]).
 pub fn summarize(rounds: Vec<Option<Record>>) -> Option<Record> {
     let headlines = rounds
@@ -372,7 +374,14 @@ pub fn summarize(rounds: Vec<Option<Record>>) -> Option<Record> {
 /// The median of several runs by the headline figure (see [`summarize`]).
 fn median_run(mut runs: Vec<Record>) -> Option<Record> {
     let n = runs.len();
-    runs.sort_by(|a, b| a.headline_value().total_cmp(&b.headline_value()));
+    // worst first, so that the lower middle is the worse one
+    runs.sort_by(|a, b| {
+        let order = a.headline_value().total_cmp(&b.headline_value());
+        match a.better {
+            Better::Higher => order,
+            Better::Lower => order.reverse(),
+        }
+    });
     runs.into_iter().nth(n.checked_sub(1)? / 2)
 }
 
@@ -387,7 +396,7 @@ mod tests {
     #[test]
     fn percentile_by_nearest_rank() {
         let lat: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
-        assert_eq!(percentile_us(&lat, 0.5), 51.0);
+        assert_eq!(percentile_us(&lat, 0.5), 50.0);
         assert_eq!(percentile_us(&lat, 0.99), 99.0);
         assert_eq!(percentile_us(&lat, 0.0), 1.0);
         assert_eq!(percentile_us(&lat, 1.0), 100.0);
@@ -404,12 +413,20 @@ mod tests {
         ];
         let m = median_run(runs).unwrap();
         assert_eq!(m.get("mib_s"), Some(200.0));
-        // even count: the lower middle, a real run
+        // even count: the worse of the two middle runs, a real run: the
+        // lower throughput, the higher latency
         let runs = vec![
             rec(Workload::Push, Impl::TetherPacket, "msgs_s", 4.0),
             rec(Workload::Push, Impl::TetherPacket, "msgs_s", 1.0),
         ];
         assert_eq!(median_run(runs).unwrap().get("msgs_s"), Some(1.0));
+        let runs = vec![
+            rec(Workload::Rtt, Impl::TetherPacket, "p50_us", 30.0),
+            rec(Workload::Rtt, Impl::TetherPacket, "p50_us", 20.0),
+            rec(Workload::Rtt, Impl::TetherPacket, "p50_us", 10.0),
+            rec(Workload::Rtt, Impl::TetherPacket, "p50_us", 40.0),
+        ];
+        assert_eq!(median_run(runs).unwrap().get("p50_us"), Some(30.0));
         let one = median_run(vec![rec(Workload::Rtt, Impl::TokioFramed, "p50_us", 3.0)]).unwrap();
         assert_eq!(one.get("p50_us"), Some(3.0));
         assert!(median_run(Vec::new()).is_none());
