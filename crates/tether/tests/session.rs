@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tether::framing::{text, DuplexCodec, FixedLengthCodec, FramingError, SentinelCodec};
+use tether::framing::{
+    text, DuplexCodec, FixedLengthCodec, FramingError, LengthCodec, SentinelCodec,
+};
 use tether::session::{
     Client, ClientOptions, ConnectionInfo, HandlerError, Server, ServerOptions, SessionError,
 };
@@ -59,6 +61,155 @@ async fn read_some(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     out
 }
 
+#[tokio::test]
+async fn a_server_with_no_connection_limit_serves() {
+    // usize::MAX as "no limit": the server must still serve, not die
+    let server = Server::bind(
+        &loopback(),
+        SentinelCodec::lines(),
+        |request: BytesMut, _: &ConnectionInfo| async move { Ok::<_, HandlerError>(Some(request)) },
+    )
+    .await
+    .unwrap()
+    .options(ServerOptions::default().max_connections(usize::MAX))
+    .spawn();
+    let client = Client::new(
+        server.local_endpoint().clone(),
+        SentinelCodec::lines(),
+        ClientOptions::default(),
+    );
+    let reply = timeout(LIMIT, client.request_once(&b"still here"[..])).await;
+    assert_eq!(&reply.unwrap().unwrap()[..], b"still here");
+    server.shutdown(LIMIT).await;
+}
+
+/// Sends one 8 MiB length-prefixed request to `endpoint` from a socket
+/// with a 4 KiB receive buffer, reads nothing for `idle`, then reads to the
+/// end: how many reply bytes it got (all of them: 8 MiB + 4).
+fn reply_bytes_after_reading_nothing_for(endpoint: &Endpoint, idle: Duration) -> usize {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = endpoint.host_port().unwrap().parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect_timeout(&addr.into(), LIMIT).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    stream.set_write_timeout(Some(LIMIT)).unwrap();
+    const LEN: usize = 8 << 20;
+    let mut request = (LEN as u32).to_be_bytes().to_vec();
+    request.resize(4 + LEN, b'x');
+    stream.write_all(&request).unwrap();
+    std::thread::sleep(idle);
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got += n,
+        }
+        if got == 4 + LEN {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_none_of_its_replies_is_let_go_after_the_stall_limit() {
+    let options = ServerOptions::default().write_stall_limit(Duration::from_millis(200));
+    let echo =
+        |request: BytesMut, _: &ConnectionInfo| async move { Ok::<_, HandlerError>(Some(request)) };
+    let server = Server::bind(&loopback(), LengthCodec::new(), echo)
+        .await
+        .unwrap()
+        .options(options)
+        .spawn();
+    let endpoint = server.local_endpoint().clone();
+    let got = tokio::task::spawn_blocking(move || {
+        reply_bytes_after_reading_nothing_for(&endpoint, Duration::from_millis(1500))
+    });
+    let got = timeout(LIMIT, got).await.unwrap().unwrap();
+    assert!(got < 4 + (8 << 20), "the async server waited: {got} bytes");
+    server.shutdown(LIMIT).await;
+
+    let blocking = tether::blocking::Server::bind_with(
+        &loopback(),
+        LengthCodec::new(),
+        |request: BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(request)),
+        options,
+    )
+    .unwrap();
+    let endpoint = blocking.local_endpoint().clone();
+    let got = tokio::task::spawn_blocking(move || {
+        reply_bytes_after_reading_nothing_for(&endpoint, Duration::from_millis(1500))
+    });
+    let got = timeout(LIMIT, got).await.unwrap().unwrap();
+    assert!(
+        got < 4 + (8 << 20),
+        "the blocking server waited: {got} bytes"
+    );
+    // a client that reads, however slowly, gets all of it
+    let endpoint = blocking.local_endpoint().clone();
+    let got = tokio::task::spawn_blocking(move || {
+        reply_bytes_after_reading_nothing_for(&endpoint, Duration::from_millis(50))
+    });
+    assert_eq!(timeout(LIMIT, got).await.unwrap().unwrap(), 4 + (8 << 20));
+}
+
+/// A peer that accepts one connection and reads nothing (its receive
+/// buffer 4 KiB): its endpoint, and the thread holding the connection.
+fn a_peer_that_never_reads() -> (Endpoint, std::thread::JoinHandle<()>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    socket.listen(1).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let holder = std::thread::spawn(move || {
+        let (held, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(held);
+    });
+    (format!("tcp://{addr}").parse().unwrap(), holder)
+}
+
+#[tokio::test]
+async fn sending_to_a_peer_that_never_reads_times_out_both_apis() {
+    let big = vec![b'x'; 8 << 20];
+    let options = ClientOptions::default().request_timeout(Some(Duration::from_millis(200)));
+    let (endpoint, holder) = a_peer_that_never_reads();
+    let client = Client::new(endpoint, LengthCodec::new(), options.clone());
+    let mut session = client.connect().await.unwrap();
+    let sent = timeout(LIMIT, session.send(&big[..])).await.unwrap();
+    assert!(
+        matches!(sent, Err(SessionError::Timeout { .. })),
+        "{sent:?}"
+    );
+    assert!(!session.is_open(), "part of it may be out: closed");
+    drop(session);
+    tokio::task::spawn_blocking(move || holder.join().unwrap())
+        .await
+        .unwrap();
+
+    let (endpoint, holder) = a_peer_that_never_reads();
+    let sent = tokio::task::spawn_blocking(move || {
+        let client = tether::blocking::Client::new(endpoint, LengthCodec::new(), options);
+        let mut session = client.connect().unwrap();
+        let started = std::time::Instant::now();
+        let sent = session.send(&big[..]);
+        (sent, started.elapsed())
+    });
+    let (sent, took) = timeout(LIMIT, sent).await.unwrap().unwrap();
+    assert!(
+        matches!(sent, Err(SessionError::Timeout { .. })),
+        "{sent:?}"
+    );
+    assert!(took < Duration::from_secs(2), "the deadline held: {took:?}");
+    tokio::task::spawn_blocking(move || holder.join().unwrap())
+        .await
+        .unwrap();
+}
+
 /// The ska-ser-devices reference test: a server reverses 10,000-byte
 /// fixed-length requests and ends each reply with `\n`; one client object,
 /// two sessions, three requests each.
@@ -97,6 +248,56 @@ async fn reference_reverse_fixed_length_requests() {
         session.close().await.unwrap();
     }
     server.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_receive_given_up_leaves_the_session_open() {
+    // waiting for an unasked frame in a select!, then moving on, is not a
+    // cancelled request: no reply is owed, so nothing can be misread
+    let server = lines_server(1 << 20).await;
+    let client = lines_client(server.local_endpoint());
+    let mut session = client.connect().await.unwrap();
+    let waited = timeout(Duration::from_millis(50), session.receive()).await;
+    assert!(waited.is_err(), "nothing was sent unasked");
+    assert_eq!(session.request("REV abc".to_string()).await.unwrap(), "cba");
+    // a request given up does close it: its reply would be read as the next
+    let given_up = timeout(Duration::from_millis(50), async {
+        session.request("SLEEP 1000".to_string()).await
+    })
+    .await;
+    if given_up.is_err() {
+        let e = session.request("REV abc".to_string()).await.unwrap_err();
+        assert!(e.to_string().contains("cancelled"), "{e}");
+    }
+    session.close().await.unwrap();
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_very_long_request_timeout_is_for_ever_not_a_panic() {
+    let server = lines_server(1 << 20).await;
+    let options = ClientOptions::default().request_timeout(Some(Duration::MAX));
+    let client = Client::new(
+        server.local_endpoint().clone(),
+        text(SentinelCodec::lines()),
+        options,
+    );
+    let mut session = client.connect().await.unwrap();
+    assert_eq!(session.request("REV abc".to_string()).await.unwrap(), "cba");
+    let mut blocking = tether::blocking::Client::new(
+        server.local_endpoint().clone(),
+        text(SentinelCodec::lines()),
+        ClientOptions::default().request_timeout(Some(Duration::MAX)),
+    )
+    .connect()
+    .unwrap();
+    let reply = tokio::task::spawn_blocking(move || blocking.request("REV xyz".to_string()));
+    assert_eq!(
+        timeout(LIMIT, reply).await.unwrap().unwrap().unwrap(),
+        "zyx"
+    );
+    session.close().await.unwrap();
+    server.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]

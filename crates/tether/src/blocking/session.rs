@@ -127,19 +127,33 @@ impl Io {
         }
     }
 
-    fn write_all(&mut self, data: &[u8], deadline: Option<Instant>) -> io::Result<()> {
-        let remaining = remaining(deadline)?;
+    fn write_all(&mut self, mut data: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+        let left = remaining(deadline)?;
         match self {
             Io::Socket(s, set) => {
-                set.write(remaining, |t| s.set_write_timeout(t))?;
-                s.write_all(data)
+                set.write(left, |t| s.set_write_timeout(t))?;
+                // each write waits at most what is left of the deadline,
+                // so a peer that reads slowly cannot stretch it
+                while !data.is_empty() {
+                    match s.write(data) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => data = &data[n..],
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                    if !data.is_empty() {
+                        let left = remaining(deadline)?;
+                        set.write(left, |t| s.set_write_timeout(t))?;
+                    }
+                }
+                Ok(())
             }
             Io::Bridged(rt, s) => rt.block_on(async {
                 let write = async {
                     s.write_all(data).await?;
                     s.flush().await
                 };
-                match remaining {
+                match left {
                     Some(left) => tokio::time::timeout(left, write)
                         .await
                         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
@@ -149,10 +163,16 @@ impl Io {
         }
     }
 
-    fn shutdown(&mut self) -> io::Result<()> {
+    /// Ends the write side (for TLS, its close_notify goes out first:
+    /// within `limit`, so a peer that reads nothing cannot hold it).
+    fn shutdown(&mut self, limit: Duration) -> io::Result<()> {
         match self {
             Io::Socket(s, _) => s.shutdown(std::net::Shutdown::Write),
-            Io::Bridged(rt, s) => rt.block_on(s.shutdown()),
+            Io::Bridged(rt, s) => rt.block_on(async {
+                tokio::time::timeout(limit, s.shutdown())
+                    .await
+                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+            }),
         }
     }
 }
@@ -302,10 +322,17 @@ impl<C> Session<C> {
             .map(|t| Instant::now() + t)
     }
 
-    /// Flushes, tells the peer (end of stream) and closes.
+    /// Flushes, tells the peer (end of stream) and closes, within the
+    /// request deadline (or a second, without one).
     pub fn close(mut self) -> Result<(), SessionError> {
+        let limit = self
+            .options
+            .request_timeout_value()
+            .unwrap_or(Duration::from_secs(1));
         match self.io.take() {
-            Some(mut io) => io.shutdown().map_err(|e| SessionError::Transport(e.into())),
+            Some(mut io) => io
+                .shutdown(limit)
+                .map_err(|e| SessionError::Transport(e.into())),
             None => Ok(()),
         }
     }

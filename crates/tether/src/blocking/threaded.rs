@@ -260,6 +260,8 @@ struct Shared {
     handed_off: Condvar,
     stats: ServerStats,
     max_connections: usize,
+    /// See [`ServerOptions::write_stall_limit`].
+    write_stall: Duration,
 }
 
 struct State {
@@ -291,7 +293,7 @@ impl std::fmt::Debug for State {
 
 impl Shared {
     /// A server's state before its accept loop starts: no connections yet.
-    fn new(max_connections: usize) -> Shared {
+    fn new(max_connections: usize, write_stall: Duration) -> Shared {
         Shared {
             stopping: AtomicBool::new(false),
             state: Mutex::new(State {
@@ -305,6 +307,7 @@ impl Shared {
             handed_off: Condvar::new(),
             stats: ServerStats::default(),
             max_connections,
+            write_stall,
         }
     }
 
@@ -433,7 +436,10 @@ impl Running {
         F: PlainHandler<Req, Resp>,
     {
         let (listener, local, wake) = StdListener::bind(endpoint)?;
-        let shared = Arc::new(Shared::new(options.max_connections_value()));
+        let shared = Arc::new(Shared::new(
+            options.max_connections_value(),
+            options.write_stall_value(),
+        ));
         let accepting = shared.clone();
         let handler = Arc::new(handler);
         let accept = std::thread::Builder::new()
@@ -471,7 +477,7 @@ impl Running {
             return;
         };
         // (capped: `Instant + Duration::MAX` would panic; a year is for ever)
-        let deadline = Instant::now() + grace.min(Duration::from_secs(365 * 24 * 3600));
+        let deadline = Instant::now() + grace.min(crate::session::FOR_EVER);
         let (connections, unserved) = {
             let mut state = self.shared.lock();
             // Under the lock: a connection registers either before this
@@ -665,6 +671,12 @@ where
 {
     fn serve(mut self) {
         debug!("connected");
+        // a client that takes none of its replies lets go of this thread
+        // within the limit (each write that takes bytes waits anew)
+        if let Err(e) = self.socket.set_write_timeout(Some(self.shared.write_stall)) {
+            debug!(error = %e, "cannot bound the writes; closing the connection");
+            return;
+        }
         loop {
             // Requests already buffered are answered before anything is
             // flushed, so a pipelined burst gets its replies in one write.
@@ -881,7 +893,7 @@ mod tests {
         assert_eq!(echo_once(&mut s, b"small"), b"small");
         // The buffers themselves are checked through a connection built by hand.
         let (a, mut b) = UnixStream::pair().unwrap();
-        let shared = Arc::new(Shared::new(1));
+        let shared = Arc::new(Shared::new(1, Duration::from_secs(30)));
         let mut conn = Connection {
             socket: Arc::new(StdStream::Unix(a)),
             codec: LengthCodec::new(),

@@ -1,7 +1,7 @@
 use bytes::{BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::FramingError;
+use super::{room_ahead, FramingError};
 
 /// Frames of exactly `n` bytes, back to back.
 ///
@@ -39,7 +39,10 @@ impl Decoder for FixedLengthCodec {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
         if buf.len() < self.length {
-            buf.reserve(self.length - buf.len());
+            // room for the rest as it arrives, as for a length prefix: a
+            // peer that sends one byte of a large frame makes the buffer
+            // hold a few bytes, not the whole frame
+            buf.reserve(room_ahead(buf.len(), self.length - buf.len()));
             return Ok(None);
         }
         Ok(Some(buf.split_to(self.length)))
@@ -87,6 +90,26 @@ mod tests {
         buf.extend_from_slice(&[7, 8, 9]);
         assert_eq!(&codec.decode(&mut buf).unwrap().unwrap()[..], [5, 6, 7, 8]);
         assert_eq!(&buf[..], [9]);
+    }
+
+    #[test]
+    fn a_few_bytes_of_a_large_frame_hold_a_few_bytes_of_room() {
+        for length in [8 << 20, usize::MAX] {
+            let mut codec = FixedLengthCodec::new(length);
+            let mut buf = BytesMut::from(&[1u8][..]);
+            assert_eq!(codec.decode(&mut buf).unwrap(), None);
+            assert!(buf.capacity() < 1024, "{length}: {}", buf.capacity());
+        }
+        // the room grows with what arrives, and the frame still comes whole
+        let mut codec = FixedLengthCodec::new(100_000);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for chunk in vec![7u8; 100_000].chunks(999) {
+            buf.extend_from_slice(chunk);
+            frames.extend(codec.decode(&mut buf).unwrap());
+        }
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].len(), 100_000);
     }
 
     #[test]

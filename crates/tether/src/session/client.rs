@@ -46,16 +46,22 @@ impl Default for ClientOptions {
     }
 }
 
+/// The longest timeout taken as given: a year. (`Instant + Duration`
+/// panics past the clock's range.)
+pub(crate) const FOR_EVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl ClientOptions {
-    /// How long connecting may take.
+    /// How long connecting may take (at most a year: longer is for ever).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connect_timeout = timeout.min(FOR_EVER);
         self
     }
 
-    /// How long a whole reply may take (`None`: wait for ever).
+    /// How long a whole reply may take (`None`: wait for ever; a timeout
+    /// of more than a year is taken as a year, for ever in practice, where
+    /// a deadline `now + Duration::MAX` cannot be told).
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.request_timeout = timeout;
+        self.request_timeout = timeout.map(|t| t.min(FOR_EVER));
         self
     }
 
@@ -251,22 +257,21 @@ where
     /// Waits for one frame the peer sends unasked (a banner, an event),
     /// within the request deadline. A timeout here leaves the session open,
     /// since no request is waiting.
+    ///
+    /// Giving it up (dropping its future, in a `select!` say) leaves the
+    /// session open too: no reply is owed, and bytes of a frame half read
+    /// stay for the next call.
     pub async fn receive(&mut self) -> Result<C::Item, SessionError> {
         let deadline = self.options.request_timeout;
         self.io()?;
-        self.busy = true;
         let io = self.io.as_mut().expect("checked above");
         let outcome = match deadline {
             Some(after) => match within(&mut self.timer, after, io.read_frame()).await {
                 Some(outcome) => outcome,
-                None => {
-                    self.busy = false;
-                    return Err(SessionError::Timeout { after });
-                }
+                None => return Err(SessionError::Timeout { after }),
             },
             None => io.read_frame().await,
         };
-        self.busy = false;
         self.settle(outcome)
     }
 
@@ -289,14 +294,28 @@ where
         }
     }
 
-    /// Sends `request` with no reply expected.
+    /// Sends `request` with no reply expected, within the request deadline
+    /// (a peer that reads nothing cannot hold it; the session closes then,
+    /// since part of the request may have gone out).
     pub async fn send<Req>(&mut self, request: Req) -> Result<(), SessionError>
     where
         C: Encoder<Req, Error = FramingError>,
     {
+        let deadline = self.options.request_timeout;
         let io = self.io()?;
         io.queue(request).map_err(SessionError::from_framing)?;
-        let flushed = io.flush().await;
+        let io = self.io.as_mut().expect("checked above");
+        let flushed = match deadline {
+            Some(after) => match within(&mut self.timer, after, io.flush()).await {
+                Some(flushed) => flushed,
+                None => {
+                    // (part of it may be out: the stream is no longer in step)
+                    self.close_because(format!("a request could not be sent within {after:?}"));
+                    return Err(SessionError::Timeout { after });
+                }
+            },
+            None => io.flush().await,
+        };
         if let Err(e) = flushed {
             self.close_because(e.to_string());
             return Err(SessionError::Transport(e.into()));
@@ -304,15 +323,21 @@ where
         Ok(())
     }
 
-    /// Ends the session: flushes, tells the peer (end of stream), closes.
+    /// Ends the session: flushes, tells the peer (end of stream), closes;
+    /// within the request deadline, so a peer that reads nothing cannot
+    /// hold it.
     pub async fn close(mut self) -> Result<(), SessionError> {
-        match self.io.take() {
-            Some(mut io) => io
-                .shutdown()
-                .await
-                .map_err(|e| SessionError::Transport(e.into())),
-            None => Ok(()),
-        }
+        let Some(mut io) = self.io.take() else {
+            return Ok(());
+        };
+        let closed = match self.options.request_timeout {
+            Some(after) => match within(&mut self.timer, after, io.shutdown()).await {
+                Some(closed) => closed,
+                None => return Err(SessionError::Timeout { after }),
+            },
+            None => io.shutdown().await,
+        };
+        closed.map_err(|e| SessionError::Transport(e.into()))
     }
 }
 

@@ -14,6 +14,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,6 +160,34 @@ where
             self.stream.flush().await?;
         }
         Ok(())
+    }
+
+    /// [`flush`](Self::flush), but a write that makes no progress for
+    /// `stall()` (a peer that reads nothing) fails with `TimedOut`. A peer
+    /// that reads slowly but reads is not cut off: each write that takes
+    /// bytes starts the wait again. No timer is armed while the socket
+    /// takes what is written, as it nearly always does.
+    pub(crate) async fn flush_within(
+        &mut self,
+        stall: impl Fn() -> Duration,
+    ) -> std::io::Result<()> {
+        use futures_util::FutureExt;
+        while self.written < self.wbuf.len() {
+            let mut write = std::pin::pin!(self.stream.write(&self.wbuf[self.written..]));
+            let n = match write.as_mut().now_or_never() {
+                Some(n) => n?,
+                // boxed: a timer in place would sit in every idle
+                // connection's future (130 bytes more a sentinel session)
+                None => Box::pin(tokio::time::timeout(stall(), write))
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??,
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.written += n;
+        }
+        self.flush().await
     }
 
     /// After refusing a peer, reads and drops what it is still sending (up

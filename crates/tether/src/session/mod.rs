@@ -33,5 +33,6 @@ pub use server::{
     ConnectionId, ConnectionInfo, Handler, RunningServer, Server, ServerOptions, ServerStats,
 };
 // The blocking server's connection loop shares the async one's limits.
+pub(crate) use client::FOR_EVER;
 pub(crate) use io::READ_CHUNK;
 pub(crate) use server::{LINGER_BYTES, LINGER_TIME};

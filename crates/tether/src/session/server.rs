@@ -74,6 +74,7 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerOptions {
     max_connections: usize,
+    write_stall: Duration,
 }
 
 impl Default for ServerOptions {
@@ -82,14 +83,17 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             max_connections: 1024,
+            write_stall: WRITE_STALL_LIMIT,
         }
     }
 }
 
 impl ServerOptions {
-    /// At most `n` connections at once; the extra ones are closed at once, with a log line.
+    /// At most `n` connections at once; the extra ones are closed at once,
+    /// with a log line. (`usize::MAX` is no limit: it is taken as the most
+    /// the async server can count, about 2^61.)
     pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n;
+        self.max_connections = n.min(Semaphore::MAX_PERMITS);
         self
     }
 
@@ -97,6 +101,34 @@ impl ServerOptions {
     pub(crate) fn max_connections_value(&self) -> usize {
         self.max_connections
     }
+
+    /// How long a client may take none of its replies before its
+    /// connection is closed (default 30 s): a client that stops reading
+    /// would otherwise hold its connection (and, on the blocking server,
+    /// its thread) for ever. Each write that takes bytes waits anew, so a
+    /// slow reader is not cut off. (At most a year: longer is for ever.)
+    pub fn write_stall_limit(mut self, limit: Duration) -> Self {
+        self.write_stall = limit.min(crate::session::FOR_EVER);
+        self
+    }
+
+    /// The write stall limit.
+    pub(crate) fn write_stall_value(&self) -> Duration {
+        self.write_stall
+    }
+}
+
+/// The default of [`ServerOptions::write_stall_limit`].
+const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// What a running server tells its connections, shared through one watch
+/// channel: whether to stop (and the grace period), and the write stall
+/// limit (kept here rather than in each connection, whose size is what an
+/// idle session costs).
+#[derive(Debug, Clone, Copy)]
+struct Control {
+    grace: Option<Duration>,
+    write_stall: Duration,
 }
 
 /// After a bad request, how much of the rest the server reads and drops
@@ -196,7 +228,10 @@ where
     /// Serves in a background task until [`RunningServer::shutdown`] (or
     /// until the returned handle is dropped).
     pub fn spawn(self) -> RunningServer {
-        let (stop_tx, stop_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(Control {
+            grace: None,
+            write_stall: self.options.write_stall,
+        });
         let stats = Arc::new(ServerStats::default());
         let local = self.local_endpoint();
         let task = tokio::spawn(self.serve(stop_rx, stats.clone()));
@@ -216,14 +251,14 @@ where
         running.shutdown(grace).await;
     }
 
-    async fn serve(mut self, mut stop: watch::Receiver<Option<Duration>>, stats: Arc<ServerStats>) {
+    async fn serve(mut self, mut stop: watch::Receiver<Control>, stats: Arc<ServerStats>) {
         let slots = Arc::new(Semaphore::new(self.options.max_connections));
         let mut connections = JoinSet::new();
         let next_id = AtomicU64::new(1);
         let grace = loop {
             tokio::select! {
                 changed = stop.changed() => {
-                    break if changed.is_ok() { stop.borrow().unwrap_or_default() } else { Duration::ZERO };
+                    break if changed.is_ok() { stop.borrow().grace.unwrap_or_default() } else { Duration::ZERO };
                 }
                 accepted = self.listener.accept() => {
                     let stream = match accepted {
@@ -285,7 +320,7 @@ struct Connection<C, H: Handler<Req>, Req> {
     handler: Arc<H>,
     info: ConnectionInfo,
     on_bad_frame: Option<BadFrameReply<H::Response>>,
-    stop: watch::Receiver<Option<Duration>>,
+    stop: watch::Receiver<Control>,
     // Held for the connection's life: counts it against `max_connections`.
     _slot: OwnedSemaphorePermit,
 }
@@ -305,7 +340,7 @@ where
         let mut stop = self.stop.clone();
         let stopping = stop.changed();
         tokio::pin!(stopping);
-        let stopped_already = self.stop.borrow().is_some()
+        let stopped_already = self.stop.borrow().grace.is_some()
             || std::future::poll_fn(|cx| Poll::Ready(stopping.as_mut().poll(cx).is_ready())).await;
         if !stopped_already {
             loop {
@@ -314,7 +349,10 @@ where
                 let next = match self.io.buffered_frame() {
                     Ok(Some(request)) => Ok(Some(request)),
                     Ok(None) => {
-                        if let Err(e) = self.io.flush().await {
+                        // (the limit, from the shared control, only if a
+                        // write stalls: one field less in every connection)
+                        let stall = || self.stop.borrow().write_stall;
+                        if let Err(e) = self.io.flush_within(stall).await {
                             debug!(error = %e, "write failed");
                             return;
                         }
@@ -364,7 +402,9 @@ where
                     Err(e) => {
                         warn!(error = %e, "bad request; closing the connection");
                         if let Some(reply) = self.on_bad_frame.as_ref().and_then(|f| f(&e)) {
-                            let _ = self.io.queue(reply);
+                            if let Err(e) = self.io.queue(reply) {
+                                warn!(error = %e, "the refusal could not be encoded; closing without it");
+                            }
                         }
                         // Boxed: this rare path's state would otherwise sit in
                         // every idle connection's future.
@@ -421,7 +461,7 @@ impl ServerStats {
 #[must_use = "dropping a RunningServer stops the server"]
 pub struct RunningServer {
     local: Endpoint,
-    stop_tx: watch::Sender<Option<Duration>>,
+    stop_tx: watch::Sender<Control>,
     stats: Arc<ServerStats>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -440,8 +480,11 @@ impl RunningServer {
     /// Graceful shutdown: stop accepting, let requests in progress finish
     /// (up to `grace`), close every connection, and wait for all that.
     pub async fn shutdown(self, grace: Duration) {
-        let _ = self.stop_tx.send(Some(grace));
-        let _ = self.task.await;
+        self.stop_tx.send_modify(|c| c.grace = Some(grace));
+        if let Err(e) = self.task.await {
+            // (it never panics by design: say so loudly if it did)
+            tracing::error!(error = %e, "the server task failed");
+        }
     }
 }
 
@@ -457,7 +500,10 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_task_is_small() {
         let (a, _b) = crate::transport::memory_pair(64);
-        let (_tx, stop) = watch::channel(None);
+        let (_tx, stop) = watch::channel(Control {
+            grace: None,
+            write_stall: WRITE_STALL_LIMIT,
+        });
         let conn = Connection {
             io: FrameIo::new(a, LengthCodec::new(), Buffers::Lazy),
             handler: Arc::new(|request: BytesMut, _: &ConnectionInfo| async move {
