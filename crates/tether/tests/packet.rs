@@ -374,19 +374,35 @@ fn calling_back_handler(
     (this_end, handler)
 }
 
+/// A connection with one handler slot serving [`calling_back_handler`],
+/// over a pipe of `pipe` bytes: the connection, its handler's release, a
+/// raw peer at the other end, and the cell the handler finds its own
+/// connection in (for rq_type 10; unset).
+fn one_handler_slot(
+    pipe: usize,
+) -> (
+    PacketConnection,
+    Arc<Notify>,
+    Framed<ByteStream, PacketCodec>,
+    Arc<std::sync::OnceLock<PacketConnection>>,
+) {
+    let (a, b) = memory_pair(pipe);
+    let mut config = cfg();
+    config.max_handlers = 1;
+    let release = Arc::new(Notify::new());
+    let (this_end, handler) = calling_back_handler(release.clone());
+    let conn = PacketConnection::spawn(b, handler, config);
+    (conn, release, raw(a), this_end)
+}
+
 #[tokio::test]
 async fn a_handler_awaiting_an_answer_on_its_own_connection_gets_it_while_max_handlers_are_busy() {
     // max_handlers 1: request 1's handler asks the peer something over the
     // same connection and waits. The peer sends request 2 (no slot: it
     // waits its turn), then the answer. The answer must be read past
     // request 2, or handler 1 waits for ever and request 2 with it.
-    let (a, b) = memory_pair(64 * 1024);
-    let mut config = cfg();
-    config.max_handlers = 1;
-    let (this_end, handler) = calling_back_handler(Arc::new(Notify::new()));
-    let conn = PacketConnection::spawn(b, handler, config);
+    let (conn, _release, mut peer, this_end) = one_handler_slot(64 * 1024);
     this_end.set(conn.clone()).ok().unwrap();
-    let mut peer = raw(a);
     t(peer.send(rq(1, 10, 0, b"x"))).await.unwrap();
     let Packet::Request { tag, payload, .. } = next(&mut peer).await else {
         panic!("expected the handler's request");
@@ -406,13 +422,8 @@ async fn requests_waiting_for_a_handler_slot_are_read_only_so_far_then_all_answe
     // peer sends 4 MiB of requests behind it: the connection reads ahead
     // only a bounded part (the rest waits in the 64 KiB pipe, unsent), and
     // once released answers every one, in order.
-    let (a, b) = memory_pair(64 * 1024);
-    let mut config = cfg();
-    config.max_handlers = 1;
-    let release = Arc::new(Notify::new());
-    let (_this_end, handler) = calling_back_handler(release.clone());
-    let conn = PacketConnection::spawn(b, handler, config);
-    let (mut tx, mut rx) = raw(a).split();
+    let (conn, release, peer, _) = one_handler_slot(64 * 1024);
+    let (mut tx, mut rx) = peer.split();
     t(tx.send(rq(1, 11, 0, b"hold"))).await.unwrap();
     const N: u64 = 4096;
     let payload = Bytes::from(vec![3u8; 1024]);
@@ -470,13 +481,7 @@ async fn requests_waiting_for_a_handler_slot_are_read_only_so_far_then_all_answe
 
 #[tokio::test]
 async fn requests_waiting_for_a_handler_slot_when_the_peer_ends_are_answered_before_eof() {
-    let (a, b) = memory_pair(64 * 1024);
-    let mut config = cfg();
-    config.max_handlers = 1;
-    let release = Arc::new(Notify::new());
-    let (_this_end, handler) = calling_back_handler(release.clone());
-    let conn = PacketConnection::spawn(b, handler, config);
-    let mut peer = raw(a);
+    let (conn, release, mut peer, _) = one_handler_slot(64 * 1024);
     t(peer.send(rq(1, 11, 0, b"hold"))).await.unwrap();
     t(peer.send(rq(2, 0, 0, b"waits"))).await.unwrap();
     t(peer.send(Packet::Erq)).await.unwrap();
@@ -496,13 +501,7 @@ async fn the_close_waits_for_a_request_that_waits_for_its_slot_behind_a_full_wri
     // not read yet); request 2 waits for the slot, and cannot start while
     // the writer is behind. The peer's EOF came first: EOF must still wait
     // for request 2's answer.
-    let (a, b) = memory_pair(16 * 1024);
-    let mut config = cfg();
-    config.max_handlers = 1;
-    let release = Arc::new(Notify::new());
-    let (_this_end, handler) = calling_back_handler(release.clone());
-    let conn = PacketConnection::spawn(b, handler, config);
-    let mut peer = raw(a);
+    let (conn, release, mut peer, _) = one_handler_slot(16 * 1024);
     let big = Bytes::from(vec![1u8; 200 * 1024]);
     t(peer.send(Packet::Request {
         channel: 0,
