@@ -227,6 +227,18 @@ fn a_failed_run_leaves_an_earlier_json_file_as_it_was() {
     let (status, _, err) = bench(&["rtt", "--json", &json, "--plot", &json]);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("the same file"), "{err}");
+    let same = format!("{}/./keep.json", scratch.path(""));
+    let (status, _, err) = bench(&["rtt", "--json", &json, "--plot", &same]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("the same file"), "{err}");
+    // a directory is not a file to write
+    let (status, _, err) = bench(&["rtt", "--json", &scratch.path("")]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not a file name"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&json).unwrap(),
+        "{\"earlier\": true}\n"
+    );
 }
 
 // ---- two processes: `--serve` and `--target` ----

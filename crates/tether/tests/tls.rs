@@ -443,3 +443,50 @@ async fn handshakes_in_progress_are_capped_and_the_cap_frees_up_on_timeout() {
     session.close().await.unwrap();
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_reads_none_of_its_replies_is_let_go_too() {
+    // Small replies each fit TLS's own buffer, so the write is taken at
+    // once and the socket fills in the flush that sends them: that must be
+    // timed too.
+    use bytes::BytesMut;
+    use tether::framing::LengthCodec;
+    use tether::session::{ConnectionInfo, HandlerError, Server, ServerOptions};
+    let certs = certs();
+    let listener = Listener::bind_tls(&loopback(), certs.server.clone())
+        .await
+        .unwrap();
+    let echo =
+        |request: BytesMut, _: &ConnectionInfo| async move { Ok::<_, HandlerError>(Some(request)) };
+    let server = Server::with_listener(listener, LengthCodec::new(), echo)
+        .options(ServerOptions::default().write_stall_limit(Duration::from_millis(200)))
+        .spawn();
+    let options = ConnectOptions::new(LIMIT).tls(certs.client.clone());
+    let stream = transport::connect_with(server.local_endpoint(), &options)
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    // 32 KiB requests, 16 MiB of them, sent without reading a reply
+    let sending = tokio::spawn(async move {
+        let mut frame = (32u32 * 1024).to_be_bytes().to_vec();
+        frame.resize(4 + 32 * 1024, b'x');
+        for _ in 0..512 {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match timeout(LIMIT, reader.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("the server still holds the connection after {got} bytes"),
+        }
+    }
+    assert!(got < 512 * (4 + 32 * 1024), "every reply came: {got}");
+    sending.abort();
+    server.shutdown(LIMIT).await;
+}

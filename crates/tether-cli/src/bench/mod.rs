@@ -277,7 +277,10 @@ struct Output {
 
 impl Output {
     fn create(flag: &'static str, path: &Path) -> CliResult<Output> {
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        let Some(file_name) = path.file_name().filter(|_| !path.is_dir()) else {
+            return Err(format!("cannot write {flag} {}: not a file name", path.display()).into());
+        };
+        let mut name = file_name.to_os_string();
         name.push(".partial");
         let partial = path.with_file_name(name);
         let file = std::fs::File::create(&partial)
@@ -303,17 +306,20 @@ impl Output {
 }
 
 impl Drop for Output {
+    /// Removes the partial file: the run failed, or `finish` did (after a
+    /// rename there is nothing left to remove).
     fn drop(&mut self) {
-        if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.partial);
-        }
+        let _ = std::fs::remove_file(&self.partial);
     }
 }
 
 /// Returns whether every workload succeeded.
 fn run_inner(args: BenchArgs) -> CliResult<bool> {
-    if args.json.is_some() && args.json == args.plot {
-        return Err("--json and --plot name the same file".into());
+    if let (Some(json), Some(plot)) = (&args.json, &args.plot) {
+        // (as written or through another path to the same place)
+        if json == plot || std::path::absolute(json).ok() == std::path::absolute(plot).ok() {
+            return Err("--json and --plot name the same file".into());
+        }
     }
     let json_file = args
         .json

@@ -323,16 +323,18 @@ impl<C> Session<C> {
     }
 
     /// Flushes, tells the peer (end of stream) and closes, within the
-    /// request deadline (or a second, without one).
+    /// request deadline (or [`CLOSE_LIMIT`](crate::session::CLOSE_LIMIT),
+    /// without one).
     pub fn close(mut self) -> Result<(), SessionError> {
         let limit = self
             .options
             .request_timeout_value()
-            .unwrap_or(Duration::from_secs(1));
+            .unwrap_or(crate::session::CLOSE_LIMIT);
         match self.io.take() {
-            Some(mut io) => io
-                .shutdown(limit)
-                .map_err(|e| SessionError::Transport(e.into())),
+            Some(mut io) => io.shutdown(limit).map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => SessionError::Timeout { after: limit },
+                _ => SessionError::Transport(e.into()),
+            }),
             None => Ok(()),
         }
     }

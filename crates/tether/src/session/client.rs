@@ -50,6 +50,10 @@ impl Default for ClientOptions {
 /// panics past the clock's range.)
 pub(crate) const FOR_EVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How long closing a session may take when it has no request deadline:
+/// what is queued goes out, and the end of stream, or the close gives up.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(1);
+
 impl ClientOptions {
     /// How long connecting may take (at most a year: longer is for ever).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -324,20 +328,17 @@ where
     }
 
     /// Ends the session: flushes, tells the peer (end of stream), closes;
-    /// within the request deadline, so a peer that reads nothing cannot
-    /// hold it.
+    /// within the request deadline (or [`CLOSE_LIMIT`], without one), so a
+    /// peer that reads nothing cannot hold it.
     pub async fn close(mut self) -> Result<(), SessionError> {
         let Some(mut io) = self.io.take() else {
             return Ok(());
         };
-        let closed = match self.options.request_timeout {
-            Some(after) => match within(&mut self.timer, after, io.shutdown()).await {
-                Some(closed) => closed,
-                None => return Err(SessionError::Timeout { after }),
-            },
-            None => io.shutdown().await,
-        };
-        closed.map_err(|e| SessionError::Transport(e.into()))
+        let after = self.options.request_timeout.unwrap_or(CLOSE_LIMIT);
+        match within(&mut self.timer, after, io.shutdown()).await {
+            Some(closed) => closed.map_err(|e| SessionError::Transport(e.into())),
+            None => Err(SessionError::Timeout { after }),
+        }
     }
 }
 

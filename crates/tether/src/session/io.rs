@@ -187,7 +187,20 @@ where
             }
             self.written += n;
         }
-        self.flush().await
+        self.written = 0;
+        clear_write_buf(&mut self.wbuf);
+        if self.stream.buffers_writes() {
+            // TLS and Telnet take a reply into a buffer of their own and
+            // write it out here: timed as the writes are
+            let mut flush = std::pin::pin!(self.stream.flush());
+            match flush.as_mut().now_or_never() {
+                Some(flushed) => flushed?,
+                None => Box::pin(tokio::time::timeout(stall(), flush))
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??,
+            }
+        }
+        Ok(())
     }
 
     /// After refusing a peer, reads and drops what it is still sending (up

@@ -27,7 +27,7 @@ mod error;
 mod io;
 mod server;
 
-pub use client::{Client, ClientOptions, Session};
+pub use client::{Client, ClientOptions, Session, CLOSE_LIMIT};
 pub use error::{HandlerError, SessionError};
 pub use server::{
     ConnectionId, ConnectionInfo, Handler, RunningServer, Server, ServerOptions, ServerStats,

@@ -106,9 +106,10 @@ impl ServerOptions {
     /// connection is closed (default 30 s): a client that stops reading
     /// would otherwise hold its connection (and, on the blocking server,
     /// its thread) for ever. Each write that takes bytes waits anew, so a
-    /// slow reader is not cut off. (At most a year: longer is for ever.)
+    /// slow reader is not cut off. (At least a millisecond, at most a
+    /// year: longer is for ever.)
     pub fn write_stall_limit(mut self, limit: Duration) -> Self {
-        self.write_stall = limit.min(crate::session::FOR_EVER);
+        self.write_stall = limit.clamp(Duration::from_millis(1), crate::session::FOR_EVER);
         self
     }
 
