@@ -132,6 +132,48 @@ fn unix_sockets_use_blocking_sockets_directly() {
     drop(server);
 }
 
+#[test]
+fn a_unix_connect_to_a_server_that_accepts_nothing_gives_up_in_time() {
+    // a listener with a backlog of 1 that never accepts: once its backlog
+    // is full, a blocking connect would wait for ever
+    let path = std::env::temp_dir().join(format!("tether-full-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let addr = socket2::SockAddr::unix(&path).unwrap();
+    let listener =
+        socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    listener.bind(&addr).unwrap();
+    listener.listen(1).unwrap();
+    let mut filling = Vec::new();
+    loop {
+        let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        match s.connect(&addr) {
+            Ok(()) => filling.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(filling.len() < 64, "the backlog never filled");
+    }
+    let endpoint = tether::transport::Endpoint::Unix(path.clone());
+    let options = options().connect_timeout(Duration::from_millis(200));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let outcome = Client::new(endpoint, SentinelCodec::lines(), options)
+            .connect()
+            .map(|_| ());
+        let _ = tx.send((outcome, started.elapsed()));
+    });
+    let (outcome, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the connect waited past its timeout");
+    let e = outcome.unwrap_err();
+    assert!(e.to_string().contains("200ms"), "{e}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    drop((listener, filling));
+    let _ = std::fs::remove_file(&path);
+}
+
 // The blocking server over TCP and Unix: a thread per connection.
 
 use std::io::{Read, Write};

@@ -89,10 +89,19 @@ impl Io {
                     SocketTimeouts::default(),
                 ))
             }
-            Endpoint::Unix(path) => Ok(Io::Socket(
-                StdStream::Unix(UnixStream::connect(path).map_err(named)?),
-                SocketTimeouts::default(),
-            )),
+            Endpoint::Unix(path) => {
+                let stream = connect_unix(path, timeout).map_err(|e| match e.kind() {
+                    io::ErrorKind::TimedOut => TransportError::ConnectTimeout {
+                        endpoint: endpoint.to_string(),
+                        timeout,
+                    },
+                    _ => named(e),
+                })?;
+                Ok(Io::Socket(
+                    StdStream::Unix(stream),
+                    SocketTimeouts::default(),
+                ))
+            }
             _ => {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -225,8 +234,52 @@ fn update(
     Ok(())
 }
 
-fn connect_tcp(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, TransportError> {
+/// A Unix connection to `path` within `timeout`. A blocking connect waits
+/// for as long as the server's backlog is full (for ever, if it stalled);
+/// a non-blocking one says so at once and is tried again every few
+/// milliseconds until the timeout (`TimedOut`).
+fn connect_unix(path: &std::path::Path, timeout: Duration) -> io::Result<UnixStream> {
+    let addr = socket2::SockAddr::unix(path)?;
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match socket.connect(&addr) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    socket.set_nonblocking(false)?;
+    Ok(socket.into())
+}
+
+/// The addresses of `target` (`host:port`), within `timeout`: an address
+/// is parsed at once; a host name is resolved on a thread of its own, since
+/// the system resolver takes no timeout (a thread still waiting on it when
+/// the time is up ends when the resolver gives up).
+fn resolve(target: &str, timeout: Duration) -> io::Result<Vec<std::net::SocketAddr>> {
     use std::net::ToSocketAddrs;
+    if let Ok(addr) = target.parse() {
+        return Ok(vec![addr]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = target.to_string();
+    std::thread::Builder::new()
+        .name("tether-resolve".into())
+        .spawn(move || {
+            let _ = tx.send(owned.to_socket_addrs().map(Iterator::collect));
+        })?;
+    rx.recv_timeout(timeout)
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+fn connect_tcp(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, TransportError> {
     let named = |source: io::Error| TransportError::Connect {
         endpoint: endpoint.to_string(),
         source,
@@ -234,7 +287,14 @@ fn connect_tcp(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, Tran
     let target = endpoint.host_port().expect("tcp endpoint");
     let start = Instant::now();
     let mut last = None;
-    for addr in target.to_socket_addrs().map_err(named)? {
+    let addrs = resolve(&target, timeout).map_err(|e| match e.kind() {
+        io::ErrorKind::TimedOut => TransportError::ConnectTimeout {
+            endpoint: endpoint.to_string(),
+            timeout,
+        },
+        _ => named(e),
+    })?;
+    for addr in addrs {
         let left = timeout.saturating_sub(start.elapsed());
         if left.is_zero() {
             break;
@@ -444,6 +504,21 @@ impl<C: Decoder<Error = FramingError>> Session<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_parsed_and_host_names_resolved_within_the_timeout() {
+        let limit = Duration::from_secs(10);
+        let v4 = resolve("127.0.0.1:80", limit).unwrap();
+        assert_eq!(v4, ["127.0.0.1:80".parse().unwrap()]);
+        let v6 = resolve("[::1]:80", limit).unwrap();
+        assert_eq!(v6, ["[::1]:80".parse().unwrap()]);
+        let named = resolve("localhost:80", limit).unwrap();
+        assert!(
+            named.iter().all(|a| a.ip().is_loopback() && a.port() == 80),
+            "{named:?}"
+        );
+        assert!(resolve("no port here", limit).is_err());
+    }
 
     #[test]
     fn socket_timeouts_change_only_when_the_deadline_has_moved() {
