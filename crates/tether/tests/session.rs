@@ -156,8 +156,13 @@ async fn a_client_that_reads_none_of_its_replies_is_let_go_after_the_stall_limit
 }
 
 /// A peer that accepts one connection and reads nothing (its receive
-/// buffer 4 KiB): its endpoint, and the thread holding the connection.
-fn a_peer_that_never_reads() -> (Endpoint, std::thread::JoinHandle<()>) {
+/// buffer 4 KiB): its endpoint, the thread holding the connection, and
+/// the sender whose drop lets it go (it goes after 10 s anyway).
+fn a_peer_that_never_reads() -> (
+    Endpoint,
+    std::thread::JoinHandle<()>,
+    std::sync::mpsc::Sender<()>,
+) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -165,19 +170,20 @@ fn a_peer_that_never_reads() -> (Endpoint, std::thread::JoinHandle<()>) {
     socket.listen(1).unwrap();
     let listener: std::net::TcpListener = socket.into();
     let addr = listener.local_addr().unwrap();
+    let (let_go, hold) = std::sync::mpsc::channel::<()>();
     let holder = std::thread::spawn(move || {
         let (held, _) = listener.accept().unwrap();
-        std::thread::sleep(Duration::from_secs(3));
+        let _ = hold.recv_timeout(Duration::from_secs(10));
         drop(held);
     });
-    (format!("tcp://{addr}").parse().unwrap(), holder)
+    (format!("tcp://{addr}").parse().unwrap(), holder, let_go)
 }
 
 #[tokio::test]
 async fn sending_to_a_peer_that_never_reads_times_out_both_apis() {
     let big = vec![b'x'; 8 << 20];
     let options = ClientOptions::default().request_timeout(Some(Duration::from_millis(200)));
-    let (endpoint, holder) = a_peer_that_never_reads();
+    let (endpoint, holder, let_go) = a_peer_that_never_reads();
     let client = Client::new(endpoint, LengthCodec::new(), options.clone());
     let mut session = client.connect().await.unwrap();
     let sent = timeout(LIMIT, session.send(&big[..])).await.unwrap();
@@ -186,12 +192,12 @@ async fn sending_to_a_peer_that_never_reads_times_out_both_apis() {
         "{sent:?}"
     );
     assert!(!session.is_open(), "part of it may be out: closed");
-    drop(session);
+    drop((session, let_go));
     tokio::task::spawn_blocking(move || holder.join().unwrap())
         .await
         .unwrap();
 
-    let (endpoint, holder) = a_peer_that_never_reads();
+    let (endpoint, holder, let_go) = a_peer_that_never_reads();
     let sent = tokio::task::spawn_blocking(move || {
         let client = tether::blocking::Client::new(endpoint, LengthCodec::new(), options);
         let mut session = client.connect().unwrap();
@@ -205,6 +211,7 @@ async fn sending_to_a_peer_that_never_reads_times_out_both_apis() {
         "{sent:?}"
     );
     assert!(took < Duration::from_secs(2), "the deadline held: {took:?}");
+    drop(let_go);
     tokio::task::spawn_blocking(move || holder.join().unwrap())
         .await
         .unwrap();
