@@ -334,7 +334,7 @@ impl std::fmt::Debug for PacketConnection {
 
 impl PacketConnection {
     /// Starts a connection over `io` on the current tokio runtime; `handler`
-    /// answers the peer's requests ([`NoHandler`](super::NoHandler) to serve
+    /// answers the peer's requests ([`NoHandler`] to serve
     /// nothing).
     pub fn spawn<S, H>(io: S, handler: H, config: PacketConfig) -> PacketConnection
     where
