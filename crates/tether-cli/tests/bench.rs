@@ -191,6 +191,30 @@ fn workloads_are_chosen_by_name_or_id() {
 }
 
 #[test]
+fn connect_quotes_the_rtt_of_its_own_round_only_when_rtt_ran() {
+    let connect_lines = |args: &[&str]| {
+        let (status, out, err) = bench(args);
+        assert!(status.success(), "{err}");
+        out.lines()
+            .filter(|l| l.starts_with("workload=connect-per-request "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let with_rtt = connect_lines(&["rtt", "connect", "--scale", "1000", "--runs", "2"]);
+    assert_eq!(with_rtt.len(), 6, "{with_rtt:?}");
+    assert!(
+        with_rtt.iter().all(|l| l.contains(" rtt_over_connect=")),
+        "{with_rtt:?}"
+    );
+    let alone = connect_lines(&["connect", "--scale", "1000"]);
+    assert_eq!(alone.len(), 6, "{alone:?}");
+    assert!(
+        alone.iter().all(|l| !l.contains("rtt_over_connect")),
+        "{alone:?}"
+    );
+}
+
+#[test]
 fn an_unknown_workload_is_a_usage_error() {
     let (status, out, err) = bench(&["warp-speed"]);
     assert_eq!(status.code(), Some(2), "stdout {out} stderr {err}");

@@ -353,6 +353,9 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
         bar.set_style(style.progress_chars("=> "));
     }
     let mut records: Vec<Record> = Vec::new();
+    // each round's results so far, of every workload: connect quotes the
+    // rtt of its own round, side by side in time
+    let mut by_round: Vec<Vec<Record>> = vec![Vec::new(); runs];
     let mut all_ok = true;
     for &w in &workloads {
         let procs = procs_of(&ctx, w);
@@ -372,7 +375,7 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
         // The ratios pair the runs of each round (see `report`).
         let impls = w.impls();
         let mut results: Vec<Vec<Option<Record>>> = vec![Vec::new(); impls.len()];
-        for round in 0..runs {
+        for (round, this_round) in by_round.iter_mut().enumerate() {
             let mut order: Vec<usize> = (0..impls.len()).collect();
             if round % 2 == 1 {
                 order.reverse();
@@ -380,12 +383,15 @@ fn run_inner(args: BenchArgs) -> CliResult<bool> {
             for i in order {
                 let imp = impls[i];
                 bar.set_message(format!("{} {}", w.name(), imp.name()));
-                let result = workloads::run(&ctx, w, imp, &records);
+                let result = workloads::run(&ctx, w, imp, this_round);
                 if let Err(e) = &result {
                     all_ok = false;
                     bar.suspend(|| {
                         eprintln!("tether: bench {} {} failed: {e}", w.name(), imp.name())
                     });
+                }
+                if let Ok(r) = &result {
+                    this_round.push(r.clone());
                 }
                 results[i].push(result.ok());
                 bar.inc(1);

@@ -19,8 +19,8 @@ use super::served::WorkloadSet;
 use super::{idle, Impl, Workload};
 use crate::CliResult;
 
-/// Runs workload `w` for `imp`; `earlier` holds this run's results so far
-/// (connect quotes rtt's).
+/// Runs workload `w` for `imp`; `earlier` holds the results of the same
+/// round so far (connect quotes rtt's, run seconds before it).
 pub fn run(ctx: &Ctx, w: Workload, imp: Impl, earlier: &[Record]) -> CliResult<Record> {
     match w {
         Workload::Rtt => rtt::rtt(ctx, imp),

@@ -95,7 +95,9 @@ fn sequential_blocking(
 }
 
 /// W2: 2,000 requests, each on a connection of its own (connect, echo,
-/// close). Quotes W1/W2 (`rtt_over_connect`, by req/s) when rtt ran first.
+/// close). Quotes W1/W2 (`rtt_over_connect`, by req/s) when rtt ran first
+/// in the same round (`earlier`): the two side by side in time, as the
+/// ratios are.
 pub fn connect(ctx: &Ctx, imp: Impl, earlier: &[Record]) -> CliResult<Record> {
     let n = ctx.count(2_000);
     let p = payload(64);
