@@ -167,6 +167,11 @@ where
     /// that reads slowly but reads is not cut off: each write that takes
     /// bytes starts the wait again. No timer is armed while the socket
     /// takes what is written, as it nearly always does.
+    ///
+    /// (It repeats `flush`'s loop on purpose: one loop for both, with the
+    /// poll-then-time step as a helper, measured 1,847 B an idle sentinel
+    /// session against 1,712 B, the nested future taking more room in
+    /// every connection.)
     pub(crate) async fn flush_within(
         &mut self,
         stall: impl Fn() -> Duration,
