@@ -74,15 +74,18 @@ impl FromStr for Framing {
     }
 }
 
-pub async fn run(args: CallArgs) -> CliResult {
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(format!(
-            "--timeout {}: must be a positive number of seconds",
-            args.timeout
-        )
-        .into());
+/// `--timeout`'s seconds as a duration: a positive number, at most a year
+/// (`1e20` would not fit a `Duration`; a year is for ever to a request).
+fn seconds(timeout: f64) -> CliResult<Duration> {
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    if !(timeout.is_finite() && timeout > 0.0) {
+        return Err(format!("--timeout {timeout}: must be a positive number of seconds").into());
     }
-    let timeout = Duration::from_secs_f64(args.timeout);
+    Ok(Duration::from_secs_f64(timeout.min(YEAR)))
+}
+
+pub async fn run(args: CallArgs) -> CliResult {
+    let timeout = seconds(args.timeout)?;
     if args.packet {
         return crate::packet_cmd::call(args, timeout).await;
     }

@@ -84,6 +84,10 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Not a plain drop: that waits for tokio's blocking stdin read, which
+    // cannot be cancelled, so a `stdio:` server whose parent keeps stdin
+    // open would never exit after SIGTERM.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

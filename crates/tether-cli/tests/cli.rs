@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{call, run, serve, tether, LIMIT, TETHER};
+use std::process::Stdio;
+use std::time::Instant;
+
+use common::{call, run, serve, tether, KillOnDrop, Lines, LIMIT, TETHER};
 
 #[test]
 fn a_server_signalled_as_soon_as_it_listens_stops_in_order() {
@@ -16,6 +19,30 @@ fn a_server_signalled_as_soon_as_it_listens_stops_in_order() {
         let (server, _) = serve(args);
         let status = server.signal_and_wait(signal);
         assert!(status.success(), "serve {args:?} on SIG{signal}: {status}");
+    }
+}
+
+#[test]
+fn a_server_on_stdio_stops_on_sigterm_while_its_stdin_stays_open() {
+    // as under a parent that keeps the pipe open: tokio's read of stdin
+    // cannot be cancelled, and the exit must not wait for it
+    for service in ["lines", "packet"] {
+        let mut server = KillOnDrop::spawn(
+            tether("serve")
+                .args([service, "--listen", "stdio:"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+            LIMIT,
+        );
+        let stderr = Lines::read(server.child().stderr.take().unwrap());
+        let line = stderr.next_before(Instant::now() + LIMIT).unwrap();
+        assert!(line.starts_with("listening on"), "{line}");
+        let status = server.signal_and_wait("TERM");
+        assert!(
+            status.success(),
+            "serve {service} on stdio, SIGTERM: {status}"
+        );
     }
 }
 
@@ -116,4 +143,15 @@ fn a_server_on_stdio_is_reachable_as_a_child_process() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "oidts");
     assert!(lines[1].starts_with("tether,lines,"));
+}
+
+#[test]
+fn a_huge_timeout_is_for_ever_not_a_panic() {
+    // 1e20 s does not fit a `Duration`: taken as a year, the call goes on
+    // to fail as any call to a closed port does, in one line
+    let (status, out, err) = call(&["127.0.0.1:1", "--timeout", "1e20", "--", "x"], b"");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(out, "");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

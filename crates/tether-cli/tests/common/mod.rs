@@ -149,14 +149,14 @@ pub fn call(args: &[&str], stdin: &[u8]) -> (ExitStatus, String, String) {
     run(tether("call").args(args), stdin, LIMIT)
 }
 
-/// A child's stdout, read line by line on a thread of its own so that each
-/// wait for a line can be bounded.
+/// A child's stdout (or stderr), read line by line on a thread of its own
+/// so that each wait for a line can be bounded.
 pub struct Lines(Receiver<std::io::Result<String>>);
 
 impl Lines {
     /// Starts reading `stdout`; the thread ends with it, or at the first
     /// line after this is dropped.
-    pub fn read(stdout: ChildStdout) -> Lines {
+    pub fn read(stdout: impl Read + Send + 'static) -> Lines {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {

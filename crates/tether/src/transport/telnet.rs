@@ -6,7 +6,14 @@
 //! [`TelnetStream`] removes all of that from what it reads, answers every
 //! option request (refusing it unless [`TelnetOptions`] enables it), escapes
 //! 0xFF in what it writes, and never drops a data byte — a login banner is
-//! ordinary data for the application to read or skip.
+//! ordinary data for the application to read or skip. A carriage return
+//! sent as `CR NUL` (RFC 854's bare CR) is read as `CR`.
+//!
+//! A peer cannot make it hold much memory: a sub-negotiation longer than
+//! [`SUBNEGOTIATION_AT_MOST`] is an error (a peer that never sends `IAC
+//! SE` would otherwise swallow every byte after it, unseen), and while
+//! more than [`REPLIES_AT_MOST`] of answers wait for a peer that sends
+//! option requests but reads nothing, reading waits too.
 //!
 //! ```text
 //! peer sends:  ff fd 01  ff fb 03  48 69 ff ff 00 11  ff fa 18 01 ff f0
@@ -33,6 +40,15 @@ const WONT: u8 = 0xFC;
 const WILL: u8 = 0xFB;
 const SB: u8 = 0xFA;
 const SE: u8 = 0xF0;
+const CR: u8 = b'\r';
+
+/// The longest sub-negotiation (`IAC SB … IAC SE`) read: 64 KiB. Real ones
+/// (terminal type, window size, environment) take a few dozen bytes.
+pub const SUBNEGOTIATION_AT_MOST: usize = 64 * 1024;
+
+/// How many bytes of option answers a [`TelnetStream`] holds for a peer
+/// that does not read them before it stops reading: 64 KiB.
+pub const REPLIES_AT_MOST: usize = 64 * 1024;
 
 /// Which Telnet options tether agrees to. Everything else is refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,6 +62,8 @@ pub struct TelnetOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Data,
+    // after a data CR: a NUL next is the second half of a bare CR
+    Cr,
     Iac,
     Negotiate(u8),
     Sub,
@@ -58,6 +76,8 @@ enum State {
 pub struct TelnetParser {
     options: TelnetOptions,
     state: State,
+    // Bytes of the sub-negotiation under way.
+    sub_len: usize,
     // Options currently on, so each request is answered once (no loops, RFC 854 §"Option negotiation").
     local_on: [bool; 256],
     remote_on: [bool; 256],
@@ -69,6 +89,7 @@ impl TelnetParser {
         TelnetParser {
             options,
             state: State::Data,
+            sub_len: 0,
             local_on: [false; 256],
             remote_on: [false; 256],
         }
@@ -77,16 +98,27 @@ impl TelnetParser {
     /// Decodes `buf` in place: the data bytes are moved to its front and
     /// their count returned; replies for the peer are appended to `replies`.
     /// A command split across calls is remembered.
-    pub fn decode_in_place(&mut self, buf: &mut [u8], replies: &mut BytesMut) -> usize {
+    ///
+    /// # Errors
+    /// `InvalidData` once a sub-negotiation runs past
+    /// [`SUBNEGOTIATION_AT_MOST`] bytes without its `IAC SE`: the stream is
+    /// out of step (a peer that sends binary data without doubling 0xFF,
+    /// say), and everything after would be dropped as part of it.
+    pub fn decode_in_place(&mut self, buf: &mut [u8], replies: &mut BytesMut) -> io::Result<usize> {
         let mut out = 0;
         for i in 0..buf.len() {
             let b = buf[i];
             self.state = match (self.state, b) {
-                (State::Data, IAC) => State::Iac,
-                (State::Data, _) => {
+                (State::Data | State::Cr, IAC) => State::Iac,
+                (State::Cr, 0) => State::Data,
+                (State::Data | State::Cr, _) => {
                     buf[out] = b;
                     out += 1;
-                    State::Data
+                    if b == CR {
+                        State::Cr
+                    } else {
+                        State::Data
+                    }
                 }
                 (State::Iac, IAC) => {
                     buf[out] = IAC;
@@ -94,7 +126,10 @@ impl TelnetParser {
                     State::Data
                 }
                 (State::Iac, DO | DONT | WILL | WONT) => State::Negotiate(b),
-                (State::Iac, SB) => State::Sub,
+                (State::Iac, SB) => {
+                    self.sub_len = 0;
+                    State::Sub
+                }
                 // NOP, GA, AYT, …: commands with no data meaning.
                 (State::Iac, _) => State::Data,
                 (State::Negotiate(verb), opt) => {
@@ -102,12 +137,23 @@ impl TelnetParser {
                     State::Data
                 }
                 (State::Sub, IAC) => State::SubIac,
-                (State::Sub, _) => State::Sub,
                 (State::SubIac, SE) => State::Data,
-                (State::SubIac, _) => State::Sub,
+                (State::Sub | State::SubIac, _) => {
+                    self.sub_len += 1;
+                    if self.sub_len > SUBNEGOTIATION_AT_MOST {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "a Telnet sub-negotiation (IAC SB) ran past \
+                                 {SUBNEGOTIATION_AT_MOST} bytes without its IAC SE"
+                            ),
+                        ));
+                    }
+                    State::Sub
+                }
             };
         }
-        out
+        Ok(out)
     }
 
     fn negotiate(&mut self, verb: u8, opt: u8, replies: &mut BytesMut) {
@@ -151,6 +197,10 @@ pub fn escape_into(data: &[u8], out: &mut BytesMut) {
 }
 
 /// A byte stream speaking Telnet to its peer; reads and writes carry data only.
+///
+/// Reading answers option requests on the write side, so reads and writes
+/// belong in one task: split between two (`tokio::io::split`), a write
+/// waiting for room could miss its wake-up to a read writing an answer.
 #[derive(Debug)]
 pub struct TelnetStream<S> {
     inner: S,
@@ -196,13 +246,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TelnetStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            if this.out.len() >= REPLIES_AT_MOST {
+                // A peer that asks and asks but reads no answer: read no
+                // more of it until it does (woken when the socket drains).
+                ready!(this.poll_drain(cx))?;
+            }
             let start = buf.filled().len();
             ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
             let raw = &mut buf.filled_mut()[start..];
             if raw.is_empty() {
                 return Poll::Ready(Ok(())); // end of stream
             }
-            let data = this.parser.decode_in_place(raw, &mut this.out);
+            let data = this.parser.decode_in_place(raw, &mut this.out)?;
             buf.set_filled(start + data);
             if !this.out.is_empty() {
                 // Answer negotiation now; if the socket is full, the next write or flush finishes it.
@@ -252,7 +307,7 @@ mod tests {
     fn decode(parser: &mut TelnetParser, input: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let mut buf = input.to_vec();
         let mut replies = BytesMut::new();
-        let n = parser.decode_in_place(&mut buf, &mut replies);
+        let n = parser.decode_in_place(&mut buf, &mut replies).unwrap();
         (buf[..n].to_vec(), replies.to_vec())
     }
 
@@ -283,7 +338,11 @@ mod tests {
             assert_eq!(data, [b'a', 0xFF, b'b', b'c'], "split at {split}");
             assert_eq!(replies, [IAC, WONT, 24], "split at {split}");
         }
-        let _ = decode(&mut p, &[]);
+        assert_eq!(
+            decode(&mut p, &[]),
+            (vec![], vec![]),
+            "nothing in, nothing out"
+        );
     }
 
     #[test]
@@ -306,5 +365,55 @@ mod tests {
         let mut out = BytesMut::new();
         escape_into(&[1, 0xFF, 2, 0xFF], &mut out);
         assert_eq!(&out[..], [1, 0xFF, 0xFF, 2, 0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn a_bare_cr_sent_as_cr_nul_is_read_as_cr_even_split_across_reads() {
+        let input = [b'a', CR, 0, b'b', CR, b'\n', CR, CR, 0, 0];
+        for split in 0..=input.len() {
+            let mut p = TelnetParser::new(TelnetOptions::default());
+            let (mut data, _) = decode(&mut p, &input[..split]);
+            data.extend(decode(&mut p, &input[split..]).0);
+            assert_eq!(data, b"a\rb\r\n\r\r\0", "split at {split}");
+        }
+    }
+
+    #[test]
+    fn a_subnegotiation_without_its_end_is_an_error_not_a_black_hole() {
+        let mut p = TelnetParser::new(TelnetOptions::default());
+        let mut input = vec![IAC, SB, 24];
+        input.resize(2 + SUBNEGOTIATION_AT_MOST, b'x');
+        input.extend([IAC, SE, b'k']);
+        // at the limit: still a sub-negotiation, then data
+        assert_eq!(decode(&mut p, &input).0, b"k");
+        let mut input = vec![IAC, SB, 24];
+        input.resize(2 + SUBNEGOTIATION_AT_MOST + 1, b'x');
+        let mut buf = input.clone();
+        let err = p
+            .decode_in_place(&mut buf, &mut BytesMut::new())
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("IAC SE"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_requests_options_but_reads_no_answers_is_read_no_further() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut telnet = TelnetStream::new(ours, TelnetOptions::default());
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            // only commands arrive: this read never returns data
+            let _ = telnet.read(&mut buf).await;
+        });
+        // 3 MB of `IAC DO 1`, each answered `IAC WONT 1`, none read
+        let flood = [IAC, DO, 1].repeat(1 << 20);
+        let sent =
+            tokio::time::timeout(std::time::Duration::from_secs(1), peer.write_all(&flood)).await;
+        assert!(
+            sent.is_err(),
+            "the stream stops reading once {REPLIES_AT_MOST} bytes of answers wait"
+        );
+        reader.abort();
     }
 }
