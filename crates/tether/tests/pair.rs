@@ -390,6 +390,83 @@ async fn drop_of_the_writing_side_wakes_readers_and_writers() {
 }
 
 #[tokio::test]
+async fn a_peer_that_reads_nothing_is_let_go_after_the_write_stall_limit() {
+    let a = text_pair(PairConfig::default().write_stall_limit(Duration::from_millis(200))).await;
+    let peer = RawPeer::new().await;
+    // the peer keeps both connections open and never reads
+    let (_a_writes_to, _a_reads_from) = peer.link(&a).await;
+    let writer = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move {
+            let big = "x".repeat(1 << 20);
+            loop {
+                if let Err(e) = a.write_text(&big).await {
+                    return e;
+                }
+            }
+        })
+    };
+    let write = timeout(T, writer)
+        .await
+        .expect("the writer is let go, not held for ever")
+        .unwrap();
+    assert!(write.is_connection_lost(), "{write}");
+    assert!(write.to_string().contains("read nothing"), "{write}");
+    assert!(!a.client_connected());
+}
+
+#[tokio::test]
+async fn limits_past_what_a_clock_or_a_channel_holds_are_taken_as_the_most() {
+    let refusing = {
+        // a port nobody listens on
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        Endpoint::tcp(a.ip().to_string(), a.port())
+    };
+    // a deadline `now + Duration::MAX` panicked
+    let a = text_pair(PairConfig::default().connect_timeout(Duration::MAX)).await;
+    let still_trying = timeout(Duration::from_millis(300), a.connect_to(&refusing)).await;
+    assert!(still_trying.is_err(), "it tries until a year is up");
+    let a = text_pair(
+        PairConfig::default()
+            .retry_interval(Duration::MAX)
+            .connect_timeout(Duration::from_millis(200)),
+    )
+    .await;
+    let gave_up = timeout(T, a.connect_to(&refusing)).await.unwrap();
+    assert!(
+        matches!(gave_up, Err(PairError::ConnectTimeout { .. })),
+        "{gave_up:?}"
+    );
+    // channels of usize::MAX frames panicked (in the accept task, silently)
+    let mut config = PairConfig::default();
+    config.read_queue = usize::MAX;
+    config.write_queue = usize::MAX;
+    let (a, b) = (text_pair(config.clone()).await, text_pair(config).await);
+    link(&a, &b).await;
+    timeout(T, a.write_text("big queues"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        timeout(T, b.read_text()).await.unwrap().unwrap(),
+        "big queues"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_that_cannot_work_fails_at_once_not_at_the_deadline() {
+    let a = text_pair(PairConfig::default().connect_timeout(Duration::from_secs(60))).await;
+    // TLS with no certificate authority to check the peer against
+    // (neither in the config nor in TETHER_TLS_CA): no attempt can work
+    let tls: Endpoint = "tls://127.0.0.1:1".parse().unwrap();
+    let failed = timeout(Duration::from_secs(5), a.connect_to(&tls))
+        .await
+        .expect("no retries until the 60 s deadline");
+    assert!(matches!(failed, Err(PairError::Transport(_))), "{failed:?}");
+}
+
+#[tokio::test]
 async fn disconnect_then_connect_on_the_same_pairs() {
     let (a_calls, a_config) = recorder();
     let a = text_pair(a_config).await;

@@ -23,10 +23,12 @@ pub enum FramingError {
         /// Offset of the first invalid byte within the frame.
         position: usize,
     },
-    /// A frame to send contains the sentinel, so the peer would split it.
+    /// A frame to send contains the sentinel (or ends with its beginning,
+    /// so that the sentinel appended would start early), so the peer
+    /// would split it.
     #[error("frame contains the sentinel at byte {position}")]
     SentinelInFrame {
-        /// Offset of the sentinel within the frame.
+        /// Offset within the frame where the peer would see the sentinel.
         position: usize,
     },
     /// A fixed-length frame to send has the wrong size.

@@ -42,6 +42,7 @@ pub use error::FramingError;
 pub use fixed::FixedLengthCodec;
 pub use length::LengthCodec;
 pub use map::{text, MapCodec, TextCodec};
+pub(crate) use sentinel::sentinel_in_frame;
 pub use sentinel::SentinelCodec;
 
 /// The maximum frame length every decoder uses unless told otherwise: 8 MiB.

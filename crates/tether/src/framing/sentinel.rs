@@ -24,7 +24,9 @@ const LONG_FRAME: usize = 4096;
 /// A frame longer than [`max_length`](Self::max_length) is an error for that
 /// frame only: its bytes are discarded up to the next sentinel and decoding
 /// goes on. Encoding refuses a frame that contains the sentinel, since the
-/// peer would read it as two.
+/// peer would read it as two, and one whose end begins the sentinel that
+/// follows it: with `]]>]]>`, the frame `x]]>` goes out as `x]]>]]>]]>`,
+/// which ends at its first `]]>]]>`.
 ///
 /// A frame's length is known only when its sentinel arrives, so a long one
 /// would grow the buffer a few KiB a read. Once a frame runs past 4 KiB,
@@ -114,6 +116,24 @@ fn find(sentinel: &[u8], buf: &[u8], from: usize) -> Option<usize> {
     Some(from + at)
 }
 
+/// Where the sentinel would first be seen in `frame` followed by the
+/// sentinel, if before the frame's end: inside the frame, or starting in
+/// its last bytes (`xa` before `aa` reads as `x`, then `a`…).
+pub(crate) fn sentinel_in_frame(sentinel: &[u8], frame: &[u8]) -> Option<usize> {
+    if let Some(position) = find(sentinel, frame, 0) {
+        return Some(position);
+    }
+    // The frame's last `m` bytes and the sentinel's first `len - m` make
+    // one when they are its first `m` and its last `len - m`. The biggest
+    // such `m` starts earliest.
+    (1..sentinel.len().min(frame.len() + 1))
+        .rev()
+        .find(|&m| {
+            frame.ends_with(&sentinel[..m]) && sentinel[m..] == sentinel[..sentinel.len() - m]
+        })
+        .map(|m| frame.len() - m)
+}
+
 impl Decoder for SentinelCodec {
     type Item = BytesMut;
     type Error = FramingError;
@@ -194,7 +214,7 @@ impl<T: AsRef<[u8]>> Encoder<T> for SentinelCodec {
                 max: self.max_length,
             });
         }
-        if let Some(position) = find(&self.sentinel, frame, 0) {
+        if let Some(position) = sentinel_in_frame(&self.sentinel, frame) {
             return Err(FramingError::SentinelInFrame { position });
         }
         dst.reserve(frame.len() + self.sentinel.len());
@@ -365,5 +385,37 @@ mod tests {
             Err(FramingError::SentinelInFrame { position: 1 })
         ));
         assert_eq!(dst, "hi\r\n", "nothing half-written");
+    }
+
+    #[test]
+    fn encode_refuses_a_frame_whose_end_begins_the_sentinel() {
+        for (sentinel, frame, position) in [
+            (&b"]]>]]>"[..], &b"x]]>"[..], Some(1)),
+            (b"]]>]]>", b"]]>", Some(0)),
+            (b"aa", b"xa", Some(1)),
+            (b"\r\n\r\n", b"ok\r\n", Some(2)),
+            (b"\r\n", b"ok\r", None), // "ok\r\r\n" ends where it should
+            (b"END", b"xEN", None),
+            (b"aa", b"", None),
+        ] {
+            let mut codec = SentinelCodec::new(sentinel);
+            let mut dst = BytesMut::new();
+            let sent = codec.encode(frame, &mut dst);
+            match position {
+                Some(position) => {
+                    assert!(
+                        matches!(sent, Err(FramingError::SentinelInFrame { position: p }) if p == position),
+                        "{frame:?} before {sentinel:?}: {sent:?}"
+                    );
+                    assert!(dst.is_empty());
+                }
+                None => {
+                    sent.unwrap();
+                    // and it reads back as it went out
+                    assert_eq!(codec.decode(&mut dst).unwrap().unwrap(), frame);
+                    assert!(dst.is_empty());
+                }
+            }
+        }
     }
 }

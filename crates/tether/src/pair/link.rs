@@ -17,7 +17,8 @@ use tracing::{debug, error, info, Instrument};
 use super::core::{Actions, ConnId, LinkCore, LinkStatus};
 use super::server::{Hook, ServerConfig, ServerEvent, ServerShared, DEFAULT_READ_QUEUE};
 use super::PairError;
-use crate::transport::{self, ByteStream, Endpoint, Listener};
+use crate::session::FOR_EVER;
+use crate::transport::{self, ByteStream, Endpoint, Listener, TransportError};
 
 /// Default pause between two attempts to open the client connection: 100 ms,
 /// the reference implementation's value; short enough that a peer that
@@ -33,6 +34,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of frames waiting to be written: 64. When full, writers
 /// wait for room (backpressure), they are never dropped.
 pub const DEFAULT_WRITE_QUEUE: usize = 64;
+
+/// Default [`write_stall_limit`](PairConfig::write_stall_limit): 30 s, as
+/// a session server's.
+pub const DEFAULT_WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// The longest queue a pair makes (tokio's channels take no more).
+pub(crate) const QUEUE_AT_MOST: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
 /// The connect callback: called with the new value of
 /// [`Pair::connected`] on each change, in order, never twice in a row with
@@ -66,14 +74,21 @@ pub struct PairConfig {
     pub peer: Option<Endpoint>,
     /// Pause between attempts to open the client connection
     /// ([`DEFAULT_RETRY_INTERVAL`]; at least 1 ms, so that a peer that
-    /// refuses is not hammered).
+    /// refuses is not hammered; at most a year).
     pub retry_interval: Duration,
-    /// How long [`Pair::connect`] tries ([`DEFAULT_CONNECT_TIMEOUT`]).
+    /// How long [`Pair::connect`] tries ([`DEFAULT_CONNECT_TIMEOUT`]; at
+    /// most a year, for ever in practice).
     pub connect_timeout: Duration,
-    /// Frames read ahead of [`Pair::read`] ([`DEFAULT_READ_QUEUE`]).
+    /// Frames read ahead of [`Pair::read`] ([`DEFAULT_READ_QUEUE`]; at
+    /// least 1).
     pub read_queue: usize,
-    /// Frames waiting to be written ([`DEFAULT_WRITE_QUEUE`]).
+    /// Frames waiting to be written ([`DEFAULT_WRITE_QUEUE`]; at least 1).
     pub write_queue: usize,
+    /// How long a write may make no progress before the link is taken as
+    /// lost ([`DEFAULT_WRITE_STALL_LIMIT`]; at least 1 ms). A peer that
+    /// accepts our connection but reads nothing would otherwise hold every
+    /// writer for ever; one that reads slowly is not cut off.
+    pub write_stall_limit: Duration,
     /// Called on every change of [`Pair::connected`].
     pub on_connect: Option<ConnectCallback>,
 }
@@ -86,6 +101,7 @@ impl Default for PairConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_queue: DEFAULT_READ_QUEUE,
             write_queue: DEFAULT_WRITE_QUEUE,
+            write_stall_limit: DEFAULT_WRITE_STALL_LIMIT,
             on_connect: None,
         }
     }
@@ -107,6 +123,12 @@ impl PairConfig {
     /// Sets the connect deadline.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the write stall limit.
+    pub fn write_stall_limit(mut self, limit: Duration) -> Self {
+        self.write_stall_limit = limit;
         self
     }
 
@@ -203,9 +225,15 @@ where
                 connect_lock: tokio::sync::Mutex::new(()),
                 close_lock: tokio::sync::Mutex::new(()),
                 ids,
+                // (`Instant + Duration` panics past the clock's range, and
+                // a channel past its largest size)
                 config: PairConfig {
-                    write_queue: config.write_queue.max(1),
-                    retry_interval: config.retry_interval.max(MIN_RETRY_INTERVAL),
+                    write_queue: config.write_queue.clamp(1, QUEUE_AT_MOST),
+                    retry_interval: config.retry_interval.clamp(MIN_RETRY_INTERVAL, FOR_EVER),
+                    connect_timeout: config.connect_timeout.min(FOR_EVER),
+                    write_stall_limit: config
+                        .write_stall_limit
+                        .clamp(Duration::from_millis(1), FOR_EVER),
                     ..config
                 },
             }
@@ -554,9 +582,18 @@ where
     }
 
     async fn connect_until_deadline(self: &Arc<Self>, peer: &Endpoint) -> Result<(), PairError> {
-        let _one_at_a_time = self.connect_lock.lock().await;
         let timeout = self.config.connect_timeout;
+        // before waiting for the lock: a connect behind another still has
+        // its own deadline, not its own plus the other's
         let deadline = Instant::now() + timeout;
+        let Ok(_one_at_a_time) = tokio::time::timeout_at(deadline, self.connect_lock.lock()).await
+        else {
+            return Err(PairError::ConnectTimeout {
+                endpoint: peer.to_string(),
+                timeout,
+                stage: "another connect held the link the whole time".to_string(),
+            });
+        };
         let mut status = self.status.subscribe();
         let mut dialed = false;
         loop {
@@ -617,6 +654,12 @@ where
                     self.install_client(stream, peer);
                     return Ok(());
                 }
+                // an endpoint or a TLS setting that cannot work: no retry
+                Some(Err(
+                    e @ (TransportError::InvalidEndpoint { .. }
+                    | TransportError::Unsupported { .. }
+                    | TransportError::TlsConfig { .. }),
+                )) => return Err(e.into()),
                 Some(Err(e)) => e.to_string(),
                 None => previous
                     .take()
@@ -649,11 +692,12 @@ where
             let mut client = lock(&self.client);
             if let Some(conn) = client.as_mut().filter(|c| c.id == id) {
                 let weak = Arc::downgrade(self);
+                let stall = self.config.write_stall_limit;
                 let span = tracing::info_span!("pair_write", local = %self.server.display(), %peer, conn = id);
                 conn.task = Some(tokio::spawn(Instrument::instrument(
                     async move {
                         let mut rx = rx;
-                        let reason = run_client(stream, &mut rx).await;
+                        let reason = run_client(stream, &mut rx, stall).await;
                         // Record the end before queued writers are woken (by
                         // dropping `rx`), so that they find the link down.
                         if let Some(shared) = weak.upgrade() {
@@ -671,8 +715,13 @@ where
 
 /// The one writer of a client connection. It writes requests in order and
 /// meanwhile reads the socket, which the peer never writes to, to notice
-/// at once when the peer goes away. Returns why the connection ended.
-async fn run_client(stream: ByteStream, requests: &mut mpsc::Receiver<WriteRequest>) -> String {
+/// at once when the peer goes away. A write that makes no progress for
+/// `stall` ends the connection. Returns why the connection ended.
+async fn run_client(
+    stream: ByteStream,
+    requests: &mut mpsc::Receiver<WriteRequest>,
+    stall: Duration,
+) -> String {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut scratch = [0u8; 1024];
     loop {
@@ -682,8 +731,22 @@ async fn run_client(stream: ByteStream, requests: &mut mpsc::Receiver<WriteReque
                     return "the pair was dropped".into();
                 };
                 let write = async {
-                    wr.write_all(&request.bytes).await?;
-                    wr.flush().await
+                    let stalled = || {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the peer read nothing for {stall:?}"),
+                        )
+                    };
+                    let mut written = 0;
+                    while written < request.bytes.len() {
+                        match tokio::time::timeout(stall, wr.write(&request.bytes[written..])).await {
+                            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                            Ok(Ok(n)) => written += n,
+                            Ok(Err(e)) => return Err(e),
+                            Err(_) => return Err(stalled()),
+                        }
+                    }
+                    tokio::time::timeout(stall, wr.flush()).await.map_err(|_| stalled())?
                 };
                 tokio::pin!(write);
                 // Keep watching for EOF while a slow peer holds the write back.

@@ -76,7 +76,7 @@ mod text;
 pub use error::PairError;
 pub use link::{
     ConnectCallback, Pair, PairConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RETRY_INTERVAL,
-    DEFAULT_WRITE_QUEUE,
+    DEFAULT_WRITE_QUEUE, DEFAULT_WRITE_STALL_LIMIT,
 };
 pub use server::{OneClientServer, ServerConfig, DEFAULT_READ_QUEUE};
 pub use text::{TextPair, DEFAULT_TERMINATOR};

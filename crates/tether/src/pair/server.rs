@@ -484,7 +484,7 @@ where
             display: listener.display_address(),
             decoder: Mutex::new(decoder),
             config: ServerConfig {
-                read_queue: config.read_queue.max(1),
+                read_queue: config.read_queue.clamp(1, super::link::QUEUE_AT_MOST),
             },
             state: Mutex::new(ServerState {
                 current: None,

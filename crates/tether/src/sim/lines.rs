@@ -127,10 +127,7 @@ impl LinesDevice {
             _ => Bytes::from_static(b"ERR unknown command"),
         };
         // REV can create the sentinel out of its reverse; the peer would split that reply.
-        if reply
-            .windows(self.sentinel.len())
-            .any(|w| w == self.sentinel)
-        {
+        if crate::framing::sentinel_in_frame(&self.sentinel, &reply).is_some() {
             return Bytes::from_static(b"ERR reply would contain the line terminator");
         }
         reply
