@@ -467,6 +467,21 @@ async fn an_endpoint_that_cannot_work_fails_at_once_not_at_the_deadline() {
 }
 
 #[tokio::test]
+async fn a_mount_simulator_dropped_without_close_lets_go_of_its_port() {
+    let peer = RawPeer::new().await;
+    let sim = MountSimulator::spawn(&any_port(), peer.endpoint())
+        .await
+        .unwrap();
+    let at = addr(&sim.local_endpoint());
+    TcpStream::connect(&at).await.expect("it listens");
+    drop(sim);
+    eventually("the port is closed", || {
+        std::net::TcpStream::connect(&at).is_err()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn disconnect_then_connect_on_the_same_pairs() {
     let (a_calls, a_config) = recorder();
     let a = text_pair(a_config).await;

@@ -8,7 +8,7 @@
 //! | `*IDN?` | `tether,lines,<version>` |
 //! | `ECHO <text>` | `<text>` |
 //! | `REV <text>` | the bytes of `<text>` reversed |
-//! | `SET <key> <value>` | `OK` (keys are shared by all connections) |
+//! | `SET <key> <value>` | `OK` (keys are shared by all connections; at most [`MAX_KEYS`], then `ERR key store full` for a new one) |
 //! | `GET <key>` | the value, or `ERR unknown key <key>` |
 //! | `SLEEP <ms>` | `OK`, after that many milliseconds |
 //! | anything else | `ERR unknown command` |
@@ -39,6 +39,10 @@ use crate::transport::{Endpoint, Listener, TransportError};
 
 /// Longest `SLEEP` honoured, so a typo cannot park a connection for days.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// The most keys the store holds: 1,024. Peers share it, so without a
+/// bound any of them could fill the server's memory one `SET` at a time.
+pub const MAX_KEYS: usize = 1024;
 
 /// The simulated device: its command set and the key store all connections share.
 #[derive(Debug, Clone)]
@@ -105,8 +109,13 @@ impl LinesDevice {
                 Some(i) if i > 0 => {
                     let key = Bytes::copy_from_slice(&rest[..i]);
                     let value = Bytes::copy_from_slice(&rest[i + 1..]);
-                    self.keys.lock().expect("key store").insert(key, value);
-                    Bytes::from_static(b"OK")
+                    let mut keys = self.keys.lock().expect("key store");
+                    if keys.len() >= MAX_KEYS && !keys.contains_key(&key) {
+                        Bytes::from_static(b"ERR key store full")
+                    } else {
+                        keys.insert(key, value);
+                        Bytes::from_static(b"OK")
+                    }
                 }
                 _ => Bytes::from_static(b"ERR usage: SET <key> <value>"),
             },
@@ -161,6 +170,11 @@ mod tests {
         assert_eq!(dev.reply(b"SET k v w").await, "OK");
         assert_eq!(dev.reply(b"GET k").await, "v w");
         assert_eq!(dev.reply(b"SET k").await, "ERR usage: SET <key> <value>");
+        for i in 1..MAX_KEYS {
+            assert_eq!(dev.reply(format!("SET k{i} v").as_bytes()).await, "OK");
+        }
+        assert_eq!(dev.reply(b"SET one-too-many v").await, "ERR key store full");
+        assert_eq!(dev.reply(b"SET k w").await, "OK", "a known key can change");
         assert_eq!(dev.reply(b"SLEEP 1").await, "OK");
         assert_eq!(
             dev.reply(b"SLEEP x").await,

@@ -7,6 +7,10 @@ use tokio::time::Instant;
 
 use super::protocol::{code, reason, Axis, Reply, SPEED_DEG_PER_S};
 
+/// The longest move the mount takes on: a day. (A real one takes minutes;
+/// a MOVE to 1e15° is malformed, not a timer near the clock's end.)
+const LONGEST_MOVE: Duration = Duration::from_secs(24 * 3600);
+
 /// The mount's state: who commands it, and each axis.
 ///
 /// [`handle`](Self::handle) takes one command frame and the current time and
@@ -227,9 +231,12 @@ impl MountCore {
         }
         let from = state.position_at(now);
         let millis = ((target - from).abs() / SPEED_DEG_PER_S * 1000.0).round();
-        // Absurd distances give a duration the clock cannot represent.
+        // Absurd distances give a duration the clock cannot represent, or
+        // one so near its end that a timer for it would overflow: a move
+        // takes at most a day.
         let Some(end) = Duration::try_from_secs_f64(millis / 1000.0)
             .ok()
+            .filter(|d| *d <= LONGEST_MOVE)
             .and_then(|d| now.checked_add(d))
         else {
             return vec![Reply::no_ack(seq, reason::MALFORMED)];
@@ -435,6 +442,7 @@ mod tests {
             (b"9\n20\n7\nt\nra\n1", 9),
             (b"9\n20\n7\nt\naz\nNaN", 9),
             (b"9\n20\n7\nt\naz\n1e308", 9),
+            (b"9\n20\n7\nt\naz\n1e15", 9),
             (b"9\n10\n7\n\xff\naz", 9),
             (b"\xff\n10\n7\nt\naz", 0),
         ];

@@ -70,11 +70,23 @@ pub const MAX_COMMAND_LENGTH: usize = 64 * 1024;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A running mount simulator: a task that serves peers one after the other
-/// on its own pair until [`close`](Self::close).
+/// on its own pair until [`close`](Self::close), or until it is dropped
+/// (which stops the task; its pair closes with it).
 #[derive(Debug)]
 pub struct MountSimulator {
     pair: Arc<TextPair>,
-    task: JoinHandle<()>,
+    // `None` once `close` took it
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for MountSimulator {
+    fn drop(&mut self) {
+        // the task holds the pair: left running, it would keep the port
+        // and dial the peer for ever
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl MountSimulator {
@@ -102,7 +114,10 @@ impl MountSimulator {
     /// its messages must end in `\r\n`.
     pub fn serve(pair: Arc<TextPair>) -> Self {
         let task = tokio::spawn(run(Arc::clone(&pair), MountCore::new()));
-        MountSimulator { pair, task }
+        MountSimulator {
+            pair,
+            task: Some(task),
+        }
     }
 
     /// Where the peer connects to (the simulator's server side).
@@ -121,20 +136,26 @@ impl MountSimulator {
     }
 
     /// Closes the pair (client socket, then listener) and stops serving.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
         self.pair.close().await;
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 
 /// Serves peers until the pair is closed.
 pub async fn run(pair: Arc<TextPair>, mut mount: MountCore) {
     loop {
+        let started = tokio::time::Instant::now();
         match pair.connect().await {
             Ok(()) => info!(local = %pair.display_address(), "mount: peer connected"),
             Err(PairError::Closed) => return,
             Err(e @ PairError::ConnectTimeout { .. }) => {
                 debug!(error = %e, "mount: no peer yet");
+                // a pair whose connect timeout is shorter than its retry
+                // interval gives up without a pause: no hot loop
+                tokio::time::sleep_until(started + RECONNECT_PAUSE).await;
                 continue;
             }
             Err(PairError::NoPeer) => {
