@@ -73,6 +73,7 @@ pub(crate) fn room_ahead(arrived: usize, missing: usize) -> usize {
 /// assert_eq!(tether::framing::unescape(r"\r\n").unwrap(), b"\r\n");
 /// assert_eq!(tether::framing::unescape(r"END\x00").unwrap(), b"END\0");
 /// assert!(tether::framing::unescape(r"\q").is_err());
+/// assert!(tether::framing::unescape(r"\x4").is_err()); // two digits, always
 /// ```
 pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(s.len());
@@ -91,8 +92,11 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
             Some('\\') => out.push(b'\\'),
             Some('x') => {
                 let hex: String = chars.by_ref().take(2).collect();
-                let byte = u8::from_str_radix(&hex, 16)
-                    .map_err(|_| format!("`\\x{hex}` is not two hex digits"))?;
+                // (`from_str_radix` alone takes `+1` and a single digit)
+                let byte = (hex.len() == 2 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+                    .then(|| u8::from_str_radix(&hex, 16).ok())
+                    .flatten()
+                    .ok_or_else(|| format!("`\\x{hex}` is not two hex digits"))?;
                 out.push(byte);
             }
             Some(other) => return Err(format!("unknown escape `\\{other}`")),
@@ -108,6 +112,15 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hex_escape_is_exactly_two_hex_digits() {
+        assert_eq!(unescape(r"\x0a\xFF").unwrap(), [0x0a, 0xff]);
+        for bad in [r"\x+1", r"\x4", r"\x", r"\xg0", r"\x-1"] {
+            let err = unescape(bad).unwrap_err();
+            assert!(err.contains("two hex digits"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn room_ahead_grows_with_what_arrived_up_to_its_bound() {

@@ -131,7 +131,12 @@ impl ByteStream {
     /// known (from `accept` or `connect`): one system call fewer per
     /// connection.
     pub(crate) fn from_tcp_with_peer(stream: TcpStream, peer: SocketAddr) -> io::Result<Self> {
-        stream.set_nodelay(true)?;
+        // A peer that reset at once can make this fail (on BSDs): that is
+        // its connection's trouble, found at its first read, not an
+        // accept error that would pause the listener for everyone.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
+        }
         Ok(ByteStream {
             inner: Inner::Tcp(stream),
             peer: PeerAddr::Tcp(peer),

@@ -131,10 +131,45 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The largest PEM file read: 1 MiB, a few thousand certificates. (Given
+/// `/dev/zero` or a pipe by mistake, reading all of it would never end.)
+const PEM_FILE_AT_MOST: u64 = 1024 * 1024;
+
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsConfigError> {
-    std::fs::read(path).map_err(|source| TlsConfigError::Read {
+    use std::io::Read;
+    let failed = |source| TlsConfigError::Read {
         path: path.to_path_buf(),
         source,
+    };
+    let file = std::fs::File::open(path).map_err(failed)?;
+    if !file.metadata().map_err(failed)?.is_file() {
+        return Err(failed(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    let mut pem = Vec::new();
+    file.take(PEM_FILE_AT_MOST + 1)
+        .read_to_end(&mut pem)
+        .map_err(failed)?;
+    if pem.len() as u64 > PEM_FILE_AT_MOST {
+        return Err(failed(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {PEM_FILE_AT_MOST} bytes: not a PEM file"),
+        )));
+    }
+    Ok(pem)
+}
+
+/// A PEM key, or an error that says what was looked for.
+fn parse_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsConfigError::invalid(
+            what,
+            "no private key found (expected a BEGIN PRIVATE KEY, RSA PRIVATE KEY or \
+             EC PRIVATE KEY block; encrypted keys are not supported)",
+        ),
+        e => TlsConfigError::invalid(what, e),
     })
 }
 
@@ -276,8 +311,7 @@ impl TlsServerConfig {
     /// blocks, the key as PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsConfigError> {
         let chain = parse_certs(chain_pem, "server certificate")?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|e| TlsConfigError::invalid("server key", e))?;
+        let key = parse_key(key_pem, "server key")?;
         Self::new(chain, key)
     }
 
@@ -288,8 +322,7 @@ impl TlsServerConfig {
     ) -> Result<Self, TlsConfigError> {
         let (chain, key) = (chain.as_ref(), key.as_ref());
         let certs = parse_certs(&read_file(chain)?, &chain.display().to_string())?;
-        let key = PrivateKeyDer::from_pem_slice(&read_file(key)?)
-            .map_err(|e| TlsConfigError::invalid(key.display().to_string(), e))?;
+        let key = parse_key(&read_file(key)?, &key.display().to_string())?;
         Self::new(certs, key)
     }
 
@@ -607,6 +640,22 @@ mod tests {
         let made = self_signed(&["x"]).unwrap();
         let err = TlsServerConfig::from_pem(made.cert_pem.as_bytes(), b"no key here").unwrap_err();
         assert!(err.to_string().contains("server key"), "{err}");
+        assert!(err.to_string().contains("no private key found"), "{err}");
+        // the certificate given for the key: says what it looked for
+        let err = TlsServerConfig::from_pem(made.cert_pem.as_bytes(), made.cert_pem.as_bytes())
+            .unwrap_err();
+        assert!(err.to_string().contains("BEGIN PRIVATE KEY"), "{err}");
+
+        // not a file, or far too big to be one: refused, not read for ever
+        let err = TlsClientConfig::trusting_pem_file("/dev/zero").unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let dir = std::env::temp_dir().join(format!("tether-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.pem");
+        std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
+        let err = TlsClientConfig::trusting_pem_file(&big).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.to_string().contains("not a PEM file"), "{err}");
 
         let err = TlsServerConfig::from_pem_files("/no/such/cert-tether.pem", "/no/such/key.pem")
             .unwrap_err();
