@@ -149,6 +149,18 @@ impl FromStr for Endpoint {
             Some((scheme, rest)) => (Some(scheme), rest),
             None => (None, s),
         };
+        if scheme.is_none() {
+            // `unix:/tmp/x.sock`, `tls:host:443`: a scheme without its `//`,
+            // which would otherwise be blamed on the port or the host
+            for known in ["tcp", "unix", "telnet", "tls"] {
+                if s.strip_prefix(known).is_some_and(|r| r.starts_with(':')) {
+                    return Err(bad(
+                        known,
+                        "a scheme is followed by `://` (tls://host:port, unix:///path)",
+                    ));
+                }
+            }
+        }
         let (host, port) = parse_host_port(rest).map_err(|(part, reason)| bad(part, reason))?;
         match scheme {
             None | Some("tcp") => Ok(Endpoint::Tcp { host, port }),
@@ -198,6 +210,25 @@ fn parse_host_port(s: &str) -> Result<(String, u16), (&str, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scheme_without_its_slashes_is_named_as_such() {
+        for input in [
+            "unix:/tmp/x.sock",
+            "tls:host:443",
+            "tcp:127.0.0.1:80",
+            "telnet:h:23",
+        ] {
+            let err = input.parse::<Endpoint>().unwrap_err().to_string();
+            assert!(err.contains("followed by `://`"), "{input}: {err}");
+        }
+        // a host named like a scheme is still a host
+        assert!("tls:443".parse::<Endpoint>().is_err());
+        assert_eq!(
+            "tlsbox:443".parse::<Endpoint>().unwrap(),
+            Endpoint::tcp("tlsbox".to_string(), 443)
+        );
+    }
 
     fn parse(s: &str) -> Endpoint {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
