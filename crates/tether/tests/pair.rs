@@ -209,6 +209,39 @@ async fn connect_deadline_when_the_peer_never_appears() {
 }
 
 #[tokio::test]
+async fn connecting_to_another_peer_ends_the_write_connection_to_the_last() {
+    let config = PairConfig::default()
+        .retry_interval(Duration::from_millis(20))
+        .connect_timeout(Duration::from_millis(300));
+    // X accepts but never connects back: A is left half-open to it
+    let x = RawPeer::new().await;
+    let a = text_pair(config.clone()).await;
+    let err = timeout(T, a.connect_to(&x.endpoint()))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("did not connect back"), "{err}");
+    let (mut to_x, _) = timeout(T, x.listener.accept()).await.unwrap().unwrap();
+    // then A links with B: its writes go to B, and X sees its end
+    let b = text_pair(config.clone()).await;
+    link(&a, &b).await;
+    timeout(T, a.write_text("for b")).await.unwrap().unwrap();
+    assert_eq!(timeout(T, b.read_text()).await.unwrap().unwrap(), "for b");
+    let mut rest = Vec::new();
+    timeout(T, to_x.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty(), "nothing meant for B went to X: {rest:?}");
+    // and from B on to C, while linked: connect_to(C) does not stay with B
+    let c = text_pair(config).await;
+    link(&a, &c).await;
+    timeout(T, a.write_text("for c")).await.unwrap().unwrap();
+    assert_eq!(timeout(T, c.read_text()).await.unwrap().unwrap(), "for c");
+    assert!(b.wait_disconnected(T).await, "B's link to A ended");
+}
+
+#[tokio::test]
 async fn a_second_client_is_refused_without_disturbing_the_first() {
     let a = text_pair(PairConfig::default()).await;
     let b = text_pair(PairConfig::default()).await;
@@ -328,6 +361,33 @@ async fn frames_that_arrived_before_a_drop_are_read_after_it() {
     assert_eq!(timeout(T, a.read_text()).await.unwrap().unwrap(), "one");
     assert_eq!(timeout(T, a.read_text()).await.unwrap().unwrap(), "two");
     let end = timeout(T, a.read_text()).await.unwrap().unwrap_err();
+    assert!(end.is_connection_lost(), "{end}");
+}
+
+#[tokio::test]
+async fn frames_sent_by_a_peer_that_then_closes_both_connections_are_all_read() {
+    // a queue of one frame: the read connection's end of stream waits
+    // behind the frames, so the write connection's end is seen first, and
+    // ending the link used to throw the read connection away with them
+    let mut config = PairConfig::default();
+    config.read_queue = 1;
+    let a = text_pair(config).await;
+    let peer = RawPeer::new().await;
+    let (w, mut r) = peer.link(&a).await;
+    let sent: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+    r.write_all(format!("{}\r\n", sent.join("\r\n")).as_bytes())
+        .await
+        .unwrap();
+    drop((w, r));
+    assert!(a.wait_disconnected(T).await);
+    let mut got = Vec::new();
+    let end = loop {
+        match timeout(T, a.read_text()).await.unwrap() {
+            Ok(frame) => got.push(frame),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(got, sent);
     assert!(end.is_connection_lost(), "{end}");
 }
 

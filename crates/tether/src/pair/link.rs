@@ -165,6 +165,8 @@ struct PairShared<E, D: Decoder> {
 
 struct ClientConn {
     id: ConnId,
+    // whom it writes to
+    peer: Endpoint,
     tx: mpsc::Sender<WriteRequest>,
     task: Option<JoinHandle<()>>,
 }
@@ -279,7 +281,7 @@ where
             return Err(PairError::Closed);
         }
         if !status.connected {
-            if let Some(leftover) = self.shared.server.try_read_leftover() {
+            if let Some(leftover) = self.shared.server.read_leftover().await {
                 return leftover;
             }
             return Err(self.shared.not_connected());
@@ -489,6 +491,14 @@ impl<E, D: Decoder> PairShared<E, D> {
         }
     }
 
+    /// Whether write connection `id` (if it is still ours) goes to `peer`.
+    fn writes_to(&self, id: ConnId, peer: &Endpoint) -> bool {
+        match &*lock(&self.client) {
+            Some(conn) if conn.id == id => conn.peer == *peer,
+            _ => true,
+        }
+    }
+
     fn take_client(&self, id: ConnId) -> Option<JoinHandle<()>> {
         let mut client = lock(&self.client);
         match &*client {
@@ -541,7 +551,20 @@ impl<E, D: Decoder> PairShared<E, D> {
             }
         }
         info!(local = %self.server.display(), reason, "write connection ended");
-        self.apply(actions);
+        // The peer went away (or dropped our write connection): the frames
+        // it sent before are still on their way in, and are read, up to
+        // the read connection's end, rather than thrown away with it.
+        let Actions {
+            close_client,
+            close_server,
+        } = actions;
+        if let Some((server, reason)) = close_server {
+            self.server.drain(server, &reason);
+        }
+        self.apply(Actions {
+            close_client,
+            close_server: None,
+        });
     }
 
     /// Delivers pending connect events, one drainer at a time, in order.
@@ -600,6 +623,16 @@ where
             let now = status.borrow_and_update().clone();
             if now.closed {
                 return Err(PairError::Closed);
+            }
+            if let Some(id) = now.client.filter(|&id| !self.writes_to(id, peer)) {
+                // A write connection to another peer (the last one, or one
+                // an earlier connect left half-open): writes would go
+                // there, so it ends before this peer is dialled.
+                if let Some(task) = self.take_client(id) {
+                    task.abort();
+                }
+                self.client_ended(id, "the pair connects to another peer");
+                continue;
             }
             if now.connected {
                 return Ok(());
@@ -680,7 +713,12 @@ where
     fn install_client(self: &Arc<Self>, stream: ByteStream, peer: &Endpoint) {
         let id = self.ids.fetch_add(1, Ordering::SeqCst) + 1;
         let (tx, rx) = mpsc::channel(self.config.write_queue);
-        *lock(&self.client) = Some(ClientConn { id, tx, task: None });
+        *lock(&self.client) = Some(ClientConn {
+            id,
+            peer: peer.clone(),
+            tx,
+            task: None,
+        });
         info!(local = %self.server.display(), %peer, "write connection open");
         let actions = {
             let mut core = lock(&self.core);

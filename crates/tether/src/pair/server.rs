@@ -296,15 +296,34 @@ impl<D: Decoder> ServerShared<D> {
 
     /// Closes connection `id` if it is the current one.
     pub(crate) fn disconnect(&self, id: ConnId, reason: &str) {
+        self.end_connection(id, reason, Ending::Now);
+    }
+
+    /// Ends connection `id` as the current one, but lets it be read for up
+    /// to [`DRAIN_LIMIT`] more, to its end: the frames the peer sent before
+    /// it went away are delivered, then the loss.
+    pub(crate) fn drain(&self, id: ConnId, reason: &str) {
+        self.end_connection(id, reason, Ending::Drain);
+    }
+
+    fn end_connection(&self, id: ConnId, reason: &str, ending: Ending) {
         let ended = {
             let mut st = lock(&self.state);
             match &st.current {
                 Some(cur) if cur.id == id => {
                     let cur = st.current.take().expect("checked");
                     if let Some(task) = cur.task {
-                        // Dropping the task drops the socket and the queue's
+                        // Ending the task drops the socket and the queue's
                         // sender: readers see the queued frames, then the end.
-                        task.abort();
+                        match ending {
+                            Ending::Now => task.abort(),
+                            Ending::Drain => {
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(DRAIN_LIMIT).await;
+                                    task.abort();
+                                });
+                            }
+                        }
                     }
                     st.disconnects += 1;
                     st.last_disconnect = Some(format!("client {}: {reason}", cur.peer));
@@ -405,10 +424,11 @@ impl<D: Decoder> ServerShared<D> {
         }
     }
 
-    /// A frame left over from a lost connection, without waiting: `None`
-    /// when there is none left (or another reader is busy).
-    pub(crate) fn try_read_leftover(&self) -> Option<Result<D::Item, PairError>> {
-        let mut slot = self.reader.try_lock().ok()?;
+    /// A frame left over from a lost connection: `None` when there is none
+    /// left. A connection still draining (see [`drain`](Self::drain)) is
+    /// waited for, up to its end, at most [`DRAIN_LIMIT`] after the loss.
+    pub(crate) async fn read_leftover(&self) -> Option<Result<D::Item, PairError>> {
+        let mut slot = self.reader.lock().await;
         let min = self.min_id.load(Ordering::SeqCst);
         if slot.as_ref().is_some_and(|(id, _)| *id < min) {
             *slot = None;
@@ -420,10 +440,9 @@ impl<D: Decoder> ServerShared<D> {
             *slot = st.unread.pop_front();
         }
         let (_, rx) = slot.as_mut()?;
-        match rx.try_recv() {
-            Ok(frame) => Some(frame),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => {
+        match rx.recv().await {
+            Some(frame) => Some(frame),
+            None => {
                 *slot = None;
                 None
             }
@@ -680,6 +699,21 @@ where
         }
     }
 }
+
+/// How a connection that is no longer the current one ends.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// At once (a disconnect or close asked for by this side).
+    Now,
+    /// At its end of stream, or after [`DRAIN_LIMIT`].
+    Drain,
+}
+
+/// How long a connection ended by the peer's going away is still read:
+/// its last frames are usually in already, its end of stream a moment
+/// behind. Past it (a peer that keeps the connection open, a reader that
+/// takes nothing from a full queue), what is left is dropped.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// Frames a decoder may still produce from the bytes left at end of stream
 /// (bounded in case a decoder keeps returning frames without consuming).
