@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -588,12 +588,23 @@ where
     D::Error: StdError + Send + Sync + 'static,
 {
     info!(listen = %shared.display, "listening");
+    // Clients waiting out the grace for the current one to go: a few at
+    // most, so that a burst of connections cannot take every file
+    // descriptor of the process for those 100 ms.
+    let waiting = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept().await {
             Ok(stream) if shared.status.borrow().client.is_none() => shared.admit(stream),
+            Ok(stream) if waiting.load(Ordering::SeqCst) >= MAX_WAITING_CLIENTS => {
+                // (admit refuses it, counted and logged, as the current
+                // client is still there)
+                shared.admit(stream);
+            }
             Ok(stream) => {
                 let shared = Arc::clone(&shared);
+                let waiting = WaitingClient::new(&waiting);
                 tokio::spawn(async move {
+                    let _waiting = waiting;
                     let mut status = shared.status.subscribe();
                     let _ = tokio::time::timeout(
                         SECOND_CLIENT_GRACE,
@@ -700,6 +711,26 @@ where
     }
 }
 
+/// Clients that may wait out [`SECOND_CLIENT_GRACE`] at once; the next
+/// are refused at once.
+const MAX_WAITING_CLIENTS: usize = 4;
+
+/// One client waiting out the grace, counted while it lives.
+struct WaitingClient(Arc<AtomicUsize>);
+
+impl WaitingClient {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        WaitingClient(Arc::clone(count))
+    }
+}
+
+impl Drop for WaitingClient {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// How a connection that is no longer the current one ends.
 #[derive(Clone, Copy)]
 enum Ending {
@@ -798,6 +829,35 @@ mod tests {
         drop(c);
         let got = tokio::time::timeout(T, reader).await.unwrap().unwrap();
         assert!(got.is_err_and(|e| e.is_connection_lost()));
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_second_clients_is_refused_at_once_past_a_few() {
+        let server = server().await;
+        let _first = dial(&server).await;
+        server.wait_connected(T).await.unwrap();
+        let mut burst = Vec::new();
+        for _ in 0..20 {
+            burst.push(dial(&server).await);
+        }
+        // all but the few waiting out the grace are refused at once (the
+        // test would pass without the limit only by waiting the grace out;
+        // what it shows is that all are refused, the waiting ones after)
+        tokio::time::timeout(T, async {
+            while server.refused() < (20 - MAX_WAITING_CLIENTS) as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        // then those waiting too, the first client being still there
+        tokio::time::timeout(T, async {
+            while server.refused() < 20 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
