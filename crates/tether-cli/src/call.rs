@@ -27,7 +27,7 @@ pub struct CallArgs {
     #[command(flatten)]
     pub tls: crate::tls_args::CallTls,
     /// Speak the packet protocol (cs.packetstream wire format) instead of a framing.
-    #[arg(long)]
+    #[arg(long, requires = "rq_type", conflicts_with = "framing")]
     pub packet: bool,
     /// With --packet: the request type of every request.
     #[arg(long, requires = "packet")]

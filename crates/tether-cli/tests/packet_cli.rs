@@ -80,8 +80,15 @@ fn call_packet_fails_with_one_line_when_a_reply_is_late() {
 fn call_packet_needs_an_rq_type() {
     let (server, addr) = serve(&["packet"]);
     let (status, _, err) = call(&[&addr, "--packet", "--", "x"], b"");
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(2), "a usage error: {err}");
     assert!(err.contains("--rq-type"), "{err}");
+    // and a framing is not silently ignored
+    let (status, _, err) = call(
+        &[&addr, "--packet", "--rq-type", "0", "--framing", "length"],
+        b"",
+    );
+    assert_eq!(status.code(), Some(2), "a usage error: {err}");
+    assert!(err.contains("--framing"), "{err}");
     assert!(server.signal_and_wait("TERM").success());
 }
 
@@ -96,6 +103,11 @@ fn serve_packet_serves_connections_at_the_same_time() {
             .stderr(Stdio::null()),
         LIMIT,
     );
+    // Time for the slow call to start, connect and send (a few ms): the
+    // quick one must come second for the test to tell a server that
+    // serves one connection at a time. A settling pause, not a measure.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(slow.try_wait().is_none(), "the slow call is under way");
     let (status, out, _) = call(&[&addr, "--packet", "--rq-type", "0", "--", "quick"], b"");
     assert!(status.success());
     assert_eq!(out, "ok flags=0 quick\n");
