@@ -633,12 +633,38 @@ async fn read_loop<D>(
     D: Decoder,
     D::Error: StdError + Send + Sync + 'static,
 {
+    // A decoder that panics on the peer's bytes ends this task by
+    // unwinding: the guard still records the end, or the connection would
+    // stay current for ever and every later client be refused.
+    let mut ending = EndOnDrop {
+        shared,
+        id,
+        reason: Some("the read task ended half-way (a decoder panicked?)".to_string()),
+    };
     let reason = pump(&mut stream, &mut decoder, &tx).await;
     drop(stream);
     // Record the end before readers can see it (the queue closes below), so
     // that what they are told matches the state they then find.
-    shared.connection_ended(id, reason);
+    ending.reason = Some(reason);
+    drop(ending);
     drop(tx);
+}
+
+/// Records the end of connection `id` when dropped: at the end of its
+/// read loop, or when that loop unwinds. (Stale ids are ignored, so an
+/// abort after a disconnect records nothing twice.)
+struct EndOnDrop<D: Decoder> {
+    shared: Arc<ServerShared<D>>,
+    id: ConnId,
+    reason: Option<String>,
+}
+
+impl<D: Decoder> Drop for EndOnDrop<D> {
+    fn drop(&mut self) {
+        if let Some(reason) = self.reason.take() {
+            self.shared.connection_ended(self.id, reason);
+        }
+    }
 }
 
 /// Reads and decodes until the stream ends; returns why it ended.
@@ -753,7 +779,7 @@ const MAX_EOF_FRAMES: usize = 1_000_000;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::framing::SentinelCodec;
+    use crate::framing::{FramingError, SentinelCodec};
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
 
@@ -858,6 +884,44 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    /// Lines, but panics on the line `boom`.
+    #[derive(Clone)]
+    struct Fragile(SentinelCodec);
+
+    impl Decoder for Fragile {
+        type Item = BytesMut;
+        type Error = FramingError;
+        fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
+            let frame = self.0.decode(buf)?;
+            assert!(frame.as_deref() != Some(&b"boom"[..]), "a decoder bug");
+            Ok(frame)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decoder_that_panics_ends_its_connection_and_the_next_is_served() {
+        let server = OneClientServer::bind(
+            &"tcp://127.0.0.1:0".parse().unwrap(),
+            Fragile(SentinelCodec::lines()),
+            ServerConfig::default(),
+        )
+        .await
+        .unwrap();
+        let at = server.local_endpoint().host_port().unwrap();
+        let mut c = TcpStream::connect(&at).await.unwrap();
+        server.wait_connected(T).await.unwrap();
+        c.write_all(b"boom\n").await.unwrap();
+        assert!(server.wait_disconnected(T).await, "the end is recorded");
+        let mut next = TcpStream::connect(&at).await.unwrap();
+        server.wait_connected(T).await.unwrap();
+        next.write_all(b"fine\n").await.unwrap();
+        // the first connection's end, then the next one's frame
+        let end = tokio::time::timeout(T, server.read()).await.unwrap();
+        assert!(end.is_err_and(|e| e.to_string().contains("panicked")));
+        let got = tokio::time::timeout(T, server.read()).await.unwrap();
+        assert_eq!(got.unwrap(), "fine");
     }
 
     #[tokio::test]
