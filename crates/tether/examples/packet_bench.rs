@@ -1,4 +1,5 @@
-//! The packet layer's W3 (64 requests in flight) and W6 (push) workloads of
+//! The W1 (one request at a time), W2 (a connection each), W3 (64 requests
+//! in flight) and W6 (push) workloads of
 //! BENCHMARKS.md, one implementation per run, for a profiler.
 //!
 //! Speed is measured by `tether bench` (crates/tether-cli/src/bench), with
@@ -14,6 +15,9 @@
 //!
 //! Modes (exactly one):
 //!
+//! - `--profile-w1`: W1, sequential requests, each awaited before the next;
+//! - `--profile-w1-length`: W1 over a session and its server (`LengthCodec`);
+//! - `--profile-w1-framed`: W1 over tokio-util's `LengthDelimitedCodec`;
 //! - `--profile-w2`: W2, a connection per request through
 //!   `PacketConnection::request_once`;
 //! - `--profile-w2-framed`: W2 over tokio-util's `LengthDelimitedCodec`;
@@ -25,7 +29,9 @@
 //! - `--profile-w6-submit`: W6, the server pushing with `submit`;
 //! - `--profile-w6-framed`: W6 over `LengthDelimitedCodec`.
 //!
-//! W2 opens 2,000 connections (200 with `--quick`); W3 sends 2,000,000
+//! W1 sends 200,000 requests (20,000 with `--quick`: total instructions /
+//! 20,000 ≈ instructions per round trip, both ends); W2 opens 2,000
+//! connections (200 with `--quick`); W3 sends 2,000,000
 //! requests (200,000 with `--quick`: total instructions
 //! / 200,000 ≈ instructions per request); W6 pushes 100,000 messages to
 //! each of 16 clients (10,000 with `--quick`). The server and the client
@@ -43,14 +49,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 
+use tether::framing::LengthCodec;
 use tether::packet::{
     EchoService, IncomingRequest, NoHandler, PacketConfig, PacketConnection, Response,
     ResponseFuture,
 };
+use tether::session::{Client, ClientOptions, ConnectionInfo, HandlerError, Server};
 use tether::transport::{self, Endpoint, Listener};
 use tokio::net::TcpListener;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -178,6 +186,59 @@ async fn w3_packet_in_order(ep: Endpoint, n: usize) {
         }
     }
     c.close().await.unwrap();
+}
+
+/// W1 over the packet layer: one request in flight.
+async fn w1_packet(ep: Endpoint, n: usize) {
+    let c = packet_client(&ep).await;
+    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    for _ in 0..n {
+        let r = c.submit(0, 0, payload.clone()).await.unwrap();
+        debug_assert_eq!(r.payload.len(), PAYLOAD);
+    }
+    c.close().await.unwrap();
+}
+
+/// W1 over a session, against a session server: `LengthCodec` both ends.
+async fn w1_length(ep: Endpoint, n: usize) {
+    let client = Client::new(ep, LengthCodec::new(), ClientOptions::default());
+    let mut s = client.connect().await.unwrap();
+    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    for _ in 0..n {
+        let r = s.request(payload.clone()).await.unwrap();
+        debug_assert_eq!(r.len(), PAYLOAD);
+    }
+    s.close().await.unwrap();
+}
+
+/// W1 over `LengthDelimitedCodec`, against the framed echo server.
+async fn w1_framed(ep: Endpoint, n: usize) {
+    let s = transport::connect(&ep, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut f = Framed::new(s, LengthDelimitedCodec::new());
+    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    for _ in 0..n {
+        f.send(payload.clone()).await.unwrap();
+        let r = f.next().await.unwrap().unwrap();
+        debug_assert_eq!(r.len(), PAYLOAD);
+    }
+}
+
+/// A session server echoing every `LengthCodec` frame.
+fn length_server() -> Endpoint {
+    server(|etx| async move {
+        let l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        etx.send(l.local_endpoint()).unwrap();
+        let echo = |frame: BytesMut, _: &ConnectionInfo| {
+            std::future::ready(Ok::<_, HandlerError>(Some(frame)))
+        };
+        Server::with_listener(l, LengthCodec::new(), echo)
+            .run(std::future::pending(), Duration::from_secs(1))
+            .await;
+    })
 }
 
 /// W3 through a `Pipeline`: responses in completion order from one queue,
@@ -400,7 +461,8 @@ async fn w6_packet(ep: Endpoint, per_client: usize) {
     assert_eq!(got, per_client * PUSH_CLIENTS);
 }
 
-const USAGE: &str = "usage: packet_bench [--quick] --profile-w2 | --profile-w2-framed | \
+const USAGE: &str = "usage: packet_bench [--quick] --profile-w1 | --profile-w1-length | \
+    --profile-w1-framed | --profile-w2 | --profile-w2-framed | \
     --profile-w3 | --profile-w3-in-order | \
     --profile-w3-pipeline | --profile-w3-framed | --profile-w6 | --profile-w6-submit | \
     --profile-w6-framed\n(speed is measured by `tether bench`; this runs one workload for a profiler)";
@@ -417,15 +479,18 @@ fn main() {
         eprintln!("{USAGE}");
         std::process::exit(2);
     };
-    let (w2, w3, w6) = if quick {
-        (200, 200_000, 10_000)
+    let (w1, w2, w3, w6) = if quick {
+        (20_000, 200, 200_000, 10_000)
     } else {
-        (2_000, 2_000_000, 100_000)
+        (200_000, 2_000, 2_000_000, 100_000)
     };
     // one runtime loop for every mode, the workload polled through a
     // pointer: inlined into a loop of its own, each workload's code moved
     // the instruction counts by up to 2% with no change to tether
     let workload: Pin<Box<dyn Future<Output = ()> + Send>> = match mode {
+        "--profile-w1" => Box::pin(w1_packet(packet_server(), w1)),
+        "--profile-w1-length" => Box::pin(w1_length(length_server(), w1)),
+        "--profile-w1-framed" => Box::pin(w1_framed(framed_server(), w1)),
         "--profile-w2" => Box::pin(w2_packet(packet_server(), w2)),
         "--profile-w2-framed" => Box::pin(w2_framed(framed_server(), w2)),
         "--profile-w3" => Box::pin(w3_packet(packet_server(), w3)),
