@@ -688,9 +688,19 @@ async fn close_is_ordered_and_idempotent() {
     bounded(async move {
         let a = text_pair(PairConfig::default()).await;
         let peer = RawPeer::new().await;
-        let (mut a_writes_to, _a_reads_from) = peer.link(&a).await;
+        let (mut a_writes_to, a_reads_from) = peer.link(&a).await;
         let listen = addr(&a.local_endpoint());
         timeout(T, a.close()).await.unwrap();
+        // the connection A reads from is closed by the time `close` returns:
+        // its end is there to read at once, no waiting
+        let mut a_reads_from = a_reads_from.into_std().unwrap();
+        a_reads_from.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            std::io::Read::read(&mut a_reads_from, &mut buf).map_err(|e| e.kind()),
+            Ok(0),
+            "A's read connection ended"
+        );
         let mut buf = [0u8; 4];
         assert_eq!(
             timeout(T, a_writes_to.read(&mut buf))

@@ -144,7 +144,8 @@ struct ServerState<T> {
 struct Current {
     id: ConnId,
     peer: PeerAddr,
-    task: Option<AbortHandle>,
+    // its read task: aborted when the connection ends, awaited by `close`
+    task: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -318,8 +319,14 @@ impl<D: Decoder> ServerShared<D> {
                         match ending {
                             Ending::Now => task.abort(),
                             Ending::Drain => {
+                                let mut status = self.status.subscribe();
                                 tokio::spawn(async move {
-                                    tokio::time::sleep(DRAIN_LIMIT).await;
+                                    // (a close ends the drain at once)
+                                    let _ = tokio::time::timeout(
+                                        DRAIN_LIMIT,
+                                        status.wait_for(|s| s.closed),
+                                    )
+                                    .await;
                                     task.abort();
                                 });
                             }
@@ -450,14 +457,22 @@ impl<D: Decoder> ServerShared<D> {
     }
 
     pub(crate) async fn close(&self) {
-        let id = {
+        let (id, task) = {
             let mut st = lock(&self.state);
             st.closed = true;
             self.publish(&st);
-            st.current.as_ref().map(|c| c.id)
+            match st.current.as_mut() {
+                Some(cur) => (Some(cur.id), cur.task.take()),
+                None => (None, None),
+            }
         };
         if let Some(id) = id {
             self.disconnect(id, "closed: the server is shutting down");
+        }
+        if let Some(task) = task {
+            // gone, and its socket with it, before `close` returns
+            task.abort();
+            let _ = task.await;
         }
         let mut task = self.accept_task.lock().await;
         if let Some(task) = task.take() {
@@ -576,7 +591,7 @@ where
                 tracing::info_span!("one_client_read", listen = %self.display, %peer, conn = id);
             let task =
                 tokio::spawn(read_loop(Arc::clone(self), id, stream, decoder, tx).instrument(span));
-            cur.task = Some(task.abort_handle());
+            cur.task = Some(task);
         }
     }
 }
