@@ -284,7 +284,10 @@ where
             if let Some(leftover) = self.shared.server.read_leftover().await {
                 return leftover;
             }
-            return Err(self.shared.not_connected());
+            if !self.shared.status().connected {
+                return Err(self.shared.not_connected());
+            }
+            // the link came up while the last link's frames were read
         }
         match self.shared.server.read().await {
             // Say why the link went down, whichever socket it was.
@@ -411,9 +414,8 @@ where
             task.abort();
             let _ = (&mut task).await;
         }
-        if let Some((id, reason)) = actions.close_server {
-            self.shared.server.disconnect(id, &reason);
-        }
+        // (the read connection, `actions.close_server`, is the server's to
+        // end: its close waits until the socket is gone)
         self.shared.run_callbacks();
         self.shared.server.close().await;
     }
@@ -537,7 +539,15 @@ impl<E, D: Decoder> PairShared<E, D> {
         self.apply(actions);
     }
 
+    /// The write connection `id` ended on its own: the peer went away (or
+    /// dropped it), or a write stalled.
     fn client_ended(&self, id: ConnId, reason: &str) {
+        self.end_client(id, reason, true);
+    }
+
+    /// Records the end of write connection `id`. With `drain`, the read
+    /// connection that goes down with it reads what had arrived first.
+    fn end_client(&self, id: ConnId, reason: &str, drain: bool) {
         let actions = {
             let mut core = lock(&self.core);
             let actions = core.client_down(id, reason);
@@ -558,8 +568,10 @@ impl<E, D: Decoder> PairShared<E, D> {
             close_client,
             close_server,
         } = actions;
-        if let Some((server, reason)) = close_server {
-            self.server.drain(server, &reason);
+        match close_server {
+            Some((server, reason)) if drain => self.server.drain(server, &reason),
+            Some((server, reason)) => self.server.disconnect(server, &reason),
+            None => {}
         }
         self.apply(Actions {
             close_client,
@@ -631,7 +643,9 @@ where
                 if let Some(task) = self.take_client(id) {
                     task.abort();
                 }
-                self.client_ended(id, "the pair connects to another peer");
+                // (our choice, not the old peer's: no frames of its are
+                // read after this)
+                self.end_client(id, "the pair connects to another peer", false);
                 continue;
             }
             if now.connected {

@@ -151,9 +151,11 @@ impl FromStr for Endpoint {
         };
         if scheme.is_none() {
             // `unix:/tmp/x.sock`, `tls:host:443`: a scheme without its `//`,
-            // which would otherwise be blamed on the port or the host
+            // which would otherwise be blamed on the port or the host (but
+            // `tls:443` is the host `tls`, port 443)
             for known in ["tcp", "unix", "telnet", "tls"] {
-                if s.strip_prefix(known).is_some_and(|r| r.starts_with(':')) {
+                let after = s.strip_prefix(known).and_then(|r| r.strip_prefix(':'));
+                if after.is_some_and(|port| port.parse::<u16>().is_err()) {
                     return Err(bad(
                         known,
                         "a scheme is followed by `://` (tls://host:port, unix:///path)",
@@ -223,11 +225,12 @@ mod tests {
             assert!(err.contains("followed by `://`"), "{input}: {err}");
         }
         // a host named like a scheme is still a host
-        assert!("tls:443".parse::<Endpoint>().is_err());
-        assert_eq!(
-            "tlsbox:443".parse::<Endpoint>().unwrap(),
-            Endpoint::tcp("tlsbox".to_string(), 443)
-        );
+        for host in ["tls", "tlsbox", "unix"] {
+            assert_eq!(
+                format!("{host}:443").parse::<Endpoint>().unwrap(),
+                Endpoint::tcp(host.to_string(), 443)
+            );
+        }
     }
 
     fn parse(s: &str) -> Endpoint {

@@ -318,9 +318,10 @@ pub async fn connect_with(
             }
             Endpoint::Tls { host, .. } => {
                 let config = tls::client_config_for(endpoint, options.tls.as_ref())?;
+                let name = tls::server_name(endpoint, host)?;
                 let (tcp, peer) = connect_tcp(endpoint).await.map_err(named)?;
                 tcp.set_nodelay(true).map_err(named)?;
-                tls::client_handshake(tcp, peer, endpoint, host, &config).await
+                tls::client_handshake(tcp, peer, endpoint, (host, name), &config).await
             }
             Endpoint::Unix(path) => Ok(ByteStream::from_unix(
                 UnixStream::connect(path).await.map_err(named)?,

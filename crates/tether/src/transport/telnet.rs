@@ -41,6 +41,8 @@ const WILL: u8 = 0xFB;
 const SB: u8 = 0xFA;
 const SE: u8 = 0xF0;
 const CR: u8 = b'\r';
+/// TRANSMIT-BINARY (RFC 856).
+const BINARY: u8 = 0;
 
 /// The longest sub-negotiation (`IAC SB … IAC SE`) read: 64 KiB. Real ones
 /// (terminal type, window size, environment) take a few dozen bytes.
@@ -114,7 +116,8 @@ impl TelnetParser {
                 (State::Data | State::Cr, _) => {
                     buf[out] = b;
                     out += 1;
-                    if b == CR {
+                    // (in BINARY, RFC 856, a NUL after CR is data)
+                    if b == CR && !self.remote_on[BINARY as usize] {
                         State::Cr
                     } else {
                         State::Data
@@ -207,6 +210,9 @@ pub struct TelnetStream<S> {
     parser: TelnetParser,
     // Escaped data and negotiation replies not yet written to `inner`.
     out: BytesMut,
+    // Bytes of replies put in `out` since it was last empty: what a peer
+    // that asks but does not read makes us hold.
+    replies_waiting: usize,
 }
 
 impl<S> TelnetStream<S> {
@@ -216,6 +222,7 @@ impl<S> TelnetStream<S> {
             inner,
             parser: TelnetParser::new(options),
             out: BytesMut::new(),
+            replies_waiting: 0,
         }
     }
 
@@ -234,6 +241,7 @@ impl<S: AsyncWrite + Unpin> TelnetStream<S> {
             }
             self.out.advance(n);
         }
+        self.replies_waiting = 0;
         Poll::Ready(Ok(()))
     }
 }
@@ -246,7 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TelnetStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.out.len() >= REPLIES_AT_MOST {
+            if this.replies_waiting >= REPLIES_AT_MOST {
                 // A peer that asks and asks but reads no answer: read no
                 // more of it until it does (woken when the socket drains).
                 ready!(this.poll_drain(cx))?;
@@ -257,7 +265,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TelnetStream<S> {
             if raw.is_empty() {
                 return Poll::Ready(Ok(())); // end of stream
             }
+            let queued = this.out.len();
             let data = this.parser.decode_in_place(raw, &mut this.out)?;
+            this.replies_waiting += this.out.len() - queued;
             buf.set_filled(start + data);
             if !this.out.is_empty() {
                 // Answer negotiation now; if the socket is full, the next write or flush finishes it.
@@ -396,7 +406,10 @@ mod tests {
         assert!(err.to_string().contains("IAC SE"), "{err}");
     }
 
-    #[tokio::test]
+    // Paused time: the timeout below fires as soon as every task waits,
+    // so the test takes no wall time, and a slow machine cannot make it
+    // pass by writing slowly.
+    #[tokio::test(start_paused = true)]
     async fn a_peer_that_requests_options_but_reads_no_answers_is_read_no_further() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (ours, mut peer) = tokio::io::duplex(1024);
@@ -406,14 +419,50 @@ mod tests {
             // only commands arrive: this read never returns data
             let _ = telnet.read(&mut buf).await;
         });
-        // 3 MB of `IAC DO 1`, each answered `IAC WONT 1`, none read
-        let flood = [IAC, DO, 1].repeat(1 << 20);
-        let sent =
-            tokio::time::timeout(std::time::Duration::from_secs(1), peer.write_all(&flood)).await;
+        // up to 3 MB of `IAC DO 1`, each answered `IAC WONT 1`, none read
+        let request = [IAC, DO, 1].repeat(1024);
+        let mut sent = 0;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            while sent < 3 << 20 {
+                peer.write_all(&request).await.unwrap();
+                sent += request.len();
+            }
+        })
+        .await;
+        // the answers held (64 KiB), the pipe (1 KiB each way), a read's worth
         assert!(
-            sent.is_err(),
-            "the stream stops reading once {REPLIES_AT_MOST} bytes of answers wait"
+            sent <= REPLIES_AT_MOST + 16 * 1024,
+            "{sent} bytes of requests taken: it read on past {REPLIES_AT_MOST} of answers"
         );
         reader.abort();
+    }
+
+    #[tokio::test]
+    async fn our_own_data_escaped_and_waiting_does_not_stop_reading() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut telnet = TelnetStream::new(ours, TelnetOptions::default());
+        // 100 KiB of 0xFF (escaped to 200 KiB) waits for a peer that is
+        // busy writing: its reply must still be read
+        let write = telnet.write(&[IAC; 100 * 1024]).await.unwrap();
+        assert_eq!(write, 100 * 1024);
+        peer.write_all(b"reply").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), telnet.read(&mut buf))
+            .await
+            .expect("read, though our data waits")
+            .unwrap();
+        assert_eq!(&buf[..n], b"reply");
+    }
+
+    #[test]
+    fn in_binary_a_nul_after_cr_is_data() {
+        let mut p = TelnetParser::new(TelnetOptions {
+            local: vec![],
+            remote: vec![BINARY],
+        });
+        let (_, replies) = decode(&mut p, &[IAC, WILL, BINARY]);
+        assert_eq!(replies, [IAC, DO, BINARY]);
+        assert_eq!(decode(&mut p, &[b'a', CR, 0, b'b']).0, [b'a', CR, 0, b'b']);
     }
 }

@@ -131,8 +131,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The largest PEM file read: 1 MiB, a few thousand certificates. (Given
-/// `/dev/zero` or a pipe by mistake, reading all of it would never end.)
+/// The largest PEM file read: 1 MiB, a few thousand certificates. Only a
+/// regular file is read: given `/dev/zero` or a named pipe by mistake,
+/// reading (or opening) it might never end.
 const PEM_FILE_AT_MOST: u64 = 1024 * 1024;
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsConfigError> {
@@ -141,13 +142,14 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsConfigError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(failed)?;
-    if !file.metadata().map_err(failed)?.is_file() {
+    // before opening: opening a named pipe nobody writes to never returns
+    if !std::fs::metadata(path).map_err(failed)?.is_file() {
         return Err(failed(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file",
         )));
     }
+    let file = std::fs::File::open(path).map_err(failed)?;
     let mut pem = Vec::new();
     file.take(PEM_FILE_AT_MOST + 1)
         .read_to_end(&mut pem)
@@ -441,18 +443,26 @@ pub fn self_signed<S: AsRef<str>>(names: &[S]) -> Result<SelfSigned, TlsConfigEr
     })
 }
 
+/// The name a server's certificate must carry for `host`: checked before
+/// connecting, so that a host no certificate can name fails at once.
+pub(crate) fn server_name(
+    endpoint: &Endpoint,
+    host: &str,
+) -> Result<ServerName<'static>, TransportError> {
+    ServerName::try_from(host.to_string()).map_err(|_| TransportError::TlsConfig {
+        endpoint: endpoint.to_string(),
+        reason: format!("{host:?} is neither a DNS name nor an IP address a certificate can carry"),
+    })
+}
+
 /// The client handshake over a connected TCP stream; the caller bounds it in time.
 pub(crate) async fn client_handshake(
     tcp: TcpStream,
     peer: std::net::SocketAddr,
     endpoint: &Endpoint,
-    host: &str,
+    (host, name): (&str, ServerName<'static>),
     config: &TlsClientConfig,
 ) -> Result<ByteStream, TransportError> {
-    let name = ServerName::try_from(host.to_string()).map_err(|_| TransportError::TlsConfig {
-        endpoint: endpoint.to_string(),
-        reason: format!("{host:?} is neither a DNS name nor an IP address a certificate can carry"),
-    })?;
     let connector = TlsConnector::from(config.config.clone());
     match connector.connect(name, tcp).await {
         Ok(stream) => Ok(ByteStream::from_tls(stream.into(), peer)),
@@ -663,6 +673,15 @@ mod tests {
             err.to_string().contains("/no/such/cert-tether.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_host_no_certificate_can_name_is_refused_before_connecting() {
+        let ep: Endpoint = "tls://a..b:1".parse().unwrap();
+        let err = server_name(&ep, "a..b").unwrap_err();
+        assert!(matches!(err, TransportError::TlsConfig { .. }), "{err:?}");
+        assert!(server_name(&ep, "device.lab").is_ok());
+        assert!(server_name(&ep, "127.0.0.1").is_ok());
     }
 
     #[test]

@@ -71,7 +71,8 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A running mount simulator: a task that serves peers one after the other
 /// on its own pair until [`close`](Self::close), or until it is dropped
-/// (which stops the task; its pair closes with it).
+/// (which stops the task; the pair closes with it unless the caller of
+/// [`serve`](Self::serve) holds it too).
 #[derive(Debug)]
 pub struct MountSimulator {
     pair: Arc<TextPair>,
@@ -160,6 +161,11 @@ pub async fn run(pair: Arc<TextPair>, mut mount: MountCore) {
             }
             Err(PairError::NoPeer) => {
                 warn!("mount: no peer endpoint; stopping");
+                return;
+            }
+            // an endpoint that cannot work (TLS without a CA, …): no retry
+            Err(e @ PairError::Transport(_)) => {
+                warn!(error = %e, "mount: the peer cannot be reached this way; stopping");
                 return;
             }
             Err(e) => {
