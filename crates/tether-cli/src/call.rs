@@ -108,8 +108,12 @@ where
         + Encoder<Bytes, Error = FramingError>
         + Clone,
 {
+    let telnet = matches!(args.endpoint, Endpoint::Telnet { .. });
     let client = Client::new(args.endpoint, codec, options);
     let mut session = client.connect().await?;
+    if telnet {
+        set_greeting_aside(&mut session).await?;
+    }
     if !args.requests.is_empty() {
         for request in args.requests {
             exchange(&mut session, Bytes::from(request)).await?;
@@ -124,6 +128,32 @@ where
         }
     }
     session.close().await?;
+    Ok(())
+}
+
+/// How long a Telnet device may stay quiet before its greeting is taken
+/// as over.
+const GREETING_QUIET: Duration = Duration::from_millis(200);
+
+/// The most lines of greeting set aside.
+const GREETING_AT_MOST: usize = 100;
+
+/// A Telnet device often greets first (a banner, a prompt line): those
+/// lines go to stderr, so that each reply printed is the one to its
+/// request, not the one before. Whatever comes before the device has been
+/// quiet for [`GREETING_QUIET`] is greeting.
+async fn set_greeting_aside<C>(session: &mut Session<C>) -> CliResult
+where
+    C: Decoder<Item = BytesMut, Error = FramingError>,
+{
+    for _ in 0..GREETING_AT_MOST {
+        match tokio::time::timeout(GREETING_QUIET, session.receive()).await {
+            // (a receive given up leaves the session as it was)
+            Err(_quiet) => return Ok(()),
+            Ok(Ok(line)) => eprintln!("greeting: {}", String::from_utf8_lossy(&line)),
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
 

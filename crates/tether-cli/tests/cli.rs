@@ -155,3 +155,27 @@ fn a_huge_timeout_is_for_ever_not_a_panic() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn call_over_telnet_sets_a_greeting_aside_so_replies_line_up() {
+    use std::io::{BufRead, BufReader, Write};
+    // a device that greets with two lines, then echoes each line
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = listener.local_addr().unwrap();
+    let device = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut out = conn.try_clone().unwrap();
+        out.write_all(b"Welcome to the device\nREADY\n").unwrap();
+        for line in BufReader::new(conn).lines() {
+            let Ok(line) = line else { return };
+            out.write_all(format!("echo {line}\n").as_bytes()).unwrap();
+        }
+    });
+    let (status, out, err) = call(&[&format!("telnet://{at}"), "--", "one", "two"], b"");
+    assert!(status.success(), "{err}");
+    assert_eq!(out, "echo one\necho two\n", "each reply is its request's");
+    assert!(err.contains("greeting: Welcome to the device"), "{err}");
+    assert!(err.contains("greeting: READY"), "{err}");
+    device.join().unwrap();
+}
