@@ -273,8 +273,8 @@ where
     /// no frame.
     ///
     /// Frames of a lost link that nobody read before `connect` restored the
-    /// link are dropped: what `read` returns after a successful `connect`
-    /// comes from the new link.
+    /// link are dropped, with a warning that says how many: what `read`
+    /// returns after a successful `connect` comes from the new link.
     pub async fn read(&self) -> Result<D::Item, PairError> {
         let status = self.shared.status();
         if status.closed {

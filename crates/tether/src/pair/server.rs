@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::codec::Decoder;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 
 use super::core::ConnId;
 use super::PairError;
@@ -412,13 +412,7 @@ impl<D: Decoder> ServerShared<D> {
     pub(crate) async fn read(&self) -> Result<D::Item, PairError> {
         let entry = lock(&self.state).disconnects;
         let mut slot = self.reader.lock().await;
-        if slot
-            .as_ref()
-            .is_some_and(|(id, _)| *id < self.min_id.load(Ordering::SeqCst))
-        {
-            debug!(listen = %self.display, "dropping the unread frames of an earlier link");
-            *slot = None;
-        }
+        self.forget_stale(&mut slot, 0);
         if slot.is_none() {
             let mut st = lock(&self.state);
             if st.closed {
@@ -428,8 +422,6 @@ impl<D: Decoder> ServerShared<D> {
                 drop(st);
                 return Err(self.lost());
             }
-            let min = self.min_id.load(Ordering::SeqCst);
-            st.unread.retain(|(id, _)| *id >= min);
             match st.unread.pop_front() {
                 Some(next) => *slot = Some(next),
                 None => return Err(PairError::NotConnected),
@@ -453,15 +445,10 @@ impl<D: Decoder> ServerShared<D> {
     /// for: its frames are for `read` once the link is up.
     pub(crate) async fn read_leftover(&self) -> Option<Result<D::Item, PairError>> {
         let mut slot = self.reader.lock().await;
-        let min = self.min_id.load(Ordering::SeqCst);
-        if slot.as_ref().is_some_and(|(id, _)| *id < min) {
-            *slot = None;
-        }
+        self.forget_stale(&mut slot, 0);
         if slot.is_none() {
             // The lost connection may not have been read from at all.
-            let mut st = lock(&self.state);
-            st.unread.retain(|(id, _)| *id >= min);
-            *slot = st.unread.pop_front();
+            *slot = lock(&self.state).unread.pop_front();
         }
         let current = lock(&self.state).current.as_ref().map(|c| c.id);
         let (id, rx) = slot.as_mut()?;
@@ -470,12 +457,39 @@ impl<D: Decoder> ServerShared<D> {
         } else {
             rx.recv().await
         };
-        // a link restored while this waited: the frame was the old one's
-        if frame.is_none() || *id < self.min_id.load(Ordering::SeqCst) {
+        if frame.is_none() {
             *slot = None;
             return None;
         }
-        frame
+        // a link restored while this waited: the frame was the old one's
+        self.forget_stale(&mut slot, 1);
+        frame.filter(|_| slot.is_some())
+    }
+
+    /// Lets go of the frames of links older than the current one that
+    /// nobody read (`held` more already taken out of `slot`'s queue), and
+    /// says how many: not an error (what `read` returns after a restored
+    /// link comes from the new link), but not silent either.
+    fn forget_stale(&self, slot: &mut Option<(ConnId, FrameRx<D::Item>)>, held: usize) {
+        let min = self.min_id.load(Ordering::SeqCst);
+        let mut dropped = 0;
+        if slot.as_ref().is_some_and(|(id, _)| *id < min) {
+            dropped += held + slot.take().map_or(0, |(_, rx)| rx.len());
+        }
+        lock(&self.state).unread.retain(|(id, rx)| {
+            let stale = *id < min;
+            if stale {
+                dropped += rx.len();
+            }
+            !stale
+        });
+        if dropped > 0 {
+            warn!(
+                listen = %self.display,
+                frames = dropped,
+                "dropped the unread frames of a lost link, the link being restored"
+            );
+        }
     }
 
     pub(crate) async fn close(&self) {
