@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use tether::framing::{unescape, FixedLengthCodec, FramingError, LengthCodec, SentinelCodec};
-use tether::session::{Client, ClientOptions, Session};
+use tether::session::{Client, ClientOptions, Session, SessionError};
 use tether::transport::Endpoint;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::codec::{Decoder, Encoder};
@@ -149,7 +149,8 @@ where
     for _ in 0..GREETING_AT_MOST {
         match tokio::time::timeout(GREETING_QUIET, session.receive()).await {
             // (a receive given up leaves the session as it was)
-            Err(_quiet) => return Ok(()),
+            // (a --timeout under the quiet time ends the wait as quiet)
+            Err(_) | Ok(Err(SessionError::Timeout { .. })) => return Ok(()),
             Ok(Ok(line)) => eprintln!("greeting: {}", String::from_utf8_lossy(&line)),
             Ok(Err(e)) => return Err(e.into()),
         }

@@ -178,4 +178,24 @@ fn call_over_telnet_sets_a_greeting_aside_so_replies_line_up() {
     assert!(err.contains("greeting: Welcome to the device"), "{err}");
     assert!(err.contains("greeting: READY"), "{err}");
     device.join().unwrap();
+
+    // a quiet device and a timeout shorter than the quiet time: not a failure
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = listener.local_addr().unwrap();
+    let device = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut out = conn.try_clone().unwrap();
+        for line in BufReader::new(conn).lines() {
+            let Ok(line) = line else { return };
+            out.write_all(format!("echo {line}\n").as_bytes()).unwrap();
+        }
+    });
+    let (status, out, err) = call(
+        &[&format!("telnet://{at}"), "--timeout", "0.1", "--", "quick"],
+        b"",
+    );
+    assert!(status.success(), "{err}");
+    assert_eq!(out, "echo quick\n");
+    device.join().unwrap();
 }

@@ -523,10 +523,22 @@ async fn a_read_before_connect_is_not_connected_even_if_the_peer_already_is() {
         // the peer connects to us first, as it may: a read before our
         // connect says so at once (it waited for the peer's first frame)
         let a = text_pair(PairConfig::default()).await;
-        let _peer_writes = TcpStream::connect(addr(&a.local_endpoint())).await.unwrap();
+        let peer = RawPeer::new().await;
+        let mut peer_writes = TcpStream::connect(addr(&a.local_endpoint())).await.unwrap();
         eventually("A's server has the peer", || a.server_connected()).await;
         let read = timeout(T, a.read_text()).await.expect("not held");
         assert!(matches!(read, Err(PairError::NotConnected)), "{read:?}");
+        // and that early read took nothing from the connection: once the
+        // link is up, its frames are read
+        let connecting = {
+            let a = Arc::clone(&a);
+            let at = peer.endpoint();
+            tokio::spawn(async move { a.connect_to(&at).await })
+        };
+        let (_peer_reads, _) = timeout(T, peer.listener.accept()).await.unwrap().unwrap();
+        timeout(T, connecting).await.unwrap().unwrap().unwrap();
+        peer_writes.write_all(b"first\r\n").await.unwrap();
+        assert_eq!(timeout(T, a.read_text()).await.unwrap().unwrap(), "first");
     })
     .await;
 }

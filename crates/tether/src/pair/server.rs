@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -137,9 +138,9 @@ pub(crate) struct ServerShared<D: Decoder> {
 
 struct ServerState<T> {
     current: Option<Current>,
-    // read tasks of connections ended by the peer's going away, still
-    // reading what had arrived (see `drain`); `close` waits for them
-    draining: Vec<JoinHandle<()>>,
+    // read tasks of connections no longer current, ending (aborted, or
+    // reading what had arrived: see `drain`); `close` waits for them
+    ending: Vec<JoinHandle<()>>,
     unread: VecDeque<(ConnId, FrameRx<T>)>,
     disconnects: u64,
     last_disconnect: Option<String>,
@@ -326,13 +327,16 @@ impl<D: Decoder> ServerShared<D> {
                     if let Some(task) = cur.task {
                         // Ending the task drops the socket and the queue's
                         // sender: readers see the queued frames, then the end.
+                        st.ending.retain(|t| !t.is_finished());
                         match ending {
-                            Ending::Now => task.abort(),
+                            Ending::Now => {
+                                task.abort();
+                                st.ending.push(task);
+                            }
                             Ending::Drain => {
                                 cur.drain.notify_one();
                                 let abort = task.abort_handle();
-                                st.draining.retain(|t| !t.is_finished());
-                                st.draining.push(task);
+                                st.ending.push(task);
                                 let mut status = self.status.subscribe();
                                 tokio::spawn(async move {
                                     // (a close ends the drain at once)
@@ -453,7 +457,12 @@ impl<D: Decoder> ServerShared<D> {
         let current = lock(&self.state).current.as_ref().map(|c| c.id);
         let (id, rx) = slot.as_mut()?;
         let frame = if Some(*id) == current {
-            rx.try_recv().ok()
+            match rx.try_recv() {
+                Ok(frame) => Some(frame),
+                // (kept: its frames are for `read` once the link is up)
+                Err(mpsc::error::TryRecvError::Empty) => return None,
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
         } else {
             rx.recv().await
         };
@@ -497,7 +506,7 @@ impl<D: Decoder> ServerShared<D> {
             let mut st = lock(&self.state);
             st.closed = true;
             self.publish(&st);
-            let tasks = std::mem::take(&mut st.draining);
+            let tasks = std::mem::take(&mut st.ending);
             match st.current.as_mut() {
                 Some(cur) => (
                     Some(cur.id),
@@ -565,7 +574,7 @@ where
             },
             state: Mutex::new(ServerState {
                 current: None,
-                draining: Vec::new(),
+                ending: Vec::new(),
                 unread: VecDeque::new(),
                 disconnects: 0,
                 last_disconnect: None,
@@ -632,6 +641,10 @@ where
         }
         let decoder = lock(&self.decoder).clone();
         let mut st = lock(&self.state);
+        if st.closed {
+            // closed since: its `close` is not waiting for a task started now
+            return;
+        }
         if let Some(cur) = st.current.as_mut().filter(|c| c.id == id) {
             let span =
                 tracing::info_span!("one_client_read", listen = %self.display, %peer, conn = id);
@@ -711,41 +724,25 @@ where
         tx,
         drain,
     } = reading;
-    // A decoder that panics on the peer's bytes ends this task by
-    // unwinding: the guard still records the end, or the connection would
-    // stay current for ever and every later client be refused.
-    let mut ending = EndOnDrop {
-        shared,
-        id,
-        reason: None,
-    };
-    let reason = pump(&mut stream, &mut decoder, &tx, &drain).await;
+    // A decoder that panics on the peer's bytes: the end is recorded all
+    // the same (or the connection would stay current for ever and every
+    // later client be refused), then the panic goes on. A cancelled task
+    // (aborted, a runtime shutting down) records nothing: its end is
+    // someone else's to record.
+    let outcome = AssertUnwindSafe(pump(&mut stream, &mut decoder, &tx, &drain))
+        .catch_unwind()
+        .await;
     drop(stream);
     // Record the end before readers can see it (the queue closes below), so
     // that what they are told matches the state they then find.
-    ending.reason = Some(reason);
-    drop(ending);
+    let reason = match &outcome {
+        Ok(reason) => reason.clone(),
+        Err(_) => "the read task panicked (in the decoder?)".to_string(),
+    };
+    shared.connection_ended(id, reason);
     drop(tx);
-}
-
-/// Records the end of connection `id` when dropped: at the end of its
-/// read loop (`reason` set), or when that loop unwinds from a panic. Not
-/// when the task is cancelled (an abort after a disconnect, a runtime
-/// shutting down): the end is someone else's to record, if anyone's.
-struct EndOnDrop<D: Decoder> {
-    shared: Arc<ServerShared<D>>,
-    id: ConnId,
-    reason: Option<String>,
-}
-
-impl<D: Decoder> Drop for EndOnDrop<D> {
-    fn drop(&mut self) {
-        let reason = match self.reason.take() {
-            Some(reason) => reason,
-            None if std::thread::panicking() => "the read task panicked (in the decoder?)".into(),
-            None => return,
-        };
-        self.shared.connection_ended(self.id, reason);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -798,10 +795,14 @@ where
         }
         buf.reserve(READ_CHUNK);
         let read = if draining {
-            // what has arrived, not what may yet come
-            match stream.read_buf(&mut buf).now_or_never() {
-                Some(read) => read,
-                None => return "read what had arrived after the link went down".into(),
+            // What has arrived, and what comes before the connection is
+            // quiet for DRAIN_QUIET (its last segments may trail the other
+            // connection's end on a real network). Unconstrained: tokio's
+            // task budget running out is not the connection being quiet.
+            let more = tokio::task::unconstrained(stream.read_buf(&mut buf));
+            match tokio::time::timeout(DRAIN_QUIET, more).await {
+                Ok(read) => read,
+                Err(_quiet) => return "read what had arrived after the link went down".into(),
             }
         } else {
             tokio::select! {
@@ -867,6 +868,10 @@ enum Ending {
     /// most [`DRAIN_LIMIT`] later.
     Drain,
 }
+
+/// How long a draining connection may be quiet before what it has read is
+/// taken as all: its last segments may trail the other connection's end.
+const DRAIN_QUIET: Duration = Duration::from_millis(50);
 
 /// How long a connection ended by the peer's going away may take to hand
 /// over what had arrived: it reads no more than that, but a full queue
