@@ -156,23 +156,29 @@ fn a_huge_timeout_is_for_ever_not_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-#[test]
-fn call_over_telnet_sets_a_greeting_aside_so_replies_line_up() {
+/// A device on a port of its own that sends `greeting`, then answers each
+/// line `echo LINE`, until its one client goes.
+fn echo_device(greeting: &'static [u8]) -> (String, std::thread::JoinHandle<()>) {
     use std::io::{BufRead, BufReader, Write};
-    // a device that greets with two lines, then echoes each line
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let at = listener.local_addr().unwrap();
+    let at = format!("telnet://{}", listener.local_addr().unwrap());
     let device = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
         conn.set_read_timeout(Some(LIMIT)).unwrap();
         let mut out = conn.try_clone().unwrap();
-        out.write_all(b"Welcome to the device\nREADY\n").unwrap();
+        out.write_all(greeting).unwrap();
         for line in BufReader::new(conn).lines() {
             let Ok(line) = line else { return };
             out.write_all(format!("echo {line}\n").as_bytes()).unwrap();
         }
     });
-    let (status, out, err) = call(&[&format!("telnet://{at}"), "--", "one", "two"], b"");
+    (at, device)
+}
+
+#[test]
+fn call_over_telnet_sets_a_greeting_aside_so_replies_line_up() {
+    let (at, device) = echo_device(b"Welcome to the device\nREADY\n");
+    let (status, out, err) = call(&[&at, "--", "one", "two"], b"");
     assert!(status.success(), "{err}");
     assert_eq!(out, "echo one\necho two\n", "each reply is its request's");
     assert!(err.contains("greeting: Welcome to the device"), "{err}");
@@ -180,21 +186,8 @@ fn call_over_telnet_sets_a_greeting_aside_so_replies_line_up() {
     device.join().unwrap();
 
     // a quiet device and a timeout shorter than the quiet time: not a failure
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let at = listener.local_addr().unwrap();
-    let device = std::thread::spawn(move || {
-        let (conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(LIMIT)).unwrap();
-        let mut out = conn.try_clone().unwrap();
-        for line in BufReader::new(conn).lines() {
-            let Ok(line) = line else { return };
-            out.write_all(format!("echo {line}\n").as_bytes()).unwrap();
-        }
-    });
-    let (status, out, err) = call(
-        &[&format!("telnet://{at}"), "--timeout", "0.1", "--", "quick"],
-        b"",
-    );
+    let (at, device) = echo_device(b"");
+    let (status, out, err) = call(&[&at, "--timeout", "0.1", "--", "quick"], b"");
     assert!(status.success(), "{err}");
     assert_eq!(out, "echo quick\n");
     device.join().unwrap();

@@ -15,7 +15,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use tracing::{debug, error, info, Instrument};
 
 use super::core::{Actions, ConnId, LinkCore, LinkStatus};
-use super::server::{Hook, ServerConfig, ServerEvent, ServerShared, DEFAULT_READ_QUEUE};
+use super::server::{Ending, Hook, ServerConfig, ServerEvent, ServerShared, DEFAULT_READ_QUEUE};
 use super::PairError;
 use crate::session::FOR_EVER;
 use crate::transport::{self, ByteStream, Endpoint, Listener, TransportError};
@@ -510,6 +510,11 @@ impl<E, D: Decoder> PairShared<E, D> {
     }
 
     fn apply(&self, actions: Actions) {
+        self.apply_ending(actions, Ending::Now);
+    }
+
+    /// [`apply`](Self::apply), the read connection ending as `ending` says.
+    fn apply_ending(&self, actions: Actions, ending: Ending) {
         if let Some(id) = actions.close_client {
             if let Some(task) = self.take_client(id) {
                 // Dropping the task drops the socket: the peer sees EOF, and
@@ -518,7 +523,7 @@ impl<E, D: Decoder> PairShared<E, D> {
             }
         }
         if let Some((id, reason)) = actions.close_server {
-            self.server.disconnect(id, &reason);
+            self.server.end_connection(id, &reason, ending);
         }
         self.run_callbacks();
     }
@@ -540,14 +545,16 @@ impl<E, D: Decoder> PairShared<E, D> {
     }
 
     /// The write connection `id` ended on its own: the peer went away (or
-    /// dropped it), or a write stalled.
+    /// dropped it), or a write stalled. The frames the peer sent before
+    /// are still on their way in: the read connection that goes down with
+    /// it reads them first ([`Ending::Drain`]).
     fn client_ended(&self, id: ConnId, reason: &str) {
-        self.end_client(id, reason, true);
+        self.end_client(id, reason, Ending::Drain);
     }
 
-    /// Records the end of write connection `id`. With `drain`, the read
-    /// connection that goes down with it reads what had arrived first.
-    fn end_client(&self, id: ConnId, reason: &str, drain: bool) {
+    /// Records the end of write connection `id`; the read connection that
+    /// goes down with it ends as `ending` says.
+    fn end_client(&self, id: ConnId, reason: &str, ending: Ending) {
         let actions = {
             let mut core = lock(&self.core);
             let actions = core.client_down(id, reason);
@@ -561,22 +568,7 @@ impl<E, D: Decoder> PairShared<E, D> {
             }
         }
         info!(local = %self.server.display(), reason, "write connection ended");
-        // The peer went away (or dropped our write connection): the frames
-        // it sent before are still on their way in, and are read, up to
-        // the read connection's end, rather than thrown away with it.
-        let Actions {
-            close_client,
-            close_server,
-        } = actions;
-        match close_server {
-            Some((server, reason)) if drain => self.server.drain(server, &reason),
-            Some((server, reason)) => self.server.disconnect(server, &reason),
-            None => {}
-        }
-        self.apply(Actions {
-            close_client,
-            close_server: None,
-        });
+        self.apply_ending(actions, ending);
     }
 
     /// Delivers pending connect events, one drainer at a time, in order.
@@ -645,7 +637,7 @@ where
                 }
                 // (our choice, not the old peer's: no frames of its are
                 // read after this)
-                self.end_client(id, "the pair connects to another peer", false);
+                self.end_client(id, "the pair connects to another peer", Ending::Now);
                 continue;
             }
             if now.connected {

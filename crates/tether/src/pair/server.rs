@@ -139,7 +139,7 @@ pub(crate) struct ServerShared<D: Decoder> {
 struct ServerState<T> {
     current: Option<Current>,
     // read tasks of connections no longer current, ending (aborted, or
-    // reading what had arrived: see `drain`); `close` waits for them
+    // reading what had arrived: see `Ending::Drain`); `close` waits for them
     ending: Vec<JoinHandle<()>>,
     unread: VecDeque<(ConnId, FrameRx<T>)>,
     disconnects: u64,
@@ -309,16 +309,9 @@ impl<D: Decoder> ServerShared<D> {
         self.end_connection(id, reason, Ending::Now);
     }
 
-    /// Ends connection `id` as the current one, but lets it read what has
-    /// arrived first: the frames the peer sent before it went away are
-    /// delivered, then the loss. It ends our side of the connection at
-    /// once (the peer sees its end), reads no more than what is there,
-    /// and is cut off after [`DRAIN_LIMIT`] if no one takes its frames.
-    pub(crate) fn drain(&self, id: ConnId, reason: &str) {
-        self.end_connection(id, reason, Ending::Drain);
-    }
-
-    fn end_connection(&self, id: ConnId, reason: &str, ending: Ending) {
+    /// Ends connection `id` if it is the current one, at once or, with
+    /// [`Ending::Drain`], once it has read what had arrived.
+    pub(crate) fn end_connection(&self, id: ConnId, reason: &str, ending: Ending) {
         let ended = {
             let mut st = lock(&self.state);
             match &st.current {
@@ -443,7 +436,7 @@ impl<D: Decoder> ServerShared<D> {
 
     /// A frame left over from a lost connection: `None` when there is none
     /// left. A connection that ended is read to its end: one still
-    /// draining (see [`drain`](Self::drain)) reads only what had arrived,
+    /// draining (see [`Ending::Drain`]) reads only what had arrived,
     /// so this waits no longer than that takes. The current connection (a
     /// peer that connected to us before the link is up) is not waited
     /// for: its frames are for `read` once the link is up.
@@ -860,12 +853,15 @@ impl Drop for WaitingClient {
 }
 
 /// How a connection that is no longer the current one ends.
-#[derive(Clone, Copy)]
-enum Ending {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
     /// At once (a disconnect or close asked for by this side).
     Now,
-    /// Once it has read what had arrived (or at its end of stream), at
-    /// most [`DRAIN_LIMIT`] later.
+    /// The peer went away: it ends our side at once (the peer sees it),
+    /// reads what had arrived and no more (once quiet for
+    /// [`DRAIN_QUIET`]), so that the frames sent before the peer went are
+    /// delivered, then the loss; cut off after [`DRAIN_LIMIT`] if no one
+    /// takes its frames.
     Drain,
 }
 
