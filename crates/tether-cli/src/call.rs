@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use clap::Args;
-use tether::framing::{unescape, FixedLengthCodec, FramingError, LengthCodec, SentinelCodec};
+use tether::framing::{
+    unescape, FixedLengthCodec, FrameEncoder, FramingError, LengthCodec, SentinelCodec,
+};
 use tether::session::{Client, ClientOptions, Session, SessionError};
 use tether::transport::Endpoint;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 use crate::CliResult;
 
@@ -105,7 +107,7 @@ pub async fn run(args: CallArgs) -> CliResult {
 async fn converse<C>(args: CallArgs, codec: C, options: ClientOptions) -> CliResult
 where
     C: Decoder<Item = BytesMut, Error = FramingError>
-        + Encoder<Bytes, Error = FramingError>
+        + FrameEncoder<Bytes>
         + Clone,
 {
     let telnet = matches!(args.endpoint, Endpoint::Telnet { .. });
@@ -160,7 +162,7 @@ where
 
 async fn exchange<C>(session: &mut Session<C>, request: Bytes) -> CliResult
 where
-    C: Decoder<Item = BytesMut, Error = FramingError> + Encoder<Bytes, Error = FramingError>,
+    C: Decoder<Item = BytesMut, Error = FramingError> + FrameEncoder<Bytes>,
 {
     let reply = session.request(request).await?;
     let mut out = std::io::stdout().lock();

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tether::framing::{FramingError, LengthCodec};
+use tether::framing::{FrameEncoder, FramingError, LengthCodec};
 use tether::packet::{
     EchoService, Handler as PacketHandler, IncomingRequest, PacketConfig, PacketConnection,
     Response,
@@ -28,7 +28,7 @@ use tether::packet::{
 use tether::session::{ConnectionInfo, Handler, HandlerError, Server, ServerOptions};
 use tether::transport::{ByteStream, Endpoint, Listener, TlsServerConfig};
 use tokio::sync::{oneshot, Notify};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 use super::rig::{endpoint, payload, serve_connections, PushCount};
 use crate::CliResult;
@@ -67,7 +67,7 @@ pub async fn session_server<C>(
 ) -> CliResult<()>
 where
     C: Decoder<Item = BytesMut, Error = FramingError>
-        + Encoder<BytesMut, Error = FramingError>
+        + FrameEncoder<BytesMut>
         + Clone
         + Send
         + 'static,

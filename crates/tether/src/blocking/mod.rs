@@ -46,16 +46,16 @@ pub use server::{RunningServer, Server};
 pub use session::{Client, Session};
 
 use bytes::BytesMut;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
-use crate::framing::FramingError;
+use crate::framing::{FrameEncoder, FramingError};
 use crate::session::{ConnectionInfo, HandlerError, READ_CHUNK};
 
 /// What a blocking server needs of its codec: the bounds of
 /// [`Server::bind`], named once for the code behind it.
 pub(crate) trait ServerCodec<Req, Resp>:
     Decoder<Item = Req, Error = FramingError>
-    + Encoder<Resp, Error = FramingError>
+    + FrameEncoder<Resp>
     + Clone
     + Send
     + 'static
@@ -64,7 +64,7 @@ pub(crate) trait ServerCodec<Req, Resp>:
 
 impl<C, Req, Resp> ServerCodec<Req, Resp> for C where
     C: Decoder<Item = Req, Error = FramingError>
-        + Encoder<Resp, Error = FramingError>
+        + FrameEncoder<Resp>
         + Clone
         + Send
         + 'static
@@ -106,4 +106,46 @@ fn read_into(
     let result = read(&mut buf[len..]);
     buf.truncate(len + *result.as_ref().unwrap_or(&0));
     result
+}
+
+/// A frame to write: the encoded bytes, with the payload a
+/// [`FrameEncoder`] left out in place at `at`, if it left one.
+fn frame_parts<'a>(encoded: &'a [u8], left_out: Option<(&'a [u8], usize)>) -> [&'a [u8]; 3] {
+    match left_out {
+        None => [encoded, &[], &[]],
+        Some((payload, at)) => {
+            let (head, tail) = encoded.split_at(at);
+            [head, payload, tail]
+        }
+    }
+}
+
+/// Writes `parts` in order by vectored writes (a payload left out of the
+/// write buffer is not copied); `between` runs before each write after the
+/// first (to shorten a deadline's timeout, say).
+fn write_parts(
+    out: &mut impl std::io::Write,
+    mut parts: [&[u8]; 3],
+    mut between: impl FnMut() -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut first = true;
+    while parts.iter().any(|p| !p.is_empty()) {
+        if !std::mem::take(&mut first) {
+            between()?;
+        }
+        let slices = parts.map(std::io::IoSlice::new);
+        match out.write_vectored(&slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                for part in &mut parts {
+                    let k = n.min(part.len());
+                    *part = &part[k..];
+                    n -= k;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

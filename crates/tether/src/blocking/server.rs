@@ -2,10 +2,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 use super::{threaded, PlainHandler, ServerCodec};
-use crate::framing::FramingError;
+use crate::framing::{FrameEncoder, FramingError};
 use crate::session::{self, ConnectionInfo, Handler, HandlerError, ServerOptions, ServerStats};
 use crate::transport::{Endpoint, Listener, TlsServerConfig, TransportError};
 
@@ -54,7 +54,7 @@ impl Server {
     ) -> Result<RunningServer, TransportError>
     where
         C: Decoder<Item = Req, Error = FramingError>
-            + Encoder<Resp, Error = FramingError>
+            + FrameEncoder<Resp>
             + Clone
             + Send
             + 'static,
@@ -74,7 +74,7 @@ impl Server {
     ) -> Result<RunningServer, TransportError>
     where
         C: Decoder<Item = Req, Error = FramingError>
-            + Encoder<Resp, Error = FramingError>
+            + FrameEncoder<Resp>
             + Clone
             + Send
             + 'static,
@@ -97,7 +97,7 @@ impl Server {
     ) -> Result<RunningServer, TransportError>
     where
         C: Decoder<Item = Req, Error = FramingError>
-            + Encoder<Resp, Error = FramingError>
+            + FrameEncoder<Resp>
             + Clone
             + Send
             + 'static,

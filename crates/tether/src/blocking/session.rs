@@ -1,14 +1,14 @@
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 use super::socket::StdStream;
-use crate::framing::FramingError;
+use crate::framing::{FrameEncoder, FramingError};
 use crate::session::{ClientOptions, SessionError, READ_CHUNK};
 use crate::transport::{self, ByteStream, Endpoint, TransportError};
 
@@ -61,7 +61,7 @@ impl<C: Clone> Client<C> {
     /// The sessionless mode: a connection for this one request.
     pub fn request_once<Req>(&self, request: Req) -> Result<C::Item, SessionError>
     where
-        C: Encoder<Req, Error = FramingError> + Decoder<Error = FramingError>,
+        C: FrameEncoder<Req> + Decoder<Error = FramingError>,
     {
         self.with_session(|session| session.request(request))
     }
@@ -136,30 +136,26 @@ impl Io {
         }
     }
 
-    fn write_all(&mut self, mut data: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+    /// Writes `parts` in order (see [`super::frame_parts`]), giving up at
+    /// `deadline` with `TimedOut`.
+    fn write_all(&mut self, parts: [&[u8]; 3], deadline: Option<Instant>) -> io::Result<()> {
         let left = remaining(deadline)?;
         match self {
             Io::Socket(s, set) => {
                 set.write(left, |t| s.set_write_timeout(t))?;
                 // each write waits at most what is left of the deadline,
                 // so a peer that reads slowly cannot stretch it
-                while !data.is_empty() {
-                    match s.write(data) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => data = &data[n..],
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                    if !data.is_empty() {
-                        let left = remaining(deadline)?;
-                        set.write(left, |t| s.set_write_timeout(t))?;
-                    }
-                }
-                Ok(())
+                let socket = &*s;
+                super::write_parts(&mut &*socket, parts, || {
+                    let left = remaining(deadline)?;
+                    set.write(left, |t| socket.set_write_timeout(t))
+                })
             }
             Io::Bridged(rt, s) => rt.block_on(async {
                 let write = async {
-                    s.write_all(data).await?;
+                    for part in parts {
+                        s.write_all(part).await?;
+                    }
                     s.flush().await
                 };
                 match left {
@@ -404,7 +400,7 @@ impl<C: Decoder<Error = FramingError>> Session<C> {
     /// Sends `request` and returns the decoded reply, within the request deadline.
     pub fn request<Req>(&mut self, request: Req) -> Result<C::Item, SessionError>
     where
-        C: Encoder<Req, Error = FramingError>,
+        C: FrameEncoder<Req>,
     {
         let deadline = self.deadline();
         self.write(request, deadline)?;
@@ -414,7 +410,7 @@ impl<C: Decoder<Error = FramingError>> Session<C> {
     /// Sends `request` with no reply expected.
     pub fn send<Req>(&mut self, request: Req) -> Result<(), SessionError>
     where
-        C: Encoder<Req, Error = FramingError>,
+        C: FrameEncoder<Req>,
     {
         let deadline = self.deadline();
         self.write(request, deadline)
@@ -428,15 +424,21 @@ impl<C: Decoder<Error = FramingError>> Session<C> {
 
     fn write<Req>(&mut self, request: Req, deadline: Option<Instant>) -> Result<(), SessionError>
     where
-        C: Encoder<Req, Error = FramingError>,
+        C: FrameEncoder<Req>,
     {
         self.check_open()?;
         self.wbuf.clear();
-        self.codec
-            .encode(request, &mut self.wbuf)
-            .map_err(SessionError::from)?;
+        // a long payload is written from `request` itself, not copied
+        let left_out = match self.codec.encode_around(&request, &mut self.wbuf)? {
+            Some(at) => Some((self.codec.payload(&request), at)),
+            None => {
+                self.codec.encode(request, &mut self.wbuf)?;
+                None
+            }
+        };
+        let parts = super::frame_parts(&self.wbuf, left_out);
         let io = self.io.as_mut().expect("checked");
-        if let Err(e) = io.write_all(&self.wbuf, deadline) {
+        if let Err(e) = io.write_all(parts, deadline) {
             return Err(self.fail(e, deadline, true));
         }
         Ok(())

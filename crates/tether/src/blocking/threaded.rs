@@ -71,13 +71,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 use tracing::{debug, info, warn};
 
 use super::socket::StdStream;
 use super::{PlainHandler, ServerCodec};
 use crate::buffers::{self, clear_write_buf, ReadBuf};
-use crate::framing::FramingError;
+use crate::framing::{FrameEncoder, FramingError};
 use crate::session::{
     ConnectionId, ConnectionInfo, HandlerError, ServerOptions, ServerStats, LINGER_BYTES,
     LINGER_TIME, READ_CHUNK,
@@ -666,7 +666,7 @@ struct Connection<C, F> {
 
 impl<C, F, Req, Resp> Connection<C, F>
 where
-    C: Decoder<Item = Req, Error = FramingError> + Encoder<Resp, Error = FramingError>,
+    C: Decoder<Item = Req, Error = FramingError> + FrameEncoder<Resp>,
     F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError>,
 {
     fn serve(mut self) {
@@ -702,12 +702,17 @@ where
                     let handler = &self.handler;
                     let info = &self.info;
                     match catch_unwind(AssertUnwindSafe(|| handler(request, info))) {
-                        Ok(Ok(Some(reply))) => {
-                            if let Err(e) = self.codec.encode(reply, &mut self.wbuf) {
+                        Ok(Ok(Some(reply))) => match self.queue(reply) {
+                            Ok(()) => {}
+                            Err(FramingError::Io(e)) => {
+                                debug!(error = %e, "write failed");
+                                return;
+                            }
+                            Err(e) => {
                                 warn!(error = %e, "reply could not be encoded; closing the connection");
                                 break;
                             }
-                        }
+                        },
                         Ok(Ok(None)) => {}
                         Ok(Err(e)) => {
                             warn!(error = %e, "handler failed; closing the connection");
@@ -771,6 +776,22 @@ where
         self.rbuf.reserve(READ_CHUNK);
         let socket = &self.socket;
         super::read_into(&mut self.rbuf, |room| read_retrying(socket, room))
+    }
+
+    /// Encodes `reply` behind those queued; one whose codec leaves its long
+    /// payload out is written at once, with them, from `reply` itself.
+    fn queue(&mut self, reply: Resp) -> Result<(), FramingError> {
+        let start = self.wbuf.len();
+        match self.codec.encode_around(&reply, &mut self.wbuf)? {
+            None => self.codec.encode(reply, &mut self.wbuf),
+            Some(at) => {
+                let payload = self.codec.payload(&reply);
+                let parts = super::frame_parts(&self.wbuf, Some((payload, start + at)));
+                super::write_parts(&mut &*self.socket, parts, || Ok(()))?;
+                clear_write_buf(&mut self.wbuf);
+                Ok(())
+            }
+        }
     }
 
     /// Writes the queued replies, in one write when the kernel takes it.

@@ -1,6 +1,8 @@
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::{FrameEncoder, FramingError};
+
 /// Decodes with one codec and encodes with another, for protocols whose
 /// requests and replies are framed differently (say, fixed-length commands
 /// answered by `\n`-terminated lines).
@@ -49,5 +51,15 @@ impl<D, E: Encoder<T>, T> Encoder<T> for DuplexCodec<D, E> {
 
     fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), E::Error> {
         self.encoder.encode(item, dst)
+    }
+}
+
+impl<D, E: FrameEncoder<T>, T> FrameEncoder<T> for DuplexCodec<D, E> {
+    fn encode_around(&mut self, item: &T, dst: &mut BytesMut) -> Result<Option<usize>, FramingError> {
+        self.encoder.encode_around(item, dst)
+    }
+
+    fn payload<'a>(&self, item: &'a T) -> &'a [u8] {
+        self.encoder.payload(item)
     }
 }

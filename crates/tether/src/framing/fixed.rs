@@ -1,7 +1,7 @@
 use bytes::{BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{room_ahead, FramingError};
+use super::{room_ahead, FrameEncoder, FramingError, BY_REFERENCE};
 
 /// Frames of exactly `n` bytes, back to back.
 ///
@@ -74,6 +74,25 @@ impl<T: AsRef<[u8]>> Encoder<T> for FixedLengthCodec {
         }
         dst.put_slice(frame);
         Ok(())
+    }
+}
+
+/// A frame of 16 KiB or more is left out whole: nothing else goes on the
+/// wire.
+impl<T: AsRef<[u8]>> FrameEncoder<T> for FixedLengthCodec {
+    fn encode_around(&mut self, item: &T, _dst: &mut BytesMut) -> Result<Option<usize>, FramingError> {
+        let frame = item.as_ref();
+        if frame.len() != self.length {
+            return Err(FramingError::WrongLength {
+                expected: self.length,
+                actual: frame.len(),
+            });
+        }
+        Ok((frame.len() >= BY_REFERENCE).then_some(0))
+    }
+
+    fn payload<'a>(&self, item: &'a T) -> &'a [u8] {
+        item.as_ref()
     }
 }
 

@@ -1,7 +1,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{room_ahead, FramingError, DEFAULT_MAX_FRAME_LENGTH};
+use super::{room_ahead, FrameEncoder, FramingError, BY_REFERENCE, DEFAULT_MAX_FRAME_LENGTH};
 
 /// Frames preceded by their length as a big-endian unsigned integer
 /// (4 bytes unless configured), the prefix not counting itself.
@@ -124,24 +124,50 @@ impl Decoder for LengthCodec {
     }
 }
 
+impl LengthCodec {
+    /// Writes the prefix of a frame of `len` bytes, making room for
+    /// `room` bytes in all.
+    fn put_prefix(&self, len: usize, dst: &mut BytesMut, room: usize) -> Result<(), FramingError> {
+        let fits_prefix = self.prefix >= 8 || (len as u64) < 1u64 << (8 * self.prefix);
+        if len > self.max_length || !fits_prefix {
+            return Err(FramingError::FrameTooLong {
+                max: self.max_length,
+            });
+        }
+        dst.reserve(room);
+        match self.prefix {
+            4 => dst.put_u32(len as u32),
+            n => dst.put_uint(len as u64, n),
+        }
+        Ok(())
+    }
+}
+
 impl<T: AsRef<[u8]>> Encoder<T> for LengthCodec {
     type Error = FramingError;
 
     fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), FramingError> {
         let frame = item.as_ref();
-        let fits_prefix = self.prefix >= 8 || (frame.len() as u64) < 1u64 << (8 * self.prefix);
-        if frame.len() > self.max_length || !fits_prefix {
-            return Err(FramingError::FrameTooLong {
-                max: self.max_length,
-            });
-        }
-        dst.reserve(self.prefix + frame.len());
-        match self.prefix {
-            4 => dst.put_u32(frame.len() as u32),
-            n => dst.put_uint(frame.len() as u64, n),
-        }
+        self.put_prefix(frame.len(), dst, self.prefix + frame.len())?;
         dst.put_slice(frame);
         Ok(())
+    }
+}
+
+/// A payload of 16 KiB or more is left out: `dst` takes the prefix, and
+/// the payload goes after it.
+impl<T: AsRef<[u8]>> FrameEncoder<T> for LengthCodec {
+    fn encode_around(&mut self, item: &T, dst: &mut BytesMut) -> Result<Option<usize>, FramingError> {
+        let len = item.as_ref().len();
+        if len < BY_REFERENCE {
+            return Ok(None);
+        }
+        self.put_prefix(len, dst, self.prefix)?;
+        Ok(Some(self.prefix))
+    }
+
+    fn payload<'a>(&self, item: &'a T) -> &'a [u8] {
+        item.as_ref()
     }
 }
 

@@ -1,7 +1,7 @@
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::FramingError;
+use super::{FrameEncoder, FramingError};
 
 /// A byte codec plus a marshaller and an unmarshaller: typed values in,
 /// typed values out.
@@ -112,4 +112,12 @@ pub fn text<C>(inner: C) -> TextCodec<C> {
         })
     }
     MapCodec::new(inner, std::convert::identity, unmarshal)
+}
+
+/// Every frame encoded whole: the marshalling function takes the value.
+impl<C, M, U, T, F> FrameEncoder<T> for MapCodec<C, M, U>
+where
+    C: Encoder<F, Error = FramingError>,
+    M: FnMut(T) -> F,
+{
 }

@@ -17,6 +17,10 @@
 //! | [`MapCodec`] | any of the above, with typed values instead of bytes |
 //! | [`DuplexCodec`] | one codec for reading, another for writing |
 //!
+//! Sessions take a codec that is also a [`FrameEncoder`]: one that can
+//! leave a long payload out of the write buffer, to be written from the
+//! caller's own bytes (no copy of a bulk payload before the kernel's).
+//!
 //! ```
 //! use bytes::BytesMut;
 //! use tether::framing::SentinelCodec;
@@ -33,6 +37,7 @@
 mod duplex;
 mod error;
 mod fixed;
+mod frame_encoder;
 mod length;
 mod map;
 mod sentinel;
@@ -40,6 +45,8 @@ mod sentinel;
 pub use duplex::DuplexCodec;
 pub use error::FramingError;
 pub use fixed::FixedLengthCodec;
+pub(crate) use frame_encoder::BY_REFERENCE;
+pub use frame_encoder::FrameEncoder;
 pub use length::LengthCodec;
 pub use map::{text, MapCodec, TextCodec};
 pub(crate) use sentinel::sentinel_in_frame;

@@ -1,7 +1,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{room_ahead, FramingError, DEFAULT_MAX_FRAME_LENGTH};
+use super::{room_ahead, FrameEncoder, FramingError, BY_REFERENCE, DEFAULT_MAX_FRAME_LENGTH};
 
 /// A frame longer than this (a read's worth) is long: the codec remembers
 /// its length, and makes room ahead for the next long one.
@@ -204,23 +204,49 @@ impl Decoder for SentinelCodec {
     }
 }
 
-impl<T: AsRef<[u8]>> Encoder<T> for SentinelCodec {
-    type Error = FramingError;
-
-    fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), FramingError> {
-        let frame = item.as_ref();
+impl SentinelCodec {
+    /// Refuses a frame the peer could not read back as sent.
+    fn check_frame(&self, frame: &[u8]) -> Result<(), FramingError> {
         if frame.len() > self.max_length {
             return Err(FramingError::FrameTooLong {
                 max: self.max_length,
             });
         }
-        if let Some(position) = sentinel_in_frame(&self.sentinel, frame) {
-            return Err(FramingError::SentinelInFrame { position });
+        match sentinel_in_frame(&self.sentinel, frame) {
+            Some(position) => Err(FramingError::SentinelInFrame { position }),
+            None => Ok(()),
         }
+    }
+}
+
+impl<T: AsRef<[u8]>> Encoder<T> for SentinelCodec {
+    type Error = FramingError;
+
+    fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), FramingError> {
+        let frame = item.as_ref();
+        self.check_frame(frame)?;
         dst.reserve(frame.len() + self.sentinel.len());
         dst.put_slice(frame);
         dst.put_slice(&self.sentinel);
         Ok(())
+    }
+}
+
+/// A payload of 16 KiB or more is left out: `dst` takes the sentinel, and
+/// the payload goes before it.
+impl<T: AsRef<[u8]>> FrameEncoder<T> for SentinelCodec {
+    fn encode_around(&mut self, item: &T, dst: &mut BytesMut) -> Result<Option<usize>, FramingError> {
+        let frame = item.as_ref();
+        if frame.len() < BY_REFERENCE {
+            return Ok(None);
+        }
+        self.check_frame(frame)?;
+        dst.put_slice(&self.sentinel);
+        Ok(Some(0))
+    }
+
+    fn payload<'a>(&self, item: &'a T) -> &'a [u8] {
+        item.as_ref()
     }
 }
 

@@ -28,10 +28,10 @@ use super::wire;
 use super::PacketError;
 use crate::buffers::clear_write_buf;
 
-/// Payloads at least this long are kept by reference rather than copied.
-/// Below it a copy costs less than the extra I/O slice (16 KiB: where the
-/// encoder leaves its one-word fast path for headers anyway).
-pub(super) const BY_REFERENCE: usize = 16 * 1024;
+/// Payloads at least this long are kept by reference rather than copied
+/// (16 KiB: below it a copy costs less than the extra I/O slice, and the
+/// encoder leaves its one-word fast path for headers there anyway).
+pub(super) use crate::framing::BY_REFERENCE;
 
 /// How many slices one vectored write takes: a header, a payload, and what
 /// follows, twice over.

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 use tracing::debug;
 
 use super::io::{Buffers, FrameIo};
 use super::SessionError;
-use crate::framing::FramingError;
+use crate::framing::{FrameEncoder, FramingError};
 use crate::transport::{self, ByteStream, ConnectOptions, Endpoint, TlsClientConfig};
 
 /// Timeouts for a [`Client`] and its sessions, and for `tls://` which
@@ -161,7 +161,7 @@ impl<C: Clone> Client<C> {
     /// The sessionless mode: connects, sends `request`, reads the reply, closes.
     pub async fn request_once<Req>(&self, request: Req) -> Result<C::Item, SessionError>
     where
-        C: Encoder<Req, Error = FramingError> + Decoder<Error = FramingError>,
+        C: FrameEncoder<Req> + Decoder<Error = FramingError>,
     {
         let mut session = self.connect().await?;
         let reply = session.request(request).await?;
@@ -230,17 +230,20 @@ where
     }
 
     /// Sends `request` and returns the decoded reply, all within the request deadline.
+    ///
+    /// A long payload (16 KiB or more, with tether's codecs) goes out from
+    /// `request` itself, not copied: see [`FrameEncoder`].
     pub async fn request<Req>(&mut self, request: Req) -> Result<C::Item, SessionError>
     where
-        C: Encoder<Req, Error = FramingError>,
+        C: FrameEncoder<Req>,
     {
         let deadline = self.options.request_timeout;
         let io = self.io()?;
-        io.queue(request).map_err(SessionError::from_framing)?;
+        let around = io.queue_around(request).map_err(SessionError::from_framing)?;
         self.busy = true;
         let io = self.io.as_mut().expect("checked above");
         let exchange = async {
-            io.flush().await?;
+            io.send_queued(&around).await?;
             io.read_frame().await
         };
         let outcome = match deadline {
@@ -303,14 +306,14 @@ where
     /// since part of the request may have gone out).
     pub async fn send<Req>(&mut self, request: Req) -> Result<(), SessionError>
     where
-        C: Encoder<Req, Error = FramingError>,
+        C: FrameEncoder<Req>,
     {
         let deadline = self.options.request_timeout;
         let io = self.io()?;
-        io.queue(request).map_err(SessionError::from_framing)?;
+        let around = io.queue_around(request).map_err(SessionError::from_framing)?;
         let io = self.io.as_mut().expect("checked above");
         let flushed = match deadline {
-            Some(after) => match within(&mut self.timer, after, io.flush()).await {
+            Some(after) => match within(&mut self.timer, after, io.send_queued(&around)).await {
                 Some(flushed) => flushed,
                 None => {
                     // (part of it may be out: the stream is no longer in step)
@@ -318,7 +321,7 @@ where
                     return Err(SessionError::Timeout { after });
                 }
             },
-            None => io.flush().await,
+            None => io.send_queued(&around).await,
         };
         if let Err(e) = flushed {
             self.close_because(e.to_string());

@@ -12,6 +12,7 @@
 //!   [`KEEP_AT_MOST`](crate::buffers::KEEP_AT_MOST) for a bulk frame is
 //!   given back.
 
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::buffers::{self, clear_write_buf, Pool, ReadBuf};
-use crate::framing::FramingError;
+use crate::framing::{FrameEncoder, FramingError};
 use crate::transport::ByteStream;
 
 /// How much room a read asks for. 4 KiB covers typical device replies in
@@ -138,6 +139,87 @@ where
         self.codec.encode(item, &mut self.wbuf)
     }
 
+    /// Encodes a frame into the write buffer as [`queue`](Self::queue)
+    /// does, unless the codec leaves its payload out (a long one): then
+    /// `item` comes back with the offset in the write buffer where its
+    /// payload goes, for [`write_around`](Self::write_around) to send.
+    pub(crate) fn queue_around<T>(&mut self, item: T) -> Result<Option<(T, usize)>, FramingError>
+    where
+        C: FrameEncoder<T>,
+    {
+        if self.wbuf.capacity() == 0 && self.buffers == Buffers::Lazy {
+            self.wbuf = Pool::take(&POOL);
+        }
+        let start = self.wbuf.len();
+        match self.codec.encode_around(&item, &mut self.wbuf)? {
+            Some(at) => Ok(Some((item, start + at))),
+            None => {
+                self.codec.encode(item, &mut self.wbuf)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes everything queued with `payload` in place at offset `at` of
+    /// the write buffer (where [`queue_around`](Self::queue_around) said it
+    /// goes), by vectored writes: the payload is not copied. With a
+    /// `stall` limit, a write that makes no progress for that long fails
+    /// with `TimedOut`.
+    ///
+    /// Cancelled half-way (or failed), it copies what is left into the
+    /// write buffer, so that a later [`flush`](Self::flush) sends the rest
+    /// of the frame and the stream stays in step.
+    pub(crate) async fn write_around(
+        &mut self,
+        payload: &[u8],
+        at: usize,
+        stall: Option<Duration>,
+    ) -> std::io::Result<()> {
+        debug_assert!(self.written <= at && at <= self.wbuf.len());
+        let mut around = Around {
+            io: self,
+            payload,
+            at,
+            done: false,
+        };
+        let total = around.io.wbuf.len() + payload.len();
+        while around.io.written < total {
+            let io = &mut *around.io;
+            let slices = rest_around(&io.wbuf, payload, at, io.written);
+            let n = within_stall(stall, io.stream.write_vectored(&slices)).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            io.written += n;
+        }
+        around.done = true;
+        let io = &mut *around.io;
+        io.written = 0;
+        clear_write_buf(&mut io.wbuf);
+        if io.stream.buffers_writes() {
+            // TLS and Telnet take the frame into a buffer of their own and
+            // write it out here: timed as the writes are
+            within_stall(stall, io.stream.flush()).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued, with the payload
+    /// [`queue_around`](Self::queue_around) left in `around`'s item if it
+    /// left one.
+    pub(crate) async fn send_queued<T>(&mut self, around: &Option<(T, usize)>) -> std::io::Result<()>
+    where
+        C: FrameEncoder<T>,
+    {
+        match around {
+            None => self.flush().await,
+            Some((item, at)) => {
+                let payload = self.codec.payload(item);
+                self.write_around(payload, *at, None).await
+            }
+        }
+    }
+
     /// Writes everything queued, in one write when the kernel takes it.
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
         // A plain write loop: `write_all_buf` prepares 64 I/O slices for a
@@ -232,6 +314,57 @@ where
         self.flush().await?;
         self.stream.shutdown().await
     }
+}
+
+/// A [`FrameIo::write_around`] under way: if it ends before its payload is
+/// all out, what is left moves into the write buffer.
+struct Around<'a, C> {
+    io: &'a mut FrameIo<C>,
+    payload: &'a [u8],
+    at: usize,
+    done: bool,
+}
+
+impl<C> Drop for Around<'_, C> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let io = &mut *self.io;
+        let rest = rest_around(&io.wbuf, self.payload, self.at, io.written);
+        let mut left = BytesMut::with_capacity(rest.iter().map(|s| s.len()).sum());
+        for part in &rest {
+            left.extend_from_slice(part);
+        }
+        io.wbuf = left;
+        io.written = 0;
+    }
+}
+
+/// `io`, failing with `TimedOut` if it takes longer than `stall`.
+async fn within_stall<T>(
+    stall: Option<Duration>,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match stall {
+        None => io.await,
+        Some(limit) => tokio::time::timeout(limit, io)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?,
+    }
+}
+
+/// What is left to write of `buf[..at]`, `payload`, `buf[at..]` once
+/// `written` bytes of them are out.
+fn rest_around<'a>(buf: &'a [u8], payload: &'a [u8], at: usize, written: usize) -> [IoSlice<'a>; 3] {
+    let (head, tail) = buf.split_at(at);
+    let from_payload = written.saturating_sub(head.len()).min(payload.len());
+    let from_tail = written.saturating_sub(head.len() + payload.len());
+    [
+        IoSlice::new(&head[written.min(head.len())..]),
+        IoSlice::new(&payload[from_payload..]),
+        IoSlice::new(&tail[from_tail..]),
+    ]
 }
 
 thread_local! {

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 use tracing::{debug, info, warn, Instrument};
 
 use super::io::{Buffers, FrameIo};
 use super::HandlerError;
-use crate::framing::FramingError;
+use crate::framing::{FrameEncoder, FramingError};
 use crate::transport::{Endpoint, Listener, PeerAddr, TransportError};
 
 /// A server-assigned number for one connection, unique for the server's life.
@@ -172,7 +172,7 @@ pub struct Server<C, H: Handler<Req>, Req> {
 impl<C, H, Req> Server<C, H, Req>
 where
     C: Decoder<Item = Req, Error = FramingError>
-        + Encoder<H::Response, Error = FramingError>
+        + FrameEncoder<H::Response>
         + Clone
         + Send
         + 'static,
@@ -328,7 +328,7 @@ struct Connection<C, H: Handler<Req>, Req> {
 
 impl<C, H, Req> Connection<C, H, Req>
 where
-    C: Decoder<Item = Req, Error = FramingError> + Encoder<H::Response, Error = FramingError>,
+    C: Decoder<Item = Req, Error = FramingError> + FrameEncoder<H::Response>,
     H: Handler<Req>,
 {
     async fn serve(mut self) {
@@ -380,12 +380,28 @@ where
                 };
                 match next {
                     Ok(Some(request)) => match self.handler.handle(request, &self.info).await {
-                        Ok(Some(reply)) => {
-                            if let Err(e) = self.io.queue(reply) {
+                        Ok(Some(reply)) => match self.io.queue_around(reply) {
+                            Ok(None) => {}
+                            Ok(Some(long)) => {
+                                // Written now, from the reply itself (boxed:
+                                // this path's state would otherwise sit in
+                                // every idle connection's future)
+                                let stall = self.stop.borrow().write_stall;
+                                let io = &mut self.io;
+                                let wrote = Box::pin(async move {
+                                    let payload = io.codec.payload(&long.0);
+                                    io.write_around(payload, long.1, Some(stall)).await
+                                });
+                                if let Err(e) = wrote.await {
+                                    debug!(error = %e, "write failed");
+                                    return;
+                                }
+                            }
+                            Err(e) => {
                                 warn!(error = %e, "reply could not be encoded; closing the connection");
                                 break;
                             }
-                        }
+                        },
                         Ok(None) => {}
                         Err(e) => {
                             warn!(error = %e, "handler failed; closing the connection");
