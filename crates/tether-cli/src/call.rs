@@ -106,9 +106,7 @@ pub async fn run(args: CallArgs) -> CliResult {
 
 async fn converse<C>(args: CallArgs, codec: C, options: ClientOptions) -> CliResult
 where
-    C: Decoder<Item = BytesMut, Error = FramingError>
-        + FrameEncoder<Bytes>
-        + Clone,
+    C: Decoder<Item = BytesMut, Error = FramingError> + FrameEncoder<Bytes> + Clone,
 {
     let telnet = matches!(args.endpoint, Endpoint::Telnet { .. });
     let client = Client::new(args.endpoint, codec, options);

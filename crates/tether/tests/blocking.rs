@@ -571,3 +571,74 @@ fn a_connection_thread_serves_later_connections_and_ends_at_shutdown() {
         server.shutdown(Duration::from_secs(2))
     });
 }
+
+/// A payload of `len` letters in a pattern that shows any byte out of place.
+fn letters(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| b'a' + ((i * 7 + seed as usize) % 26) as u8)
+        .collect()
+}
+
+#[test]
+fn long_payloads_go_out_in_place_both_ways_and_arrive_whole() {
+    // lengths around 16 KiB, where payloads stop being copied into the
+    // write buffer, over the blocking server's own threads
+    for endpoint in [tcp(), unix("long")] {
+        let server = Server::bind(
+            &endpoint,
+            LengthCodec::new(),
+            |mut r: bytes::BytesMut, _: &ConnectionInfo| {
+                r.reverse();
+                Ok::<_, HandlerError>(Some(r))
+            },
+        )
+        .unwrap();
+        let client = Client::new(server.local_endpoint(), LengthCodec::new(), options());
+        let lengths = [5, 16 * 1024 - 1, 16 * 1024, 100_000, (1 << 20) + 3, 0, 7];
+        within(Duration::from_secs(60), move || {
+            let mut session = client.connect().unwrap();
+            for (i, len) in lengths.into_iter().enumerate() {
+                let request = letters(len, i as u8);
+                let reply = session.request(&request[..]).unwrap();
+                let mut want = request;
+                want.reverse();
+                assert!(reply[..] == want[..], "{len} bytes came back changed");
+            }
+            session.close().unwrap();
+        });
+        server.shutdown(Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn pipelined_short_and_long_requests_get_their_replies_in_order_from_blocking_threads() {
+    let server = Server::bind(
+        &tcp(),
+        LengthCodec::new(),
+        |r: bytes::BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(r)),
+    )
+    .unwrap();
+    let addr = server.local_endpoint().host_port().unwrap();
+    let got = within(Duration::from_secs(30), move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut wire = Vec::new();
+        for (i, len) in [3usize, 200_000, 4, 70_000].into_iter().enumerate() {
+            wire.extend((len as u32).to_be_bytes());
+            wire.extend_from_slice(&letters(len, i as u8));
+        }
+        let writer = {
+            let mut stream = stream.try_clone().unwrap();
+            let wire = wire.clone();
+            std::thread::spawn(move || stream.write_all(&wire).unwrap())
+        };
+        let mut got = vec![0u8; wire.len()];
+        stream.read_exact(&mut got).unwrap();
+        writer.join().unwrap();
+        (wire, got)
+    });
+    assert!(got.0 == got.1, "the replies came back changed");
+    server.shutdown(Duration::from_secs(5));
+}

@@ -54,20 +54,12 @@ use crate::session::{ConnectionInfo, HandlerError, READ_CHUNK};
 /// What a blocking server needs of its codec: the bounds of
 /// [`Server::bind`], named once for the code behind it.
 pub(crate) trait ServerCodec<Req, Resp>:
-    Decoder<Item = Req, Error = FramingError>
-    + FrameEncoder<Resp>
-    + Clone
-    + Send
-    + 'static
+    Decoder<Item = Req, Error = FramingError> + FrameEncoder<Resp> + Clone + Send + 'static
 {
 }
 
 impl<C, Req, Resp> ServerCodec<Req, Resp> for C where
-    C: Decoder<Item = Req, Error = FramingError>
-        + FrameEncoder<Resp>
-        + Clone
-        + Send
-        + 'static
+    C: Decoder<Item = Req, Error = FramingError> + FrameEncoder<Resp> + Clone + Send + 'static
 {
 }
 

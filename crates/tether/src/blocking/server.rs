@@ -53,11 +53,7 @@ impl Server {
         handler: F,
     ) -> Result<RunningServer, TransportError>
     where
-        C: Decoder<Item = Req, Error = FramingError>
-            + FrameEncoder<Resp>
-            + Clone
-            + Send
-            + 'static,
+        C: Decoder<Item = Req, Error = FramingError> + FrameEncoder<Resp> + Clone + Send + 'static,
         F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
         Req: Send + 'static,
         Resp: Send + 'static,
@@ -73,11 +69,7 @@ impl Server {
         options: ServerOptions,
     ) -> Result<RunningServer, TransportError>
     where
-        C: Decoder<Item = Req, Error = FramingError>
-            + FrameEncoder<Resp>
-            + Clone
-            + Send
-            + 'static,
+        C: Decoder<Item = Req, Error = FramingError> + FrameEncoder<Resp> + Clone + Send + 'static,
         F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
         Req: Send + 'static,
         Resp: Send + 'static,
@@ -96,11 +88,7 @@ impl Server {
         options: ServerOptions,
     ) -> Result<RunningServer, TransportError>
     where
-        C: Decoder<Item = Req, Error = FramingError>
-            + FrameEncoder<Resp>
-            + Clone
-            + Send
-            + 'static,
+        C: Decoder<Item = Req, Error = FramingError> + FrameEncoder<Resp> + Clone + Send + 'static,
         F: Fn(Req, &ConnectionInfo) -> Result<Option<Resp>, HandlerError> + Send + Sync + 'static,
         Req: Send + 'static,
         Resp: Send + 'static,

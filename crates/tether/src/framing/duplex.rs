@@ -55,7 +55,11 @@ impl<D, E: Encoder<T>, T> Encoder<T> for DuplexCodec<D, E> {
 }
 
 impl<D, E: FrameEncoder<T>, T> FrameEncoder<T> for DuplexCodec<D, E> {
-    fn encode_around(&mut self, item: &T, dst: &mut BytesMut) -> Result<Option<usize>, FramingError> {
+    fn encode_around(
+        &mut self,
+        item: &T,
+        dst: &mut BytesMut,
+    ) -> Result<Option<usize>, FramingError> {
         self.encoder.encode_around(item, dst)
     }
 

@@ -80,7 +80,11 @@ impl<T: AsRef<[u8]>> Encoder<T> for FixedLengthCodec {
 /// A frame of 16 KiB or more is left out whole: nothing else goes on the
 /// wire.
 impl<T: AsRef<[u8]>> FrameEncoder<T> for FixedLengthCodec {
-    fn encode_around(&mut self, item: &T, _dst: &mut BytesMut) -> Result<Option<usize>, FramingError> {
+    fn encode_around(
+        &mut self,
+        item: &T,
+        _dst: &mut BytesMut,
+    ) -> Result<Option<usize>, FramingError> {
         let frame = item.as_ref();
         if frame.len() != self.length {
             return Err(FramingError::WrongLength {

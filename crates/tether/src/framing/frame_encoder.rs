@@ -75,3 +75,114 @@ pub trait FrameEncoder<T>: Encoder<T, Error = FramingError> {
         &[]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::{FixedLengthCodec, LengthCodec, SentinelCodec};
+
+    /// What `codec` puts on the wire for `item`: through `encode_around`
+    /// (the parts in place) when it leaves the payload out, and whether
+    /// it did.
+    fn wire<C: FrameEncoder<Vec<u8>>>(codec: &mut C, item: Vec<u8>) -> (Vec<u8>, bool) {
+        let mut dst = BytesMut::from(&b"before"[..]);
+        match codec.encode_around(&item, &mut dst).unwrap() {
+            None => {
+                assert_eq!(dst, "before", "nothing written when the payload stays in");
+                codec.encode(item, &mut dst).unwrap();
+                (dst[6..].to_vec(), false)
+            }
+            Some(at) => {
+                let (head, tail) = dst[6..].split_at(at);
+                ([head, codec.payload(&item), tail].concat(), true)
+            }
+        }
+    }
+
+    /// `encode` alone, for comparison.
+    fn whole<C: FrameEncoder<Vec<u8>>>(codec: &mut C, item: Vec<u8>) -> Vec<u8> {
+        let mut dst = BytesMut::new();
+        codec.encode(item, &mut dst).unwrap();
+        dst.to_vec()
+    }
+
+    #[test]
+    fn a_payload_left_out_goes_on_the_wire_as_encode_puts_it() {
+        for len in [0, 5, BY_REFERENCE - 1, BY_REFERENCE, 3 * BY_REFERENCE + 7] {
+            let item = vec![b'x'; len];
+            let long = len >= BY_REFERENCE;
+            for prefix in [1, 4, 8] {
+                if prefix == 1 && len > 255 {
+                    continue; // too long for the prefix: an error, below
+                }
+                let mut codec = LengthCodec::with_prefix(prefix, 1 << 20);
+                let want = whole(&mut codec, item.clone());
+                assert_eq!(
+                    wire(&mut codec, item.clone()),
+                    (want, long),
+                    "length {prefix}: {len}"
+                );
+            }
+            let mut codec = SentinelCodec::new("\r\n");
+            let want = whole(&mut codec, item.clone());
+            assert_eq!(
+                wire(&mut codec, item.clone()),
+                (want, long),
+                "sentinel: {len}"
+            );
+            if len == 0 {
+                continue; // no fixed frame is empty
+            }
+            let mut codec = FixedLengthCodec::new(len);
+            let want = whole(&mut codec, item.clone());
+            assert_eq!(wire(&mut codec, item.clone()), (want, long), "fixed: {len}");
+        }
+    }
+
+    #[test]
+    fn a_long_payload_that_cannot_be_encoded_is_refused_with_nothing_written() {
+        let long = vec![b'x'; BY_REFERENCE];
+        let mut dst = BytesMut::new();
+        let refused = LengthCodec::with_prefix(1, 1 << 20).encode_around(&long, &mut dst);
+        assert!(matches!(refused, Err(FramingError::FrameTooLong { .. })));
+        let refused = LengthCodec::with_prefix(4, 100).encode_around(&long, &mut dst);
+        assert!(matches!(
+            refused,
+            Err(FramingError::FrameTooLong { max: 100 })
+        ));
+        let mut with_sentinel = long.clone();
+        with_sentinel[10_000] = b'\n';
+        let refused = SentinelCodec::lines().encode_around(&with_sentinel, &mut dst);
+        assert!(matches!(
+            refused,
+            Err(FramingError::SentinelInFrame { position: 10_000 })
+        ));
+        // `…]]>` then `]]>]]>` reads back as `…` and leaves `]]>` over
+        let ends_in_a_start = [&long[..], b"]]>"].concat();
+        let refused = SentinelCodec::new("]]>]]>").encode_around(&ends_in_a_start, &mut dst);
+        assert!(
+            matches!(refused, Err(FramingError::SentinelInFrame { .. })),
+            "a frame ending in the sentinel's start"
+        );
+        let refused = FixedLengthCodec::new(8).encode_around(&long, &mut dst);
+        assert!(matches!(
+            refused,
+            Err(FramingError::WrongLength { expected: 8, .. })
+        ));
+        assert!(dst.is_empty());
+    }
+
+    #[test]
+    fn wrapping_codecs_pass_the_payload_on_or_copy_it() {
+        use crate::framing::{text, DuplexCodec};
+        let long = vec![b'y'; BY_REFERENCE];
+        let mut duplex = DuplexCodec::new(FixedLengthCodec::new(4), LengthCodec::new());
+        let want = whole(&mut duplex, long.clone());
+        assert_eq!(wire(&mut duplex, long.clone()), (want, true));
+        // a map's marshalling function takes the value: always a copy
+        let mut lines = text(SentinelCodec::lines());
+        let item = "z".repeat(BY_REFERENCE);
+        let mut dst = BytesMut::new();
+        assert_eq!(lines.encode_around(&item, &mut dst).unwrap(), None);
+    }
+}

@@ -157,7 +157,11 @@ impl<T: AsRef<[u8]>> Encoder<T> for LengthCodec {
 /// A payload of 16 KiB or more is left out: `dst` takes the prefix, and
 /// the payload goes after it.
 impl<T: AsRef<[u8]>> FrameEncoder<T> for LengthCodec {
-    fn encode_around(&mut self, item: &T, dst: &mut BytesMut) -> Result<Option<usize>, FramingError> {
+    fn encode_around(
+        &mut self,
+        item: &T,
+        dst: &mut BytesMut,
+    ) -> Result<Option<usize>, FramingError> {
         let len = item.as_ref().len();
         if len < BY_REFERENCE {
             return Ok(None);

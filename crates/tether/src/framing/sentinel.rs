@@ -235,7 +235,11 @@ impl<T: AsRef<[u8]>> Encoder<T> for SentinelCodec {
 /// A payload of 16 KiB or more is left out: `dst` takes the sentinel, and
 /// the payload goes before it.
 impl<T: AsRef<[u8]>> FrameEncoder<T> for SentinelCodec {
-    fn encode_around(&mut self, item: &T, dst: &mut BytesMut) -> Result<Option<usize>, FramingError> {
+    fn encode_around(
+        &mut self,
+        item: &T,
+        dst: &mut BytesMut,
+    ) -> Result<Option<usize>, FramingError> {
         let frame = item.as_ref();
         if frame.len() < BY_REFERENCE {
             return Ok(None);

@@ -239,7 +239,9 @@ where
     {
         let deadline = self.options.request_timeout;
         let io = self.io()?;
-        let around = io.queue_around(request).map_err(SessionError::from_framing)?;
+        let around = io
+            .queue_around(request)
+            .map_err(SessionError::from_framing)?;
         self.busy = true;
         let io = self.io.as_mut().expect("checked above");
         let exchange = async {
@@ -310,7 +312,9 @@ where
     {
         let deadline = self.options.request_timeout;
         let io = self.io()?;
-        let around = io.queue_around(request).map_err(SessionError::from_framing)?;
+        let around = io
+            .queue_around(request)
+            .map_err(SessionError::from_framing)?;
         let io = self.io.as_mut().expect("checked above");
         let flushed = match deadline {
             Some(after) => match within(&mut self.timer, after, io.send_queued(&around)).await {

@@ -207,7 +207,10 @@ where
     /// Writes everything queued, with the payload
     /// [`queue_around`](Self::queue_around) left in `around`'s item if it
     /// left one.
-    pub(crate) async fn send_queued<T>(&mut self, around: &Option<(T, usize)>) -> std::io::Result<()>
+    pub(crate) async fn send_queued<T>(
+        &mut self,
+        around: &Option<(T, usize)>,
+    ) -> std::io::Result<()>
     where
         C: FrameEncoder<T>,
     {
@@ -356,7 +359,12 @@ async fn within_stall<T>(
 
 /// What is left to write of `buf[..at]`, `payload`, `buf[at..]` once
 /// `written` bytes of them are out.
-fn rest_around<'a>(buf: &'a [u8], payload: &'a [u8], at: usize, written: usize) -> [IoSlice<'a>; 3] {
+fn rest_around<'a>(
+    buf: &'a [u8],
+    payload: &'a [u8],
+    at: usize,
+    written: usize,
+) -> [IoSlice<'a>; 3] {
     let (head, tail) = buf.split_at(at);
     let from_payload = written.saturating_sub(head.len()).min(payload.len());
     let from_tail = written.saturating_sub(head.len() + payload.len());
@@ -419,6 +427,87 @@ mod tests {
         want.extend([1u8; 100]);
         want.extend([0, 0, 0, 5, 2, 2, 2, 2, 2]);
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn what_is_left_around_a_payload_is_the_rest_of_the_frame_from_any_point() {
+        let joined =
+            |slices: [IoSlice<'_>; 3]| slices.iter().flat_map(|s| s.to_vec()).collect::<Vec<u8>>();
+        let buf = b"HEADtail";
+        let payload = b"payload";
+        let frame = b"HEADpayloadtail";
+        for written in 0..=frame.len() {
+            let rest = joined(rest_around(buf, payload, 4, written));
+            assert_eq!(rest, frame[written..], "after {written} bytes");
+        }
+        assert_eq!(joined(rest_around(b"", payload, 0, 3)), b"load");
+        assert_eq!(joined(rest_around(b"HEAD", payload, 4, 0)), b"HEADpayload");
+    }
+
+    /// A long frame queued by `queue_around`, sent through `write_around`
+    /// (cancelled after `cut` unless `None`), then a short one by `flush`:
+    /// what the peer gets.
+    async fn long_then_short(cut: Option<Duration>) -> Vec<u8> {
+        let (a, peer) = memory_pair(64);
+        let mut io = FrameIo::new(a, LengthCodec::new(), Buffers::Kept);
+        io.queue(&b"first"[..]).unwrap();
+        let long = vec![7u8; crate::framing::BY_REFERENCE];
+        let (item, at) = io.queue_around(&long[..]).unwrap().expect("left out");
+        assert_eq!(at, 9 + 4, "after the first frame and the long one's prefix");
+        let read_all = |mut peer: ByteStream| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                peer.read_to_end(&mut got).await.unwrap();
+                got
+            })
+        };
+        let payload = io.codec.payload(&item);
+        let reader = match cut {
+            Some(after) => {
+                let write = io.write_around(payload, at, None);
+                let cut = tokio::time::timeout(after, write).await;
+                assert!(cut.is_err(), "the pipe holds 64 bytes: the write waits");
+                read_all(peer)
+            }
+            None => {
+                let reader = read_all(peer);
+                io.write_around(payload, at, None).await.unwrap();
+                reader
+            }
+        };
+        drop(long); // the caller's buffer is gone: what is left was copied
+        io.queue(&b"last"[..]).unwrap();
+        io.shutdown().await.unwrap();
+        drop(io);
+        tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_payload_written_in_place_goes_out_in_order_even_if_cut_short() {
+        let mut want = vec![0, 0, 0, 5];
+        want.extend(b"first");
+        want.extend((crate::framing::BY_REFERENCE as u32).to_be_bytes());
+        want.extend(vec![7u8; crate::framing::BY_REFERENCE]);
+        want.extend([0, 0, 0, 4]);
+        want.extend(b"last");
+        assert_eq!(long_then_short(None).await, want);
+        assert_eq!(long_then_short(Some(Duration::from_millis(20))).await, want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_payload_written_in_place_to_a_peer_that_reads_nothing_stalls_out() {
+        let (a, _peer) = memory_pair(64);
+        let mut io = FrameIo::new(a, LengthCodec::new(), Buffers::Lazy);
+        let long = vec![7u8; crate::framing::BY_REFERENCE];
+        let (item, at) = io.queue_around(&long[..]).unwrap().expect("left out");
+        let payload = io.codec.payload(&item);
+        let stalled = io
+            .write_around(payload, at, Some(Duration::from_secs(1)))
+            .await;
+        assert_eq!(stalled.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]
