@@ -127,6 +127,7 @@ impl Decoder for LengthCodec {
 impl LengthCodec {
     /// Writes the prefix of a frame of `len` bytes, making room for
     /// `room` bytes in all.
+    #[inline(always)]
     fn put_prefix(&self, len: usize, dst: &mut BytesMut, room: usize) -> Result<(), FramingError> {
         let fits_prefix = self.prefix >= 8 || (len as u64) < 1u64 << (8 * self.prefix);
         if len > self.max_length || !fits_prefix {

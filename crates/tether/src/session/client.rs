@@ -239,27 +239,38 @@ where
     {
         let deadline = self.options.request_timeout;
         let io = self.io()?;
-        let around = io
+        let long = io
             .queue_around(request)
             .map_err(SessionError::from_framing)?;
         self.busy = true;
         let io = self.io.as_mut().expect("checked above");
-        let exchange = async {
-            io.send_queued(&around).await?;
-            io.read_frame().await
-        };
-        let outcome = match deadline {
-            Some(after) => match within(&mut self.timer, after, exchange).await {
-                Some(outcome) => outcome,
-                None => {
-                    self.busy = false;
-                    self.close_because(format!("a reply did not come within {after:?}"));
-                    return Err(SessionError::Timeout { after });
-                }
-            },
-            None => exchange.await,
+        let timer = &mut self.timer;
+        let outcome = match &long {
+            None => {
+                let exchange = async {
+                    io.flush().await?;
+                    io.read_frame().await
+                };
+                timed(timer, deadline, exchange).await
+            }
+            // boxed: in place, this rare path's state made every request's
+            // future bigger, and moving it cost W1 a `memcpy` a request
+            Some((request, at)) => {
+                // (the payload's bytes, not `request`: no need for `Sync`)
+                let payload = io.codec.payload(request);
+                let exchange = async {
+                    io.write_around(payload, *at, None).await?;
+                    io.read_frame().await
+                };
+                Box::pin(timed(timer, deadline, exchange)).await
+            }
         };
         self.busy = false;
+        let Some(outcome) = outcome else {
+            let after = deadline.expect("only a deadline times out");
+            self.close_because(format!("a reply did not come within {after:?}"));
+            return Err(SessionError::Timeout { after });
+        };
         self.settle(outcome)
     }
 
@@ -316,8 +327,17 @@ where
             .queue_around(request)
             .map_err(SessionError::from_framing)?;
         let io = self.io.as_mut().expect("checked above");
+        let long = around
+            .as_ref()
+            .map(|(request, at)| (io.codec.payload(request), *at));
+        let write = async {
+            match long {
+                None => io.flush().await,
+                Some((payload, at)) => Box::pin(io.write_around(payload, at, None)).await,
+            }
+        };
         let flushed = match deadline {
-            Some(after) => match within(&mut self.timer, after, io.send_queued(&around)).await {
+            Some(after) => match within(&mut self.timer, after, write).await {
                 Some(flushed) => flushed,
                 None => {
                     // (part of it may be out: the stream is no longer in step)
@@ -325,7 +345,7 @@ where
                     return Err(SessionError::Timeout { after });
                 }
             },
-            None => io.send_queued(&around).await,
+            None => write.await,
         };
         if let Err(e) = flushed {
             self.close_because(e.to_string());
@@ -361,6 +381,18 @@ where
 #[derive(Debug, Default)]
 struct DeadlineTimer {
     sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// `work`'s output, or `None` if a `deadline` passes first.
+async fn timed<T>(
+    timer: &mut DeadlineTimer,
+    deadline: Option<Duration>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        Some(after) => within(timer, after, work).await,
+        None => Some(work.await),
+    }
 }
 
 /// `work`'s output, or `None` if `after` passes first, timed by the

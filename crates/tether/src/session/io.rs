@@ -204,23 +204,21 @@ where
         Ok(())
     }
 
-    /// Writes everything queued, with the payload
-    /// [`queue_around`](Self::queue_around) left in `around`'s item if it
-    /// left one.
-    pub(crate) async fn send_queued<T>(
-        &mut self,
-        around: &Option<(T, usize)>,
-    ) -> std::io::Result<()>
+    /// [`write_around`](Self::write_around) for the payload `item` has
+    /// left out at `at`. (Callers box it: its state, in place, would make
+    /// every request's or connection's future bigger.) The future holds
+    /// the payload's bytes, not `item`, so `item` need not be `Sync`.
+    pub(crate) fn write_item_around<'a, T>(
+        &'a mut self,
+        item: &'a T,
+        at: usize,
+        stall: Option<Duration>,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + 'a
     where
         C: FrameEncoder<T>,
     {
-        match around {
-            None => self.flush().await,
-            Some((item, at)) => {
-                let payload = self.codec.payload(item);
-                self.write_around(payload, *at, None).await
-            }
-        }
+        let payload = self.codec.payload(item);
+        self.write_around(payload, at, stall)
     }
 
     /// Writes everything queued, in one write when the kernel takes it.
