@@ -26,6 +26,12 @@
 //! * **Protocol cores are sans-IO.** Codecs take bytes and return frames;
 //!   they never touch a socket or a clock. The async and the blocking drivers
 //!   are thin loops around the same codecs, so both behave alike.
+//! * **No copy of a bulk payload.** A session's codec is a tokio-util
+//!   `Encoder` that is also a [`framing::FrameEncoder`]: it may leave a long
+//!   payload out of the write buffer, and the driver writes it from the
+//!   caller's own bytes beside the frame's prefix or sentinel, in vectored
+//!   writes where the stream takes them (TCP, Unix); the packet layer does
+//!   the same with its payloads.
 //! * **Everything is bounded.** Every decoder has a maximum frame length
 //!   ([`framing::DEFAULT_MAX_FRAME_LENGTH`]); servers cap their connections.
 //! * **Errors are values.** One error enum per layer, saying what a user

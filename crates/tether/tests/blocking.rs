@@ -611,34 +611,35 @@ fn long_payloads_go_out_in_place_both_ways_and_arrive_whole() {
 }
 
 #[test]
-fn pipelined_short_and_long_requests_get_their_replies_in_order_from_blocking_threads() {
+fn a_long_reply_goes_out_after_the_short_one_queued_before_it_from_blocking_threads() {
+    // `a`, `L`, `b` in one write, so in one read: `a`'s reply is queued
+    // when `L`'s long one is written in place, behind it
     let server = Server::bind(
         &tcp(),
         LengthCodec::new(),
-        |r: bytes::BytesMut, _: &ConnectionInfo| Ok::<_, HandlerError>(Some(r)),
+        |r: bytes::BytesMut, _: &ConnectionInfo| {
+            let reply = match &r[..] {
+                b"L" => bytes::BytesMut::from(&letters(200_000, 1)[..]),
+                _ => r,
+            };
+            Ok::<_, HandlerError>(Some(reply))
+        },
     )
     .unwrap();
     let addr = server.local_endpoint().host_port().unwrap();
-    let got = within(Duration::from_secs(30), move || {
+    let (got, want) = within(Duration::from_secs(30), move || {
+        let frame = |p: &[u8]| [&(p.len() as u32).to_be_bytes()[..], p].concat();
+        let requests = [frame(b"a"), frame(b"L"), frame(b"b")].concat();
+        let want = [frame(b"a"), frame(&letters(200_000, 1)), frame(b"b")].concat();
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let mut wire = Vec::new();
-        for (i, len) in [3usize, 200_000, 4, 70_000].into_iter().enumerate() {
-            wire.extend((len as u32).to_be_bytes());
-            wire.extend_from_slice(&letters(len, i as u8));
-        }
-        let writer = {
-            let mut stream = stream.try_clone().unwrap();
-            let wire = wire.clone();
-            std::thread::spawn(move || stream.write_all(&wire).unwrap())
-        };
-        let mut got = vec![0u8; wire.len()];
+        stream.write_all(&requests).unwrap();
+        let mut got = vec![0u8; want.len()];
         stream.read_exact(&mut got).unwrap();
-        writer.join().unwrap();
-        (wire, got)
+        (got, want)
     });
-    assert!(got.0 == got.1, "the replies came back changed");
+    assert!(got == want, "the replies came back changed");
     server.shutdown(Duration::from_secs(5));
 }

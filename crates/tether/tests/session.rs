@@ -788,8 +788,61 @@ fn letters(len: usize, seed: u8) -> Bytes {
 /// their write buffer (16 KiB) and write them in place instead.
 const AROUND_IN_PLACE: [usize; 7] = [5, 16 * 1024 - 1, 16 * 1024, 100_000, (1 << 20) + 3, 0, 7];
 
+/// A codec that counts the payloads it has had written in place: what
+/// tells a payload written from the caller's bytes from one copied.
+#[derive(Clone)]
+struct Counted<C> {
+    inner: C,
+    in_place: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<C> Counted<C> {
+    fn new(inner: C) -> Self {
+        Counted {
+            inner,
+            in_place: Default::default(),
+        }
+    }
+
+    fn in_place(&self) -> usize {
+        self.in_place.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<C: tokio_util::codec::Decoder> tokio_util::codec::Decoder for Counted<C> {
+    type Item = C::Item;
+    type Error = C::Error;
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<C::Item>, C::Error> {
+        self.inner.decode(buf)
+    }
+}
+
+impl<C: tokio_util::codec::Encoder<T>, T> tokio_util::codec::Encoder<T> for Counted<C> {
+    type Error = C::Error;
+    fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), C::Error> {
+        self.inner.encode(item, dst)
+    }
+}
+
+impl<C: tether::framing::FrameEncoder<T>, T> tether::framing::FrameEncoder<T> for Counted<C> {
+    fn encode_around(
+        &mut self,
+        item: &T,
+        dst: &mut BytesMut,
+    ) -> Result<Option<usize>, FramingError> {
+        self.inner.encode_around(item, dst)
+    }
+
+    fn payload<'a>(&self, item: &'a T) -> &'a [u8] {
+        self.in_place
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.payload(item)
+    }
+}
+
 /// Sends every length of [`AROUND_IN_PLACE`] through a session and a
 /// server speaking `codec`; the server replies with the request reversed.
+/// Every long payload, request and reply, went out in place.
 async fn long_and_short_round_trip<C>(codec: C)
 where
     C: tokio_util::codec::Decoder<Item = BytesMut, Error = FramingError>
@@ -797,9 +850,9 @@ where
         + tether::framing::FrameEncoder<Bytes>
         + Clone
         + Send
-        + Sync
         + 'static,
 {
+    let codec = Counted::new(codec);
     let reverse = |mut request: BytesMut, _: &ConnectionInfo| async move {
         request.reverse();
         Ok::<_, HandlerError>(Some(request))
@@ -810,10 +863,11 @@ where
         .spawn();
     let client = Client::new(
         server.local_endpoint().clone(),
-        codec,
+        codec.clone(),
         ClientOptions::default(),
     );
     let mut session = client.connect().await.unwrap();
+    let mut long = 0;
     for (i, len) in AROUND_IN_PLACE.into_iter().enumerate() {
         let request = letters(len, i as u8);
         let reply = timeout(LIMIT, session.request(request.clone()))
@@ -823,6 +877,12 @@ where
         let mut want = request.to_vec();
         want.reverse();
         assert!(reply[..] == want[..], "{len} bytes came back changed");
+        long += usize::from(len >= tether::framing::BY_REFERENCE);
+        assert_eq!(
+            codec.in_place(),
+            2 * long,
+            "after {len} bytes: requests and replies in place"
+        );
     }
     session.close().await.unwrap();
     server.shutdown(LIMIT).await;
@@ -835,30 +895,41 @@ async fn long_payloads_go_out_in_place_and_arrive_whole_between_short_ones() {
     long_and_short_round_trip(LengthCodec::with_prefix(3, 1 << 21)).await;
 }
 
+/// A device whose request `L` gets a long reply (200,000 letters), and
+/// every other request itself back.
+fn long_for_l(request: BytesMut) -> BytesMut {
+    match &request[..] {
+        b"L" => BytesMut::from(&letters(200_000, 1)[..]),
+        _ => request,
+    }
+}
+
+/// Requests `a`, `L`, `b` in one write (`LengthCodec` frames), and the
+/// replies expected.
+fn a_long_b() -> (Vec<u8>, Vec<u8>) {
+    let frame = |payload: &[u8]| [&(payload.len() as u32).to_be_bytes()[..], payload].concat();
+    let requests = [frame(b"a"), frame(b"L"), frame(b"b")].concat();
+    let replies = [frame(b"a"), frame(&letters(200_000, 1)), frame(b"b")].concat();
+    (requests, replies)
+}
+
 #[tokio::test]
-async fn pipelined_short_and_long_requests_get_their_replies_in_order() {
-    let echo =
-        |request: BytesMut, _: &ConnectionInfo| async move { Ok::<_, HandlerError>(Some(request)) };
-    let server = Server::bind(&loopback(), LengthCodec::new(), echo)
+async fn a_long_reply_goes_out_after_the_short_one_queued_before_it() {
+    // the three requests arrive in one read: `a`'s reply is queued when
+    // `L`'s is written in place, behind it
+    let handler = |request: BytesMut, _: &ConnectionInfo| async move {
+        Ok::<_, HandlerError>(Some(long_for_l(request)))
+    };
+    let server = Server::bind(&loopback(), LengthCodec::new(), handler)
         .await
         .unwrap()
         .spawn();
     let mut stream = raw(server.local_endpoint()).await;
-    // three requests in one write (the long reply written in place; the
-    // unit tests of session/io.rs cover one queued behind others)
-    let mut wire = Vec::new();
-    for (i, len) in [3usize, 200_000, 4].into_iter().enumerate() {
-        wire.extend((len as u32).to_be_bytes());
-        wire.extend_from_slice(&letters(len, i as u8));
-    }
-    let writer = tokio::spawn(async move {
-        stream.write_all(&wire).await.unwrap();
-        let got = read_some(&mut stream, wire.len()).await;
-        (wire, got)
-    });
-    let (wire, got) = timeout(LIMIT, writer).await.unwrap().unwrap();
+    let (requests, replies) = a_long_b();
+    stream.write_all(&requests).await.unwrap();
+    let got = read_some(&mut stream, replies.len()).await;
     assert!(
-        got == wire,
+        got == replies,
         "the replies came back as {} bytes, changed",
         got.len()
     );

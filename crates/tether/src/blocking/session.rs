@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
 use super::socket::StdStream;
-use crate::framing::{FrameEncoder, FramingError};
+use crate::framing::{encode_frame, FrameEncoder, FramingError};
 use crate::session::{ClientOptions, SessionError, READ_CHUNK};
 use crate::transport::{self, ByteStream, Endpoint, TransportError};
 
@@ -429,13 +429,10 @@ impl<C: Decoder<Error = FramingError>> Session<C> {
         self.check_open()?;
         self.wbuf.clear();
         // a long payload is written from `request` itself, not copied
-        let left_out = match self.codec.encode_around(&request, &mut self.wbuf)? {
-            Some(at) => Some((self.codec.payload(&request), at)),
-            None => {
-                self.codec.encode(request, &mut self.wbuf)?;
-                None
-            }
-        };
+        let long = encode_frame(&mut self.codec, request, &mut self.wbuf)?;
+        let left_out = long
+            .as_ref()
+            .map(|(request, at)| (self.codec.payload(request), *at));
         let parts = super::frame_parts(&self.wbuf, left_out);
         let io = self.io.as_mut().expect("checked");
         if let Err(e) = io.write_all(parts, deadline) {

@@ -77,7 +77,7 @@ use tracing::{debug, info, warn};
 use super::socket::StdStream;
 use super::{PlainHandler, ServerCodec};
 use crate::buffers::{self, clear_write_buf, ReadBuf};
-use crate::framing::{FrameEncoder, FramingError};
+use crate::framing::{encode_frame, FrameEncoder, FramingError};
 use crate::session::{
     ConnectionId, ConnectionInfo, HandlerError, ServerOptions, ServerStats, LINGER_BYTES,
     LINGER_TIME, READ_CHUNK,
@@ -679,7 +679,8 @@ where
         }
         loop {
             // Requests already buffered are answered before anything is
-            // flushed, so a pipelined burst gets its replies in one write.
+            // flushed, so a pipelined burst gets its replies in one write (a long
+            // reply goes out at once, with those queued before it).
             let next = match self.buffered_frame() {
                 Ok(Some(request)) => Ok(Some(request)),
                 Ok(None) => {
@@ -781,12 +782,11 @@ where
     /// Encodes `reply` behind those queued; one whose codec leaves its long
     /// payload out is written at once, with them, from `reply` itself.
     fn queue(&mut self, reply: Resp) -> Result<(), FramingError> {
-        let start = self.wbuf.len();
-        match self.codec.encode_around(&reply, &mut self.wbuf)? {
-            None => self.codec.encode(reply, &mut self.wbuf),
-            Some(at) => {
+        match encode_frame(&mut self.codec, reply, &mut self.wbuf)? {
+            None => Ok(()),
+            Some((reply, at)) => {
                 let payload = self.codec.payload(&reply);
-                let parts = super::frame_parts(&self.wbuf, Some((payload, start + at)));
+                let parts = super::frame_parts(&self.wbuf, Some((payload, at)));
                 super::write_parts(&mut &*self.socket, parts, || Ok(()))?;
                 clear_write_buf(&mut self.wbuf);
                 Ok(())

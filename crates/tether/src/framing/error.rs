@@ -45,6 +45,15 @@ pub enum FramingError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A [`FrameEncoder`](super::FrameEncoder) placed its payload past the
+    /// bytes it wrote: a bug in that codec. Nothing of the frame was sent.
+    #[error("the codec placed its payload at byte {at} of a frame it wrote {written} bytes of")]
+    PayloadOutOfFrame {
+        /// Where the codec said the payload goes.
+        at: usize,
+        /// The bytes it wrote.
+        written: usize,
+    },
     /// The stream failed.
     #[error(transparent)]
     Io(#[from] io::Error),

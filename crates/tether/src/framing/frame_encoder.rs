@@ -4,9 +4,10 @@ use tokio_util::codec::Encoder;
 use super::FramingError;
 
 /// Payloads at least this long go out from the caller's buffer rather than
-/// being copied into the write buffer. Below it a copy costs less than the
-/// extra I/O slice (16 KiB: the packet layer's threshold too).
-pub(crate) const BY_REFERENCE: usize = 16 * 1024;
+/// being copied into the write buffer, with tether's codecs (and the packet
+/// layer): below it a copy costs less than the extra I/O slice. A codec of
+/// your own may use it too.
+pub const BY_REFERENCE: usize = 16 * 1024;
 
 /// An [`Encoder`] that can leave a long payload out of the write buffer,
 /// for tether's sessions and servers to write it from the caller's own
@@ -24,8 +25,12 @@ pub(crate) const BY_REFERENCE: usize = 16 * 1024;
 /// on the wire:                   dst[..at] · payload · dst[at..]
 /// ```
 ///
-/// Sessions ([`Session`](crate::session::Session),
-/// [`Server`](crate::session::Server)) take any codec that implements it.
+/// Sessions and servers, async and blocking
+/// ([`session::Session`](crate::session::Session),
+/// [`session::Server`](crate::session::Server),
+/// [`blocking::Session`](crate::blocking::Session),
+/// [`blocking::Server`](crate::blocking::Server)), take any codec that
+/// implements it.
 /// tether's byte codecs leave out payloads of 16 KiB or more; short ones,
 /// where a copy costs less than a vectored write's extra slice, are encoded
 /// whole. Both methods have defaults that encode every frame whole, so a
@@ -49,16 +54,22 @@ pub(crate) const BY_REFERENCE: usize = 16 * 1024;
 ///
 /// impl FrameEncoder<&str> for Upper {} // every frame encoded whole
 /// ```
+///
+/// A codec that overrides [`encode_around`](Self::encode_around) must
+/// override [`payload`](Self::payload) too: the default payload is empty.
 pub trait FrameEncoder<T>: Encoder<T, Error = FramingError> {
     /// Encodes `item` into `dst` without its payload, if that payload is
-    /// worth writing in place: returns the offset in `dst` (counted from
-    /// where this frame starts, its length on entry) at which the
-    /// payload, [`payload`](Self::payload)`(item)`, goes. `None`: nothing
-    /// was written; the caller encodes `item` whole with
-    /// [`Encoder::encode`].
+    /// worth writing in place: appends the frame's other bytes and returns
+    /// the offset, counted from where this frame starts (`dst`'s length on
+    /// entry) and at most the bytes appended, at which the payload,
+    /// [`payload`](Self::payload)`(item)`, goes. Bytes already in `dst`
+    /// (frames queued before) are not to be touched.
     ///
-    /// An item that can't be encoded is an error here, as `encode` would
-    /// make it, with nothing written.
+    /// `None`: nothing was written and no state changed; the caller
+    /// encodes `item` whole with [`Encoder::encode`]. An item that would
+    /// be left out but can't be encoded is an error, as `encode` would make
+    /// it. (An offset past the bytes appended is refused as
+    /// [`FramingError::PayloadOutOfFrame`], with nothing sent.)
     fn encode_around(
         &mut self,
         item: &T,
@@ -74,6 +85,34 @@ pub trait FrameEncoder<T>: Encoder<T, Error = FramingError> {
         let _ = item;
         &[]
     }
+}
+
+/// Encodes `item` into `dst` through `codec`: whole, or without a long
+/// payload, returning `item` with the offset in `dst` where its payload
+/// goes (to be written before anything else is queued). On an error
+/// nothing is left in `dst` of this frame.
+pub(crate) fn encode_frame<C, T>(
+    codec: &mut C,
+    item: T,
+    dst: &mut BytesMut,
+) -> Result<Option<(T, usize)>, FramingError>
+where
+    C: FrameEncoder<T>,
+{
+    let start = dst.len();
+    let encoded = match codec.encode_around(&item, dst) {
+        Ok(Some(at)) if at <= dst.len() - start => Ok(Some((item, start + at))),
+        Ok(Some(at)) => Err(FramingError::PayloadOutOfFrame {
+            at,
+            written: dst.len() - start,
+        }),
+        Ok(None) => codec.encode(item, dst).map(|()| None),
+        Err(e) => Err(e),
+    };
+    if encoded.is_err() {
+        dst.truncate(start);
+    }
+    encoded
 }
 
 #[cfg(test)]
@@ -170,6 +209,66 @@ mod tests {
             Err(FramingError::WrongLength { expected: 8, .. })
         ));
         assert!(dst.is_empty());
+    }
+
+    /// A codec of someone's own that says its payload goes `at` bytes in,
+    /// after writing `writes` bytes, or fails.
+    struct Misplacing {
+        writes: usize,
+        at: Option<usize>,
+    }
+
+    impl Encoder<Vec<u8>> for Misplacing {
+        type Error = FramingError;
+        fn encode(&mut self, _: Vec<u8>, dst: &mut BytesMut) -> Result<(), FramingError> {
+            dst.extend_from_slice(b"half");
+            Err(FramingError::malformed("cannot"))
+        }
+    }
+
+    impl FrameEncoder<Vec<u8>> for Misplacing {
+        fn encode_around(
+            &mut self,
+            _: &Vec<u8>,
+            dst: &mut BytesMut,
+        ) -> Result<Option<usize>, FramingError> {
+            dst.extend_from_slice(&b"prefix"[..self.writes]);
+            Ok(self.at)
+        }
+    }
+
+    #[test]
+    fn a_payload_placed_past_the_frame_or_a_failed_encode_leaves_nothing_queued() {
+        let mut dst = BytesMut::from(&b"queued"[..]);
+        let mut codec = Misplacing {
+            writes: 4,
+            at: Some(5),
+        };
+        let refused = encode_frame(&mut codec, vec![1], &mut dst);
+        assert!(matches!(
+            refused,
+            Err(FramingError::PayloadOutOfFrame { at: 5, written: 4 })
+        ));
+        assert_eq!(dst, "queued");
+        let mut codec = Misplacing {
+            writes: 4,
+            at: Some(4),
+        };
+        let (_, at) = encode_frame(&mut codec, vec![1], &mut dst)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (at, &dst[..]),
+            (10, &b"queuedpref"[..]),
+            "at the end: allowed"
+        );
+        let mut dst = BytesMut::from(&b"queued"[..]);
+        let mut codec = Misplacing {
+            writes: 0,
+            at: None,
+        };
+        assert!(encode_frame(&mut codec, vec![1], &mut dst).is_err());
+        assert_eq!(dst, "queued", "the half-encoded frame is dropped");
     }
 
     #[test]

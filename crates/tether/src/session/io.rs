@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::buffers::{self, clear_write_buf, Pool, ReadBuf};
-use crate::framing::{FrameEncoder, FramingError};
+use crate::framing::{encode_frame, FrameEncoder, FramingError};
 use crate::transport::ByteStream;
 
 /// How much room a read asks for. 4 KiB covers typical device replies in
@@ -136,7 +136,12 @@ where
         if self.wbuf.capacity() == 0 && self.buffers == Buffers::Lazy {
             self.wbuf = Pool::take(&POOL);
         }
-        self.codec.encode(item, &mut self.wbuf)
+        let start = self.wbuf.len();
+        let encoded = self.codec.encode(item, &mut self.wbuf);
+        if encoded.is_err() {
+            self.wbuf.truncate(start); // nothing of a frame that failed
+        }
+        encoded
     }
 
     /// Encodes a frame into the write buffer as [`queue`](Self::queue)
@@ -150,14 +155,7 @@ where
         if self.wbuf.capacity() == 0 && self.buffers == Buffers::Lazy {
             self.wbuf = Pool::take(&POOL);
         }
-        let start = self.wbuf.len();
-        match self.codec.encode_around(&item, &mut self.wbuf)? {
-            Some(at) => Ok(Some((item, start + at))),
-            None => {
-                self.codec.encode(item, &mut self.wbuf)?;
-                Ok(None)
-            }
-        }
+        encode_frame(&mut self.codec, item, &mut self.wbuf)
     }
 
     /// Writes everything queued with `payload` in place at offset `at` of
@@ -166,9 +164,11 @@ where
     /// `stall` limit, a write that makes no progress for that long fails
     /// with `TimedOut`.
     ///
-    /// Cancelled half-way (or failed), it copies what is left into the
-    /// write buffer, so that a later [`flush`](Self::flush) sends the rest
-    /// of the frame and the stream stays in step.
+    /// A client's write cancelled half-way (its request dropped) copies
+    /// what is left into the write buffer, so that a later
+    /// [`flush`](Self::flush) sends the rest of the frame and the stream
+    /// stays in step. After an error, or a server's connection cancelled
+    /// (dropped with it), nothing is left queued: the connection is over.
     pub(crate) async fn write_around(
         &mut self,
         payload: &[u8],
@@ -186,11 +186,19 @@ where
         while around.io.written < total {
             let io = &mut *around.io;
             let slices = rest_around(&io.wbuf, payload, at, io.written);
-            let n = within_stall(stall, io.stream.write_vectored(&slices)).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+            let written = match within_stall(stall, io.stream.write_vectored(&slices)).await {
+                Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+                written => written,
+            };
+            match written {
+                Ok(n) => io.written += n,
+                Err(e) => {
+                    around.done = true; // nothing more goes out: no copy
+                    around.io.written = 0;
+                    around.io.wbuf.clear();
+                    return Err(e);
+                }
             }
-            io.written += n;
         }
         around.done = true;
         let io = &mut *around.io;
@@ -332,6 +340,14 @@ impl<C> Drop for Around<'_, C> {
             return;
         }
         let io = &mut *self.io;
+        if io.buffers == Buffers::Lazy {
+            // a server's connection, dropped with the write: copying up to
+            // a frame's worth only to free it would cost every connection
+            // cancelled at shutdown
+            io.wbuf.clear();
+            io.written = 0;
+            return;
+        }
         let rest = rest_around(&io.wbuf, self.payload, self.at, io.written);
         let mut left = BytesMut::with_capacity(rest.iter().map(|s| s.len()).sum());
         for part in &rest {
@@ -363,7 +379,7 @@ fn rest_around<'a>(
     at: usize,
     written: usize,
 ) -> [IoSlice<'a>; 3] {
-    let (head, tail) = buf.split_at(at);
+    let (head, tail) = buf.split_at(at.min(buf.len()));
     let from_payload = written.saturating_sub(head.len()).min(payload.len());
     let from_tail = written.saturating_sub(head.len() + payload.len());
     [

@@ -4,7 +4,10 @@
 //! and reads their replies in order, each within a deadline. A [`Server`]
 //! serves every connection at the same time, one [`Handler`] for all.
 //! Both drive the sans-IO codecs of [`crate::framing`] over any
-//! [`crate::transport`] stream.
+//! [`crate::transport`] stream; a payload of 16 KiB or more goes out from
+//! the request or reply itself, not copied (see
+//! [`FrameEncoder`](crate::framing::FrameEncoder)). A codec of your own
+//! needs `impl FrameEncoder<Item> for YourCodec {}` to be used here.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -359,7 +359,8 @@ where
         if !stopped_already {
             loop {
                 // Requests already buffered are answered before anything is flushed,
-                // so a pipelined burst gets its replies in one write.
+                // so a pipelined burst gets its replies in one write (a long reply goes
+                // out at once, with those queued before it).
                 let next = match self.io.buffered_frame() {
                     Ok(Some(request)) => Ok(Some(request)),
                     Ok(None) => {
