@@ -1,7 +1,8 @@
 use std::io;
 
-/// A framing failure. `FrameTooLong`, `InvalidUtf8` and `Malformed` concern
-/// one frame; `TruncatedFrame` and `Io` mean the stream is over.
+/// A framing failure. `FrameTooLong`, `InvalidUtf8`, `Malformed`,
+/// `SentinelInFrame`, `WrongLength` and `PayloadOutOfFrame` concern one
+/// frame; `TruncatedFrame` and `Io` mean the stream is over.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FramingError {

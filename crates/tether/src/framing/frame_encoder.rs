@@ -101,12 +101,18 @@ where
 {
     let start = dst.len();
     let encoded = match codec.encode_around(&item, dst) {
-        Ok(Some(at)) if at <= dst.len() - start => Ok(Some((item, start + at))),
-        Ok(Some(at)) => Err(FramingError::PayloadOutOfFrame {
-            at,
-            written: dst.len() - start,
-        }),
-        Ok(None) => codec.encode(item, dst).map(|()| None),
+        Ok(Some(at)) => match dst.len().checked_sub(start) {
+            Some(written) if at <= written => Ok(Some((item, start + at))),
+            // (shrunk: bytes queued before were taken, a broken codec too)
+            written => Err(FramingError::PayloadOutOfFrame {
+                at,
+                written: written.unwrap_or(0),
+            }),
+        },
+        Ok(None) => {
+            dst.truncate(start); // a codec that wrote before saying `None`
+            codec.encode(item, dst).map(|()| None)
+        }
         Err(e) => Err(e),
     };
     if encoded.is_err() {
@@ -269,6 +275,12 @@ mod tests {
         };
         assert!(encode_frame(&mut codec, vec![1], &mut dst).is_err());
         assert_eq!(dst, "queued", "the half-encoded frame is dropped");
+        let mut codec = Misplacing {
+            writes: 4,
+            at: None,
+        };
+        assert!(encode_frame(&mut codec, vec![1], &mut dst).is_err());
+        assert_eq!(dst, "queued", "bytes written before `None` are dropped too");
     }
 
     #[test]

@@ -11,8 +11,9 @@ pub enum SessionError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// A frame could not be encoded or decoded. After `FrameTooLong`,
-    /// `Malformed`, `InvalidUtf8`, `SentinelInFrame` or `WrongLength` the
-    /// session is still usable (that one frame was skipped); after
+    /// `Malformed`, `InvalidUtf8`, `SentinelInFrame`, `WrongLength` or
+    /// `PayloadOutOfFrame` the session is still usable (that one frame was
+    /// skipped, nothing of it sent); after
     /// `TruncatedFrame` or `Io` it is closed.
     #[error(transparent)]
     Framing(#[from] FramingError),

@@ -522,6 +522,8 @@ mod tests {
             .write_around(payload, at, Some(Duration::from_secs(1)))
             .await;
         assert_eq!(stalled.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        // the connection is over: what is left is dropped, not copied
+        assert_eq!((io.wbuf.len(), io.written), (0, 0));
     }
 
     #[tokio::test]
