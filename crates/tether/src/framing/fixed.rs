@@ -61,17 +61,25 @@ impl Decoder for FixedLengthCodec {
     }
 }
 
+impl FixedLengthCodec {
+    /// Refuses a frame to send of the wrong size.
+    fn check_length(&self, frame: &[u8]) -> Result<(), FramingError> {
+        if frame.len() == self.length {
+            return Ok(());
+        }
+        Err(FramingError::WrongLength {
+            expected: self.length,
+            actual: frame.len(),
+        })
+    }
+}
+
 impl<T: AsRef<[u8]>> Encoder<T> for FixedLengthCodec {
     type Error = FramingError;
 
     fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), FramingError> {
         let frame = item.as_ref();
-        if frame.len() != self.length {
-            return Err(FramingError::WrongLength {
-                expected: self.length,
-                actual: frame.len(),
-            });
-        }
+        self.check_length(frame)?;
         dst.put_slice(frame);
         Ok(())
     }
@@ -86,12 +94,7 @@ impl<T: AsRef<[u8]>> FrameEncoder<T> for FixedLengthCodec {
         _dst: &mut BytesMut,
     ) -> Result<Option<usize>, FramingError> {
         let frame = item.as_ref();
-        if frame.len() != self.length {
-            return Err(FramingError::WrongLength {
-                expected: self.length,
-                actual: frame.len(),
-            });
-        }
+        self.check_length(frame)?;
         Ok((frame.len() >= BY_REFERENCE).then_some(0))
     }
 

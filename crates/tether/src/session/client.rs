@@ -285,12 +285,9 @@ where
         let deadline = self.options.request_timeout;
         self.io()?;
         let io = self.io.as_mut().expect("checked above");
-        let outcome = match deadline {
-            Some(after) => match within(&mut self.timer, after, io.read_frame()).await {
-                Some(outcome) => outcome,
-                None => return Err(SessionError::Timeout { after }),
-            },
-            None => io.read_frame().await,
+        let Some(outcome) = timed(&mut self.timer, deadline, io.read_frame()).await else {
+            let after = deadline.expect("only a deadline times out");
+            return Err(SessionError::Timeout { after });
         };
         self.settle(outcome)
     }
@@ -336,16 +333,11 @@ where
                 Some((payload, at)) => Box::pin(io.write_around(payload, at, None)).await,
             }
         };
-        let flushed = match deadline {
-            Some(after) => match within(&mut self.timer, after, write).await {
-                Some(flushed) => flushed,
-                None => {
-                    // (part of it may be out: the stream is no longer in step)
-                    self.close_because(format!("a request could not be sent within {after:?}"));
-                    return Err(SessionError::Timeout { after });
-                }
-            },
-            None => write.await,
+        let Some(flushed) = timed(&mut self.timer, deadline, write).await else {
+            let after = deadline.expect("only a deadline times out");
+            // (part of it may be out: the stream is no longer in step)
+            self.close_because(format!("a request could not be sent within {after:?}"));
+            return Err(SessionError::Timeout { after });
         };
         if let Err(e) = flushed {
             self.close_because(e.to_string());

@@ -212,23 +212,6 @@ where
         Ok(())
     }
 
-    /// [`write_around`](Self::write_around) for the payload `item` has
-    /// left out at `at`. (Callers box it: its state, in place, would make
-    /// every request's or connection's future bigger.) The future holds
-    /// the payload's bytes, not `item`, so `item` need not be `Sync`.
-    pub(crate) fn write_item_around<'a, T>(
-        &'a mut self,
-        item: &'a T,
-        at: usize,
-        stall: Option<Duration>,
-    ) -> impl std::future::Future<Output = std::io::Result<()>> + 'a
-    where
-        C: FrameEncoder<T>,
-    {
-        let payload = self.codec.payload(item);
-        self.write_around(payload, at, stall)
-    }
-
     /// Writes everything queued, in one write when the kernel takes it.
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
         // A plain write loop: `write_all_buf` prepares 64 I/O slices for a

@@ -341,7 +341,10 @@ where
     ) -> std::pin::Pin<Box<impl Future<Output = std::io::Result<()>> + '_>> {
         let stall = self.stop.borrow().write_stall;
         let io = &mut self.io;
-        Box::pin(async move { io.write_item_around(&reply, at, Some(stall)).await })
+        Box::pin(async move {
+            let payload = io.codec.payload(&reply);
+            io.write_around(payload, at, Some(stall)).await
+        })
     }
 
     async fn serve(mut self) {
