@@ -1,5 +1,5 @@
 //! The W1 (one request at a time), W2 (a connection each), W3 (64 requests
-//! in flight) and W6 (push) workloads of
+//! in flight), W4 (64 sessions at once), W5 (1 MiB echoes) and W6 (push) workloads of
 //! BENCHMARKS.md, one implementation per run, for a profiler.
 //!
 //! Speed is measured by `tether bench` (crates/tether-cli/src/bench), with
@@ -18,6 +18,12 @@
 //! - `--profile-w1`: W1, sequential requests, each awaited before the next;
 //! - `--profile-w1-length`: W1 over a session and its server (`LengthCodec`);
 //! - `--profile-w1-framed`: W1 over tokio-util's `LengthDelimitedCodec`;
+//! - `--profile-w4-length`: W4, 64 sessions at once (`LengthCodec`), each
+//!   sequential;
+//! - `--profile-w4-framed`: W4 over tokio-util's `LengthDelimitedCodec`;
+//! - `--profile-w5-sentinel`, `--profile-w5-length`: W5, 1 MiB echoes
+//!   over a session and its server (`SentinelCodec::lines()`, `LengthCodec`);
+//! - `--profile-w5-framed`: W5 over tokio-util's `LengthDelimitedCodec`;
 //! - `--profile-w2`: W2, a connection per request through
 //!   `PacketConnection::request_once`;
 //! - `--profile-w2-framed`: W2 over tokio-util's `LengthDelimitedCodec`;
@@ -33,7 +39,9 @@
 //! 20,000 ≈ instructions per round trip, both ends); W2 opens 2,000
 //! connections (200 with `--quick`); W3 sends 2,000,000
 //! requests (200,000 with `--quick`: total instructions
-//! / 200,000 ≈ instructions per request); W6 pushes 100,000 messages to
+//! / 200,000 ≈ instructions per request); W4 sends 200,000 requests
+//! (20,000 with `--quick`, total / 20,000 per request); W5 echoes 512 payloads of 1 MiB
+//! (51 with `--quick`); W6 pushes 100,000 messages to
 //! each of 16 clients (10,000 with `--quick`). The server and the client
 //! run on two single-threaded runtimes in one process, over TCP on
 //! 127.0.0.1.
@@ -53,7 +61,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 
-use tether::framing::LengthCodec;
+use tether::framing::{FrameEncoder, FramingError, LengthCodec, SentinelCodec};
 use tether::packet::{
     EchoService, IncomingRequest, NoHandler, PacketConfig, PacketConnection, Response,
     ResponseFuture,
@@ -61,10 +69,14 @@ use tether::packet::{
 use tether::session::{Client, ClientOptions, ConnectionInfo, HandlerError, Server};
 use tether::transport::{self, Endpoint, Listener};
 use tokio::net::TcpListener;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Framed, LengthDelimitedCodec};
 
 const PAYLOAD: usize = 64;
 const IN_FLIGHT: usize = 64;
+/// W4: sessions open at once.
+const FAN_IN: usize = 64;
+/// W5: the size of each echoed payload.
+const BULK_PAYLOAD: usize = 1 << 20;
 /// W6: connected clients, each receiving the same number of messages.
 const PUSH_CLIENTS: usize = 16;
 /// W6 over `submit`: requests in flight per client connection.
@@ -227,6 +239,18 @@ async fn w1_framed(ep: Endpoint, n: usize) {
 
 /// A session server echoing every `LengthCodec` frame.
 fn length_server() -> Endpoint {
+    session_server(LengthCodec::new())
+}
+
+/// A session server echoing every frame of `codec`.
+fn session_server<C>(codec: C) -> Endpoint
+where
+    C: Decoder<Item = BytesMut, Error = FramingError>
+        + FrameEncoder<BytesMut>
+        + Clone
+        + Send
+        + 'static,
+{
     server(|etx| async move {
         let l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
             .await
@@ -235,10 +259,91 @@ fn length_server() -> Endpoint {
         let echo = |frame: BytesMut, _: &ConnectionInfo| {
             std::future::ready(Ok::<_, HandlerError>(Some(frame)))
         };
-        Server::with_listener(l, LengthCodec::new(), echo)
+        Server::with_listener(l, codec, echo)
             .run(std::future::pending(), Duration::from_secs(1))
             .await;
     })
+}
+
+/// W4 over sessions: `FAN_IN` sessions at once, each its own task sending
+/// its share of `n` requests one after another.
+async fn w4_length(ep: Endpoint, n: usize) {
+    let client = Client::new(ep, LengthCodec::new(), ClientOptions::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..FAN_IN {
+        let mut s = client.connect().await.unwrap();
+        tasks.spawn(async move {
+            let payload = Bytes::from(vec![7u8; PAYLOAD]);
+            for _ in 0..n / FAN_IN {
+                let r = s.request(payload.clone()).await.unwrap();
+                debug_assert_eq!(r.len(), PAYLOAD);
+            }
+            s.close().await.unwrap();
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// W4 over `LengthDelimitedCodec`, against the framed echo server.
+async fn w4_framed(ep: Endpoint, n: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..FAN_IN {
+        let s = transport::connect(&ep, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut f = Framed::new(s, LengthDelimitedCodec::new());
+        tasks.spawn(async move {
+            let payload = Bytes::from(vec![7u8; PAYLOAD]);
+            for _ in 0..n / FAN_IN {
+                f.send(payload.clone()).await.unwrap();
+                let r = f.next().await.unwrap().unwrap();
+                debug_assert_eq!(r.len(), PAYLOAD);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// A W5 payload: 1 MiB of printable bytes, so that no sentinel is in it.
+fn bulk_payload() -> Bytes {
+    (0..BULK_PAYLOAD).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// W5 over a session of `codec`, against a session server of the same.
+async fn w5_session<C>(ep: Endpoint, codec: C, n: usize)
+where
+    C: Decoder<Item = BytesMut, Error = FramingError>
+        + FrameEncoder<Bytes>
+        + Clone
+        + Send
+        + 'static,
+{
+    let client = Client::new(ep, codec, ClientOptions::default());
+    let mut s = client.connect().await.unwrap();
+    let payload = bulk_payload();
+    for _ in 0..n {
+        let r = s.request(payload.clone()).await.unwrap();
+        debug_assert_eq!(r.len(), BULK_PAYLOAD);
+    }
+    s.close().await.unwrap();
+}
+
+/// W5 over `LengthDelimitedCodec`, against the framed echo server.
+async fn w5_framed(ep: Endpoint, n: usize) {
+    let s = transport::connect(&ep, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut f = Framed::new(s, LengthDelimitedCodec::new());
+    let payload = bulk_payload();
+    for _ in 0..n {
+        f.send(payload.clone()).await.unwrap();
+        let r = f.next().await.unwrap().unwrap();
+        debug_assert_eq!(r.len(), BULK_PAYLOAD);
+    }
 }
 
 /// W3 through a `Pipeline`: responses in completion order from one queue,
@@ -462,7 +567,9 @@ async fn w6_packet(ep: Endpoint, per_client: usize) {
 }
 
 const USAGE: &str = "usage: packet_bench [--quick] --profile-w1 | --profile-w1-length | \
-    --profile-w1-framed | --profile-w2 | --profile-w2-framed | \
+    --profile-w1-framed | --profile-w4-length | --profile-w4-framed | \
+    --profile-w5-sentinel | --profile-w5-length | \
+    --profile-w5-framed | --profile-w2 | --profile-w2-framed | \
     --profile-w3 | --profile-w3-in-order | \
     --profile-w3-pipeline | --profile-w3-framed | --profile-w6 | --profile-w6-submit | \
     --profile-w6-framed\n(speed is measured by `tether bench`; this runs one workload for a profiler)";
@@ -479,10 +586,10 @@ fn main() {
         eprintln!("{USAGE}");
         std::process::exit(2);
     };
-    let (w1, w2, w3, w6) = if quick {
-        (20_000, 200, 200_000, 10_000)
+    let (w1, w2, w3, w4, w5, w6) = if quick {
+        (20_000, 200, 200_000, 20_000, 51, 10_000)
     } else {
-        (200_000, 2_000, 2_000_000, 100_000)
+        (200_000, 2_000, 2_000_000, 200_000, 512, 100_000)
     };
     // one runtime loop for every mode, the workload polled through a
     // pointer: inlined into a loop of its own, each workload's code moved
@@ -491,6 +598,15 @@ fn main() {
         "--profile-w1" => Box::pin(w1_packet(packet_server(), w1)),
         "--profile-w1-length" => Box::pin(w1_length(length_server(), w1)),
         "--profile-w1-framed" => Box::pin(w1_framed(framed_server(), w1)),
+        "--profile-w4-length" => Box::pin(w4_length(length_server(), w4)),
+        "--profile-w4-framed" => Box::pin(w4_framed(framed_server(), w4)),
+        "--profile-w5-sentinel" => Box::pin(w5_session(
+            session_server(SentinelCodec::lines()),
+            SentinelCodec::lines(),
+            w5,
+        )),
+        "--profile-w5-length" => Box::pin(w5_session(length_server(), LengthCodec::new(), w5)),
+        "--profile-w5-framed" => Box::pin(w5_framed(framed_server(), w5)),
         "--profile-w2" => Box::pin(w2_packet(packet_server(), w2)),
         "--profile-w2-framed" => Box::pin(w2_framed(framed_server(), w2)),
         "--profile-w3" => Box::pin(w3_packet(packet_server(), w3)),
