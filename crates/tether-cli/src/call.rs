@@ -94,7 +94,7 @@ pub async fn run(args: CallArgs) -> CliResult {
     let mut options = ClientOptions::default()
         .connect_timeout(timeout)
         .request_timeout(Some(timeout));
-    if let Some(config) = args.tls.config()? {
+    if let Some(config) = args.tls.config(&args.endpoint)? {
         options = options.tls(config);
     }
     match args.framing.clone() {

@@ -30,7 +30,7 @@ pub async fn serve(listener: Listener) -> CliResult {
 pub async fn call(args: CallArgs, timeout: Duration) -> CliResult {
     let rq_type = args.rq_type.ok_or("--packet needs --rq-type N")?;
     let mut options = ConnectOptions::new(timeout);
-    if let Some(tls) = args.tls.config()? {
+    if let Some(tls) = args.tls.config(&args.endpoint)? {
         options = options.tls(tls);
     }
     let conn = PacketConnection::connect_with(

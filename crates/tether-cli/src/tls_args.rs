@@ -85,9 +85,15 @@ pub struct CallTls {
 }
 
 impl CallTls {
-    /// The client configuration, if --tls-ca was given.
-    pub fn config(&self) -> crate::CliResult<Option<TlsClientConfig>> {
+    /// The client configuration for `endpoint`, if --tls-ca was given.
+    /// Given with an endpoint that is not tls://, it is an error, as
+    /// `serve`'s --tls-cert is, rather than a file read for nothing: whoever
+    /// wrote it expected the connection to be encrypted.
+    pub fn config(&self, endpoint: &Endpoint) -> crate::CliResult<Option<TlsClientConfig>> {
         match &self.tls_ca {
+            Some(_) if !matches!(endpoint, Endpoint::Tls { .. }) => {
+                Err(format!("--tls-ca needs a tls:// endpoint, not {endpoint}").into())
+            }
             Some(path) => Ok(Some(TlsClientConfig::trusting_pem_file(path)?)),
             None => Ok(None),
         }

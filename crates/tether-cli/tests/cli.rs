@@ -192,3 +192,29 @@ fn call_over_telnet_sets_a_greeting_aside_so_replies_line_up() {
     assert_eq!(out, "echo quick\n");
     device.join().unwrap();
 }
+
+#[test]
+fn a_server_on_stdio_exits_once_its_peer_has_gone() {
+    // as an `exec:` child or under inetd: stdin's end is its one peer
+    // leaving, and nothing else can connect, so it exits (status 0) with
+    // its replies out, rather than linger until signalled
+    let cases: [(&str, &[u8]); 2] = [
+        ("lines", b"REV abc\n*IDN?\n"),
+        // stdin ends at once, without even the protocol's EOF packet
+        ("packet", b""),
+    ];
+    for (service, input) in cases {
+        let (status, out, err) = run(
+            tether("serve").args([service, "--listen", "stdio:"]),
+            input,
+            LIMIT,
+        );
+        assert!(status.success(), "serve {service} on stdio: {status} {err}");
+        assert!(err.starts_with("listening on"), "{err}");
+        if service == "lines" {
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines[0], "cba", "{out}");
+            assert!(lines[1].starts_with("tether,lines,"), "{out}");
+        }
+    }
+}

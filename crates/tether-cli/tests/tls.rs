@@ -124,3 +124,27 @@ fn serve_on_tls_without_a_certificate_is_refused() {
     assert!(!status.success());
     assert!(err.contains("--tls-self-signed"), "{err}");
 }
+
+#[test]
+fn tls_ca_with_an_endpoint_that_is_not_tls_is_refused_before_connecting() {
+    // a plain server that would answer: the refusal must not depend on
+    // reaching it, and the file must not be read (it does not exist)
+    let (server, addr) = serve(&["lines", "--listen", "tcp://127.0.0.1:0"]);
+    for packet in [false, true] {
+        let endpoint = format!("tcp://{addr}");
+        let mut args = vec![endpoint.as_str(), "--tls-ca", "/nonexistent/ca.pem"];
+        if packet {
+            args.extend(["--packet", "--rq-type", "0"]);
+        }
+        args.extend(["--", "ECHO x"]);
+        let (status, out, err) = call(&args, &[]);
+        assert!(!status.success(), "packet {packet}: {out}");
+        assert_eq!(out, "");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("--tls-ca needs a tls:// endpoint") && err.contains(&endpoint),
+            "{err}"
+        );
+    }
+    assert!(server.signal_and_wait("TERM").success());
+}

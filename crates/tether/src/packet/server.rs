@@ -11,7 +11,8 @@ use crate::transport::Listener;
 /// Serves every connection `listener` accepts, all at the same time, each
 /// with a clone of `handler`, until `shutdown` resolves; then closes every
 /// connection in order (ERQ, running handlers finish, EOF; bounded by the
-/// config's `close_timeout + eof_timeout`) and returns.
+/// config's `close_timeout + eof_timeout`) and returns. On a `stdio:`
+/// listener it also returns once its one connection has ended.
 ///
 /// A connection that fails (protocol error, I/O error) ends alone; the
 /// others go on. A failed `accept` is logged and retried after 50 ms.
@@ -57,6 +58,15 @@ where
                     if conns.len() >= sweep_at {
                         conns.retain(|c| !c.is_closed());
                         sweep_at = (conns.len() * 2).max(64);
+                    }
+                    if listener.is_spent() {
+                        // stdio: this peer is the only one there will be
+                        tokio::select! {
+                            _ = &mut shutdown => {}
+                            _ = conn.closed() => {}
+                        }
+                        conns.push(conn);
+                        break;
                     }
                     conns.push(conn);
                 }

@@ -38,6 +38,13 @@ pub enum PairError {
         /// (with the last error), or the peer connecting back to us.
         stage: String,
     },
+    /// [`OneClientServer::wait_connected`](super::OneClientServer::wait_connected)
+    /// ran out of time: no client connected. The server goes on listening.
+    #[error("no client connected within {timeout:?}")]
+    NoClientWithin {
+        /// The wait that ran out.
+        timeout: Duration,
+    },
     /// `connect()` without a peer endpoint: give one with
     /// [`Pair::connect_to`](super::Pair::connect_to) or
     /// [`PairConfig::peer`](super::PairConfig::peer).

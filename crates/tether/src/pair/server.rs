@@ -219,7 +219,9 @@ where
         self.shared.refused()
     }
 
-    /// Waits until a client is connected, at most `timeout`.
+    /// Waits until a client is connected, at most `timeout`:
+    /// [`PairError::NoClientWithin`] if none does, [`PairError::Closed`] if
+    /// the server is closed meanwhile.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<PeerAddr, PairError> {
         self.shared.wait_connected(timeout).await
     }
@@ -402,7 +404,7 @@ impl<D: Decoder> ServerShared<D> {
         match waited {
             Ok(Ok(s)) if !s.closed => Ok(s.client.expect("waited for it")),
             Ok(_) => Err(PairError::Closed),
-            Err(_) => Err(PairError::NotConnected),
+            Err(_) => Err(PairError::NoClientWithin { timeout }),
         }
     }
 
@@ -902,6 +904,23 @@ mod tests {
         TcpStream::connect(server.local_endpoint().host_port().unwrap())
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_client_says_how_it_ended() {
+        let server = server().await;
+        let waited = server.wait_connected(Duration::from_millis(20)).await;
+        assert!(
+            matches!(waited, Err(PairError::NoClientWithin { timeout })
+                if timeout == Duration::from_millis(20)),
+            "{waited:?}"
+        );
+        // still listening: a client that comes later is served
+        let _c = dial(&server).await;
+        server.wait_connected(T).await.unwrap();
+        server.close().await;
+        let waited = server.wait_connected(T).await;
+        assert!(matches!(waited, Err(PairError::Closed)), "{waited:?}");
     }
 
     #[tokio::test]

@@ -245,11 +245,15 @@ where
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully,
-    /// giving in-flight requests up to `grace` to finish.
+    /// giving in-flight requests up to `grace` to finish. On a `stdio:`
+    /// listener it also returns once its one peer has gone (stdin ended):
+    /// no other peer can come.
     pub async fn run(self, shutdown: impl Future<Output = ()>, grace: Duration) {
-        let running = self.spawn();
-        shutdown.await;
-        running.shutdown(grace).await;
+        let mut running = self.spawn();
+        tokio::select! {
+            () = shutdown => running.shutdown(grace).await,
+            ended = &mut running.task => report_end(ended),
+        }
     }
 
     async fn serve(mut self, mut stop: watch::Receiver<Control>, stats: Arc<ServerStats>) {
@@ -297,7 +301,12 @@ where
                         connections.spawn(conn.serve().instrument(span));
                     }
                 }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(_) = connections.join_next(), if !connections.is_empty() => {
+                    if connections.is_empty() && self.listener.is_spent() {
+                        info!("the stdio peer has gone, and no other can come");
+                        break Duration::ZERO;
+                    }
+                }
             }
         };
         drop(self.listener);
@@ -510,10 +519,15 @@ impl RunningServer {
     /// (up to `grace`), close every connection, and wait for all that.
     pub async fn shutdown(self, grace: Duration) {
         self.stop_tx.send_modify(|c| c.grace = Some(grace));
-        if let Err(e) = self.task.await {
-            // (it never panics by design: say so loudly if it did)
-            tracing::error!(error = %e, "the server task failed");
-        }
+        report_end(self.task.await);
+    }
+}
+
+/// Logs a server task that did not end normally.
+fn report_end(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended {
+        // (it never panics by design: say so loudly if it did)
+        tracing::error!(error = %e, "the server task failed");
     }
 }
 

@@ -13,8 +13,9 @@ use super::{ByteStream, Endpoint, TransportError};
 /// `tcp://…:0` asks the system for a free port; [`Listener::local_endpoint`]
 /// gives the real one as soon as `bind` returns. A Unix listener removes its
 /// socket file when dropped. A `stdio:` listener yields a single stream
-/// (this process's stdin/stdout) and then waits forever, so a server can be
-/// run as another program's `exec:` child.
+/// (this process's stdin/stdout), so a server can be run as another
+/// program's `exec:` child; then it accepts nothing more (`accept` waits
+/// for ever) and tether's servers end once that one peer has gone.
 ///
 /// A TLS listener ([`Listener::bind_tls`]) runs each handshake in its own
 /// task, within the handshake timeout of its [`TlsServerConfig`];
@@ -116,6 +117,13 @@ impl Listener {
             Endpoint::Unix(path) => path.display().to_string(),
             other => other.host_port().unwrap_or_else(|| other.to_string()),
         }
+    }
+
+    /// True once this listener will accept nothing more: a `stdio:` one
+    /// that has handed out its stream. A server on it ends with that
+    /// stream's connection rather than wait for peers that cannot come.
+    pub(crate) fn is_spent(&self) -> bool {
+        matches!(self.kind, Kind::Stdio { taken: true })
     }
 
     /// Waits for the next peer. Cancel-safe: a peer (or a TLS handshake in
