@@ -15,8 +15,8 @@ use crate::call::CallArgs;
 use crate::CliResult;
 
 /// `tether serve packet`: the contract handler ([`EchoService`]) on every
-/// connection, all served at once, until SIGINT/SIGTERM; then every
-/// connection closes in order.
+/// connection, all served at once, until SIGINT/SIGTERM (on `stdio:`, or
+/// until its one connection ends); then every connection closes in order.
 pub async fn serve(listener: Listener) -> CliResult {
     let stop = crate::interrupted()?;
     crate::serve::announce(&listener)?;

@@ -1,4 +1,5 @@
-//! `tether serve SERVICE`: run a simulator until SIGINT/SIGTERM.
+//! `tether serve SERVICE`: run a simulator until SIGINT/SIGTERM (on
+//! `stdio:`, or until stdin ends).
 
 use std::io::Write;
 use std::time::Duration;

@@ -79,7 +79,7 @@ impl ServeTls {
 #[derive(Debug, Clone, Args)]
 pub struct CallTls {
     /// Certificate authorities to trust for tls:// endpoints, PEM (default:
-    /// the file named by TETHER_TLS_CA).
+    /// the file named by TETHER_TLS_CA); an error with any other endpoint.
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
 }

@@ -211,30 +211,58 @@ async fn w1_packet(ep: Endpoint, n: usize) {
     c.close().await.unwrap();
 }
 
-/// W1 over a session, against a session server: `LengthCodec` both ends.
-async fn w1_length(ep: Endpoint, n: usize) {
-    let client = Client::new(ep, LengthCodec::new(), ClientOptions::default());
+/// W1, W5 and each session of W4: `n` requests of `payload`, one after
+/// another, over a session of `codec`.
+async fn sequential_session<C>(ep: Endpoint, codec: C, payload: Bytes, n: usize)
+where
+    C: Decoder<Item = BytesMut, Error = FramingError>
+        + FrameEncoder<Bytes>
+        + Clone
+        + Send
+        + 'static,
+{
+    let client = Client::new(ep, codec, ClientOptions::default());
     let mut s = client.connect().await.unwrap();
-    let payload = Bytes::from(vec![7u8; PAYLOAD]);
     for _ in 0..n {
         let r = s.request(payload.clone()).await.unwrap();
-        debug_assert_eq!(r.len(), PAYLOAD);
+        debug_assert_eq!(r.len(), payload.len());
     }
     s.close().await.unwrap();
 }
 
-/// W1 over `LengthDelimitedCodec`, against the framed echo server.
-async fn w1_framed(ep: Endpoint, n: usize) {
+/// The same over `LengthDelimitedCodec`, against the framed echo server.
+async fn sequential_framed(ep: Endpoint, payload: Bytes, n: usize) {
     let s = transport::connect(&ep, Duration::from_secs(5))
         .await
         .unwrap();
     let mut f = Framed::new(s, LengthDelimitedCodec::new());
-    let payload = Bytes::from(vec![7u8; PAYLOAD]);
     for _ in 0..n {
         f.send(payload.clone()).await.unwrap();
         let r = f.next().await.unwrap().unwrap();
-        debug_assert_eq!(r.len(), PAYLOAD);
+        debug_assert_eq!(r.len(), payload.len());
     }
+}
+
+/// W4: `n` requests shared by `FAN_IN` sessions at once, each its own task
+/// running `session(its share)`.
+async fn fan_in<F, Fut>(n: usize, session: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..FAN_IN {
+        let share = n / FAN_IN + usize::from(i < n % FAN_IN);
+        tasks.spawn(session(share));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// The 64-byte payload of W1, W3, W4 and W6.
+fn small_payload() -> Bytes {
+    Bytes::from(vec![7u8; PAYLOAD])
 }
 
 /// A session server echoing every `LengthCodec` frame.
@@ -265,85 +293,9 @@ where
     })
 }
 
-/// W4 over sessions: `FAN_IN` sessions at once, each its own task sending
-/// its share of `n` requests one after another.
-async fn w4_length(ep: Endpoint, n: usize) {
-    let client = Client::new(ep, LengthCodec::new(), ClientOptions::default());
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..FAN_IN {
-        let mut s = client.connect().await.unwrap();
-        tasks.spawn(async move {
-            let payload = Bytes::from(vec![7u8; PAYLOAD]);
-            for _ in 0..n / FAN_IN {
-                let r = s.request(payload.clone()).await.unwrap();
-                debug_assert_eq!(r.len(), PAYLOAD);
-            }
-            s.close().await.unwrap();
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-}
-
-/// W4 over `LengthDelimitedCodec`, against the framed echo server.
-async fn w4_framed(ep: Endpoint, n: usize) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..FAN_IN {
-        let s = transport::connect(&ep, Duration::from_secs(5))
-            .await
-            .unwrap();
-        let mut f = Framed::new(s, LengthDelimitedCodec::new());
-        tasks.spawn(async move {
-            let payload = Bytes::from(vec![7u8; PAYLOAD]);
-            for _ in 0..n / FAN_IN {
-                f.send(payload.clone()).await.unwrap();
-                let r = f.next().await.unwrap().unwrap();
-                debug_assert_eq!(r.len(), PAYLOAD);
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-}
-
 /// A W5 payload: 1 MiB of printable bytes, so that no sentinel is in it.
 fn bulk_payload() -> Bytes {
     (0..BULK_PAYLOAD).map(|i| b'a' + (i % 26) as u8).collect()
-}
-
-/// W5 over a session of `codec`, against a session server of the same.
-async fn w5_session<C>(ep: Endpoint, codec: C, n: usize)
-where
-    C: Decoder<Item = BytesMut, Error = FramingError>
-        + FrameEncoder<Bytes>
-        + Clone
-        + Send
-        + 'static,
-{
-    let client = Client::new(ep, codec, ClientOptions::default());
-    let mut s = client.connect().await.unwrap();
-    let payload = bulk_payload();
-    for _ in 0..n {
-        let r = s.request(payload.clone()).await.unwrap();
-        debug_assert_eq!(r.len(), BULK_PAYLOAD);
-    }
-    s.close().await.unwrap();
-}
-
-/// W5 over `LengthDelimitedCodec`, against the framed echo server.
-async fn w5_framed(ep: Endpoint, n: usize) {
-    let s = transport::connect(&ep, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let mut f = Framed::new(s, LengthDelimitedCodec::new());
-    let payload = bulk_payload();
-    for _ in 0..n {
-        f.send(payload.clone()).await.unwrap();
-        let r = f.next().await.unwrap().unwrap();
-        debug_assert_eq!(r.len(), BULK_PAYLOAD);
-    }
 }
 
 /// W3 through a `Pipeline`: responses in completion order from one queue,
@@ -596,17 +548,38 @@ fn main() {
     // the instruction counts by up to 2% with no change to tether
     let workload: Pin<Box<dyn Future<Output = ()> + Send>> = match mode {
         "--profile-w1" => Box::pin(w1_packet(packet_server(), w1)),
-        "--profile-w1-length" => Box::pin(w1_length(length_server(), w1)),
-        "--profile-w1-framed" => Box::pin(w1_framed(framed_server(), w1)),
-        "--profile-w4-length" => Box::pin(w4_length(length_server(), w4)),
-        "--profile-w4-framed" => Box::pin(w4_framed(framed_server(), w4)),
-        "--profile-w5-sentinel" => Box::pin(w5_session(
+        "--profile-w1-length" => Box::pin(sequential_session(
+            length_server(),
+            LengthCodec::new(),
+            small_payload(),
+            w1,
+        )),
+        "--profile-w1-framed" => Box::pin(sequential_framed(framed_server(), small_payload(), w1)),
+        "--profile-w4-length" => {
+            let ep = length_server();
+            Box::pin(fan_in(w4, move |share| {
+                sequential_session(ep.clone(), LengthCodec::new(), small_payload(), share)
+            }))
+        }
+        "--profile-w4-framed" => {
+            let ep = framed_server();
+            Box::pin(fan_in(w4, move |share| {
+                sequential_framed(ep.clone(), small_payload(), share)
+            }))
+        }
+        "--profile-w5-sentinel" => Box::pin(sequential_session(
             session_server(SentinelCodec::lines()),
             SentinelCodec::lines(),
+            bulk_payload(),
             w5,
         )),
-        "--profile-w5-length" => Box::pin(w5_session(length_server(), LengthCodec::new(), w5)),
-        "--profile-w5-framed" => Box::pin(w5_framed(framed_server(), w5)),
+        "--profile-w5-length" => Box::pin(sequential_session(
+            length_server(),
+            LengthCodec::new(),
+            bulk_payload(),
+            w5,
+        )),
+        "--profile-w5-framed" => Box::pin(sequential_framed(framed_server(), bulk_payload(), w5)),
         "--profile-w2" => Box::pin(w2_packet(packet_server(), w2)),
         "--profile-w2-framed" => Box::pin(w2_framed(framed_server(), w2)),
         "--profile-w3" => Box::pin(w3_packet(packet_server(), w3)),

@@ -211,6 +211,18 @@ impl RunningServer {
         }
     }
 
+    /// True once the server has stopped serving without being told to: on
+    /// a `stdio:` endpoint, once its one peer has gone.
+    pub fn is_finished(&self) -> bool {
+        match &self.inner {
+            // (TCP and Unix listeners never run out of peers)
+            Inner::Threaded(_) => false,
+            Inner::Runtime { running, .. } => running
+                .as_ref()
+                .is_none_or(session::RunningServer::is_finished),
+        }
+    }
+
     /// Graceful shutdown: stops accepting at once, lets requests in
     /// progress finish and their replies go out (up to `grace`), then
     /// closes every connection. Connections waiting for a request close at

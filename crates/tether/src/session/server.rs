@@ -227,7 +227,8 @@ where
     }
 
     /// Serves in a background task until [`RunningServer::shutdown`] (or
-    /// until the returned handle is dropped).
+    /// until the returned handle is dropped); on a `stdio:` listener, until
+    /// its one peer has gone ([`RunningServer::is_finished`]).
     pub fn spawn(self) -> RunningServer {
         let (stop_tx, stop_rx) = watch::channel(Control {
             grace: None,
@@ -261,6 +262,12 @@ where
         let mut connections = JoinSet::new();
         let next_id = AtomicU64::new(1);
         let grace = loop {
+            // (here, not where a connection ends: a stdio stream refused by
+            // a full server must end it too)
+            if connections.is_empty() && self.listener.is_spent() {
+                info!("the stdio peer has gone, and no other can come");
+                break Duration::ZERO;
+            }
             tokio::select! {
                 changed = stop.changed() => {
                     break if changed.is_ok() { stop.borrow().grace.unwrap_or_default() } else { Duration::ZERO };
@@ -301,12 +308,7 @@ where
                         connections.spawn(conn.serve().instrument(span));
                     }
                 }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {
-                    if connections.is_empty() && self.listener.is_spent() {
-                        info!("the stdio peer has gone, and no other can come");
-                        break Duration::ZERO;
-                    }
-                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         };
         drop(self.listener);
@@ -513,6 +515,12 @@ impl RunningServer {
     /// The server's counters.
     pub fn stats(&self) -> &ServerStats {
         &self.stats
+    }
+
+    /// True once the server has stopped serving without being told to:
+    /// on a `stdio:` listener, once its one peer has gone.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Graceful shutdown: stop accepting, let requests in progress finish

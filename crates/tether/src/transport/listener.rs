@@ -15,7 +15,8 @@ use super::{ByteStream, Endpoint, TransportError};
 /// socket file when dropped. A `stdio:` listener yields a single stream
 /// (this process's stdin/stdout), so a server can be run as another
 /// program's `exec:` child; then it accepts nothing more (`accept` waits
-/// for ever) and tether's servers end once that one peer has gone.
+/// for ever) and the session and packet servers end once that one peer has
+/// gone.
 ///
 /// A TLS listener ([`Listener::bind_tls`]) runs each handshake in its own
 /// task, within the handshake timeout of its [`TlsServerConfig`];

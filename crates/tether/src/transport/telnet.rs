@@ -9,9 +9,9 @@
 //! ordinary data for the application to read or skip. A carriage return
 //! sent as `CR NUL` (RFC 854's bare CR) is read as `CR`. What we write goes
 //! out as written but for 0xFF: a bare CR is not sent as `CR NUL`, as
-//! Python's telnetlib (which the devices ska-ser-devices talks to are used
-//! with) does not, and a device that ends commands with `\r` would read
-//! the NUL as the first byte of the next command.
+//! Python's telnetlib (used with the devices ska-ser-devices talks to) does
+//! not, and a device that ends commands with `\r` would read the NUL as
+//! the first byte of the next command.
 //!
 //! A peer cannot make it hold much memory: a sub-negotiation longer than
 //! [`SUBNEGOTIATION_AT_MOST`] is an error (a peer that never sends `IAC
