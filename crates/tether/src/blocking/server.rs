@@ -219,7 +219,7 @@ impl RunningServer {
             Inner::Threaded(_) => false,
             Inner::Runtime { running, .. } => running
                 .as_ref()
-                .is_none_or(session::RunningServer::is_finished),
+                .map_or(true, session::RunningServer::is_finished),
         }
     }
 
