@@ -808,6 +808,31 @@ async fn submit_and_close_waits_for_room_before_closing() {
 }
 
 #[tokio::test]
+async fn a_request_given_up_makes_room_for_one_waiting_at_once() {
+    // max_pending 1, a peer that never answers the first: the second
+    // waits for room, and gets it when the first is dropped (a caller's
+    // timeout), though the peer sends nothing more
+    let mut config = cfg();
+    config.max_pending = 1;
+    let (a, b) = memory_pair(1 << 16);
+    let client = PacketConnection::spawn(a, NoHandler, config);
+    let first = client.submit(1, 0, "never answered");
+    let second = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit(1, 0, "second").await })
+    };
+    let mut peer = raw(b);
+    assert_eq!(next(&mut peer).await, rq(2, 1, 0, b"never answered"));
+    // the second is waiting for room, not yet sent
+    let early = tokio::time::timeout(Duration::from_millis(50), peer.next()).await;
+    assert!(early.is_err(), "sent before there was room: {early:?}");
+    drop(first);
+    assert_eq!(next(&mut peer).await, rq(3, 1, 0, b"second"));
+    t(peer.send(rs(3, true, 0, b"2"))).await.unwrap();
+    assert_eq!(t(second).await.unwrap().unwrap(), Response::ok(0, "2"));
+}
+
+#[tokio::test]
 async fn request_once_asks_a_server_over_tcp_a_connection_each_time() {
     let (ep, stop, server) = echo_server().await;
     let options = tether::transport::ConnectOptions::new(LIMIT);

@@ -937,8 +937,16 @@ impl Drop for ResponseFuture {
     fn drop(&mut self) {
         if let RfState::Waiting(key) = self.state {
             let mut st = self.shared.lock();
-            st.proto.cancel(key.0, key.1);
+            // A request given up frees its place among `max_pending`: one
+            // waiting for room must hear of it now, not when the peer next
+            // sends something (never, if the peer is why this gave up).
+            let freed = st.proto.cancel(key.0, key.1).is_some();
+            let wake = freed && std::mem::take(&mut st.space_waiters);
             st.done.remove(key);
+            drop(st);
+            if wake {
+                self.shared.space.notify_waiters();
+            }
         }
     }
 }
