@@ -15,11 +15,25 @@ use super::proto::FxHasher;
 /// that many entries would take in the map.
 const RING_SPAN: u64 = 65536;
 
+/// The most empty slots an insert adds before its tag: tags further past
+/// the ring's end go to the map. This end's own tags come one after another
+/// (no gap), and so do a well-behaved peer's; without the bound a peer
+/// sending tags `b`, `b + 65535`, … made each insert fill, and each remove
+/// skip, 65,535 empty slots: 12 bytes of input for ~100 µs of CPU.
+const MAX_GAP: u64 = 1024;
+
+/// Channel-0 tags from here up stay in the map, so that `base` and
+/// `base + ring.len()` never pass `u64::MAX` (a peer's tag `u64::MAX`,
+/// then `0`, must not read as consecutive).
+const RING_TAGS_BELOW: u64 = u64::MAX - RING_SPAN - MAX_GAP;
+
 /// A map from `(channel, tag)` to `V`.
 ///
 /// Channel-0 tags at or after the oldest entry live in a ring indexed by
 /// `tag - base`: no hashing on the hot path. Other keys, and tags that
-/// fall outside the ring's window, live in a hash map.
+/// fall outside the ring's window (too old, too far ahead of it, or near
+/// `u64::MAX`), live in a hash map. A peer choosing its tags cannot make
+/// an operation cost more than [`MAX_GAP`] steps.
 #[derive(Debug)]
 pub struct TagTable<V> {
     base: u64,
@@ -66,7 +80,7 @@ impl<V> TagTable<V> {
         let (channel, tag) = key;
         // the hot path: the next consecutive tag appended, or the only one
         // (one request at a time empties the table between requests)
-        if channel == 0 && self.other.is_empty() {
+        if channel == 0 && self.other.is_empty() && tag < RING_TAGS_BELOW {
             if self.ring.is_empty() {
                 self.base = tag;
             } else if tag.wrapping_sub(self.base) != self.ring.len() as u64
@@ -83,11 +97,11 @@ impl<V> TagTable<V> {
 
     fn insert_slow(&mut self, key: (u64, u64), value: V) -> Option<V> {
         let (channel, tag) = key;
-        if channel == 0 {
+        if channel == 0 && tag < RING_TAGS_BELOW {
             if self.ring.is_empty() {
                 self.base = tag;
             }
-            if tag >= self.base {
+            if tag >= self.base && tag - self.base <= self.ring.len() as u64 + MAX_GAP {
                 // keep the window at most RING_SPAN wide: old entries move out
                 while tag - self.base >= RING_SPAN {
                     match self.ring.pop_front() {
@@ -272,5 +286,48 @@ mod tests {
             assert_eq!(all, want);
             assert!(t.is_empty());
         }
+    }
+
+    #[test]
+    fn tags_at_the_top_of_the_range_are_not_taken_for_consecutive_ones() {
+        // u64::MAX then 0 wrapped into the ring as "MAX + 1": 0 was then
+        // not found (a duplicate admitted) and removing MAX overflowed
+        let mut t = TagTable::default();
+        assert_eq!(t.insert((0, u64::MAX), 1), None);
+        assert_eq!(t.insert((0, 0), 2), None);
+        assert!(t.contains((0, 0)) && t.contains((0, u64::MAX)));
+        assert_eq!(t.insert((0, 0), 3), Some(2), "a duplicate is seen");
+        assert_eq!(t.remove((0, u64::MAX)), Some(1));
+        assert_eq!(t.remove((0, 0)), Some(3));
+        assert!(t.is_empty());
+        for tag in [u64::MAX - 1, u64::MAX, RING_TAGS_BELOW, RING_TAGS_BELOW - 1] {
+            assert_eq!(t.insert((0, tag), tag), None);
+        }
+        for tag in [u64::MAX, RING_TAGS_BELOW - 1, u64::MAX - 1, RING_TAGS_BELOW] {
+            assert_eq!(t.remove((0, tag)), Some(tag));
+        }
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn tags_far_apart_cost_no_empty_slots() {
+        // a peer's tags b, b + 65535, b + 65535 again (a duplicate), over
+        // and over: the far one goes to the map, the ring stays short
+        let mut t = TagTable::default();
+        for round in 0..1000u64 {
+            let b = round * 3;
+            assert_eq!(t.insert((0, b), 0), None);
+            assert_eq!(t.insert((0, b + 65535), 1), None);
+            assert_eq!(t.insert((0, b + 65535), 2), Some(1));
+            assert!(t.ring.len() as u64 <= 1 + MAX_GAP, "round {round}");
+            assert_eq!(t.remove((0, b)), Some(0));
+            assert_eq!(t.remove((0, b + 65535)), Some(2));
+            assert!(t.is_empty());
+        }
+        // a gap up to MAX_GAP stays in the ring
+        assert_eq!(t.insert((0, 10), 0), None);
+        assert_eq!(t.insert((0, 11 + MAX_GAP), 1), None);
+        assert_eq!(t.ring.len() as u64, 2 + MAX_GAP);
+        assert!(t.other.is_empty());
     }
 }
