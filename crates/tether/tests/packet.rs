@@ -1328,6 +1328,8 @@ async fn bad_input_ends_the_connection_with_a_clear_error() {
         assert!(e.to_string().contains(needle), "{needle}: {e}");
         let e = t(client.closed()).await.unwrap_err();
         assert!(e.to_string().contains(needle), "{needle}: {e}");
+        // said once: "protocol error: protocol error: varint…" was seen
+        assert_eq!(e.to_string().matches("protocol error").count(), 1, "{e}");
     }
 }
 
@@ -1356,6 +1358,22 @@ async fn oversize_submit_is_refused_locally() {
         Response::ok(0, "last")
     );
     assert!(client.is_closed());
+}
+
+#[tokio::test]
+async fn a_request_on_a_channel_counts_its_channel_against_the_limit() {
+    // 70 bytes of payload and 30 of header fit 100; on a channel, the
+    // channel's varint (up to 10 bytes) would make the body longer than
+    // both ends allow, and the peer would end the connection over it
+    let (a, _b) = memory_pair(4096);
+    let mut c = cfg();
+    c.max_body_len = 100;
+    let client = PacketConnection::spawn(a, NoHandler, c);
+    let e = t(client.submit_on(u64::MAX, 0, 0, vec![0u8; 70]))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PacketError::TooLarge { max: 100, .. }), "{e}");
+    assert!(!client.is_closed());
 }
 
 #[tokio::test]

@@ -104,7 +104,11 @@ const MAX_ROUNDS: usize = 64;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct PacketConfig {
-    /// Maximum packet body length, both directions. Default 8 MiB.
+    /// Maximum packet body length, both directions. Default 8 MiB. A
+    /// request's payload may take all of it but 30 bytes (40 on a channel
+    /// other than 0), room for the largest tag, header and request type:
+    /// a longer one is refused with [`PacketError::TooLarge`] before
+    /// anything is sent.
     pub max_body_len: usize,
     /// Maximum number of the peer's requests handled at once. Default
     /// 256; 0 is taken as 1.
@@ -760,7 +764,7 @@ pub(super) fn enqueue<const CLOSE_AFTER: bool>(
     payload: Bytes,
     taker: Taker,
 ) -> Result<Enqueued, PacketError> {
-    check_request(rq_type, flags, payload.len(), shared.max_body_len)?;
+    check_request(channel, rq_type, flags, payload.len(), shared.max_body_len)?;
     match try_enqueue::<CLOSE_AFTER>(shared, channel, rq_type, flags, &payload, taker)? {
         Some(tag) => Ok(Enqueued::Now(tag)),
         None => Ok(Enqueued::Later(wait_for_room::<CLOSE_AFTER>(
@@ -952,6 +956,7 @@ impl Drop for ResponseFuture {
 }
 
 fn check_request(
+    channel: u64,
     rq_type: u64,
     flags: u64,
     payload_len: usize,
@@ -963,10 +968,13 @@ fn check_request(
     if flags > MAX_REQUEST_FLAGS {
         return Err(PacketError::OutOfRange("request flags wider than 62 bits"));
     }
-    // tag, header and rq_type take at most 30 bytes
-    if payload_len.saturating_add(30) > max {
+    // tag, header and rq_type take at most 30 bytes, a channel other than
+    // 0 up to 10 more: with the payload, at most `max` (the peer's limit
+    // too, where a longer body would end the connection)
+    let around = if channel == 0 { 30 } else { 40 };
+    if payload_len.saturating_add(around) > max {
         return Err(PacketError::TooLarge {
-            len: payload_len as u64 + 30,
+            len: (payload_len as u64).saturating_add(around as u64),
             max,
         });
     }
@@ -1705,8 +1713,14 @@ where
                             break;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "protocol error: closing the connection");
-                            self.fail(format!("protocol error: {e}"));
+                            // the wire's errors say "protocol error" of
+                            // themselves; TooLarge, shared with sending, not
+                            let reason = match e {
+                                PacketError::TooLarge { .. } => format!("protocol error: {e}"),
+                                _ => e.to_string(),
+                            };
+                            tracing::warn!(error = %reason, "closing the connection");
+                            self.fail(reason);
                             break;
                         }
                     }
