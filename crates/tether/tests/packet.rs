@@ -480,6 +480,43 @@ async fn requests_waiting_for_a_handler_slot_are_read_only_so_far_then_all_answe
 }
 
 #[tokio::test]
+async fn a_peer_gone_while_every_handler_is_busy_and_requests_wait_is_let_go() {
+    // max_handlers 1, held by a handler that never ends; the next request
+    // fills what waiting requests may hold (256 KiB), then the peer goes.
+    // The connection must see it go and close within its limits, where it
+    // read nothing more and waited on the handler for ever, holding it all.
+    let (a, b) = memory_pair(64 * 1024);
+    let mut config = closing_within(Duration::from_millis(200));
+    config.max_handlers = 1;
+    let (_this_end, handler) = calling_back_handler(Arc::new(Notify::new()));
+    let conn = PacketConnection::spawn(b, handler, config);
+    let mut peer = raw(a);
+    t(peer.send(rq(1, 11, 0, b"hold"))).await.unwrap();
+    t(peer.send(Packet::Request {
+        channel: 0,
+        tag: 2,
+        rq_type: 0,
+        flags: 0,
+        payload: Bytes::from(vec![5u8; 300 * 1024]),
+    }))
+    .await
+    .unwrap();
+    t(async {
+        while conn.stats().requests_waiting == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    drop(peer);
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "still waiting on its handler, the peer gone"
+    );
+    assert!(conn.is_closed());
+}
+
+#[tokio::test]
 async fn requests_waiting_for_a_handler_slot_when_the_peer_ends_are_answered_before_eof() {
     let (conn, release, mut peer, _) = one_handler_slot(64 * 1024);
     t(peer.send(rq(1, 11, 0, b"hold"))).await.unwrap();

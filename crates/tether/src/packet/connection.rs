@@ -84,8 +84,9 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const READ_AHEAD_AT_LEAST: usize = 4 * WRITE_HIGH_WATER;
 /// What the peer's requests waiting for a handler slot may hold (see
 /// [`Parked`]): their payloads (copied), and their own size each. Past it,
-/// nothing more is read until a handler finishes; the request that crosses
-/// it waits too, whatever its size (up to `max_body_len`).
+/// nothing more is decoded until a handler finishes, and at most as much
+/// again is read ahead (to see a peer that goes meanwhile); the request
+/// that crosses it waits too, whatever its size (up to `max_body_len`).
 const PARKED_AT_MOST: usize = READ_AHEAD_AT_LEAST;
 /// Bytes reserved for each read. 16 KiB amortises the syscall over many
 /// small packets; a connection holds the buffer only while it has work (see
@@ -1740,37 +1741,48 @@ where
                     return true;
                 }
             }
-            if self.parked_full() {
+            let undecoded = self.rbuf.len() + (self.chunk.len() - self.chunk_pos);
+            let parked_full = self.parked_full();
+            if parked_full {
                 if self.wbuf.len() < WRITE_HIGH_WATER {
                     // the writer caught up: nothing holds this end's
                     // requests back (a handler may be waiting on its own)
                     self.peer_waiting = false;
                 }
-                return progress; // woken by a handler
-            }
-            let undecoded = self.rbuf.len() + (self.chunk.len() - self.chunk_pos);
-            let behind = self.wbuf.len() >= WRITE_HIGH_WATER;
-            self.peer_waiting = behind && undecoded > 0;
-            if !behind {
-                if !whole && undecoded > 0 {
-                    continue; // the batch was full: decode the rest before reading
+                // Decode nothing more until a handler finishes, but read on
+                // a little (as much again as the waiting requests may
+                // hold): a peer that goes away while every handler is busy
+                // must still be seen going, so that the close and its time
+                // limits begin; else the connection waits on its handlers,
+                // maybe for ever, holding all this. (One that sends more
+                // than that first is seen once a handler finishes.)
+                if undecoded >= PARKED_AT_MOST || self.stream_ended {
+                    return progress; // woken by a handler
                 }
             } else {
-                // Take no new work while the peer is slow to read, but go
-                // on reading what it sends, at least a packet's worth: a
-                // peer that also waits for its writes before it reads
-                // (another tether, a 1 MiB echo each way) would otherwise
-                // wait on this end for ever, and this end on it.
-                let read_ahead_full =
-                    undecoded >= self.config.max_body_len.max(READ_AHEAD_AT_LEAST);
-                if read_ahead_full || (self.stream_ended && undecoded > 0) {
-                    return progress; // woken by the writer
+                let behind = self.wbuf.len() >= WRITE_HIGH_WATER;
+                self.peer_waiting = behind && undecoded > 0;
+                if !behind {
+                    if !whole && undecoded > 0 {
+                        continue; // the batch was full: decode the rest before reading
+                    }
+                } else {
+                    // Take no new work while the peer is slow to read, but go
+                    // on reading what it sends, at least a packet's worth: a
+                    // peer that also waits for its writes before it reads
+                    // (another tether, a 1 MiB echo each way) would otherwise
+                    // wait on this end for ever, and this end on it.
+                    let read_ahead_full =
+                        undecoded >= self.config.max_body_len.max(READ_AHEAD_AT_LEAST);
+                    if read_ahead_full || (self.stream_ended && undecoded > 0) {
+                        return progress; // woken by the writer
+                    }
                 }
-            }
-            if self.stream_ended {
-                // every whole packet read ahead is decoded
-                self.end_of_stream();
-                return true;
+                if self.stream_ended {
+                    // every whole packet read ahead is decoded
+                    self.end_of_stream();
+                    return true;
+                }
             }
             if self.read_would_block {
                 return progress;
@@ -1791,13 +1803,15 @@ where
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut *self.rbuf) {
                 Poll::Ready(Ok(0)) => {
-                    // the packets read ahead while writes were behind come
-                    // first (the peer may have answered, then closed), as
-                    // the writer makes room; the close starts now, so that
-                    // its time limits bound the wait if the peer never reads
+                    // the packets read ahead while writes were behind (or
+                    // handlers busy) come first (the peer may have
+                    // answered, then closed), as the writer makes room (or
+                    // a handler finishes); the close starts now, so that
+                    // its time limits bound the wait if the peer never
+                    // reads (or a handler never ends)
                     progress = true;
                     self.stream_ended = true;
-                    if self.peer_waiting {
+                    if self.peer_waiting || parked_full {
                         let shared = self.shared.clone();
                         self.start_close(&mut shared.lock());
                     }
