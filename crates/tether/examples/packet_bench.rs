@@ -161,7 +161,7 @@ async fn packet_client(ep: &Endpoint) -> PacketConnection {
 
 async fn w3_packet(ep: Endpoint, n: usize) {
     let c = packet_client(&ep).await;
-    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    let payload = small_payload();
     let mut inflight = FuturesUnordered::new();
     let mut sent = 0;
     let mut done = 0;
@@ -182,7 +182,7 @@ async fn w3_packet(ep: Endpoint, n: usize) {
 /// protocol.
 async fn w3_packet_in_order(ep: Endpoint, n: usize) {
     let c = packet_client(&ep).await;
-    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    let payload = small_payload();
     let mut inflight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
     let mut sent = 0;
     while sent < n.min(IN_FLIGHT) {
@@ -203,7 +203,7 @@ async fn w3_packet_in_order(ep: Endpoint, n: usize) {
 /// W1 over the packet layer: one request in flight.
 async fn w1_packet(ep: Endpoint, n: usize) {
     let c = packet_client(&ep).await;
-    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    let payload = small_payload();
     for _ in 0..n {
         let r = c.submit(0, 0, payload.clone()).await.unwrap();
         debug_assert_eq!(r.payload.len(), PAYLOAD);
@@ -302,7 +302,7 @@ fn bulk_payload() -> Bytes {
 /// taken in batches, refilled to 64 in flight.
 async fn w3_packet_pipeline(ep: Endpoint, n: usize) {
     let c = packet_client(&ep).await;
-    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    let payload = small_payload();
     let mut p = c.pipeline();
     let mut sent = 0;
     while sent < n.min(IN_FLIGHT) {
@@ -323,7 +323,7 @@ async fn w3_packet_pipeline(ep: Endpoint, n: usize) {
 /// closed in order (the request, ERQ and EOF in one write).
 async fn w2_packet(ep: Endpoint, n: usize) {
     let options = transport::ConnectOptions::new(Duration::from_secs(5));
-    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    let payload = small_payload();
     for _ in 0..n {
         let r = PacketConnection::request_once(&ep, &options, 0, 0, payload.clone())
             .await
@@ -334,7 +334,7 @@ async fn w2_packet(ep: Endpoint, n: usize) {
 
 /// W2 over `LengthDelimitedCodec`: connect, one echo, drop.
 async fn w2_framed(ep: Endpoint, n: usize) {
-    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    let payload = small_payload();
     for _ in 0..n {
         let s = transport::connect(&ep, Duration::from_secs(5))
             .await
@@ -351,7 +351,7 @@ async fn w3_framed(ep: Endpoint, n: usize) {
         .await
         .unwrap();
     let mut f = Framed::new(s, LengthDelimitedCodec::new());
-    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    let payload = small_payload();
     let mut sent = 0;
     for _ in 0..IN_FLIGHT.min(n) {
         f.feed(payload.clone()).await.unwrap();
@@ -399,7 +399,7 @@ fn framed_push_server() -> Endpoint {
                     return;
                 };
                 let n: usize = std::str::from_utf8(&count).unwrap().parse().unwrap();
-                let msg = Bytes::from(vec![7u8; PAYLOAD]);
+                let msg = small_payload();
                 // feed() writes out whenever the buffer passes 8 KiB
                 for _ in 0..n {
                     f.feed(msg.clone()).await.unwrap();
@@ -440,7 +440,7 @@ fn packet_push_server(mode: PushMode) -> Endpoint {
             let c = PacketConnection::spawn(stream, handler, PacketConfig::default());
             tokio::spawn(async move {
                 let n = count_rx.await.unwrap();
-                let msg = Bytes::from(vec![7u8; PAYLOAD]);
+                let msg = small_payload();
                 match mode {
                     PushMode::Push => {
                         for _ in 0..n {
