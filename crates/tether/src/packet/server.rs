@@ -59,16 +59,16 @@ where
                         conns.retain(|c| !c.is_closed());
                         sweep_at = (conns.len() * 2).max(64);
                     }
-                    if listener.is_spent() {
+                    let only = listener.is_spent().then(|| conn.clone());
+                    conns.push(conn);
+                    if let Some(only) = only {
                         // stdio: this peer is the only one there will be
                         tokio::select! {
                             _ = &mut shutdown => {}
-                            _ = conn.closed() => {}
+                            _ = only.closed() => {}
                         }
-                        conns.push(conn);
                         break;
                     }
-                    conns.push(conn);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
